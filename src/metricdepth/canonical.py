@@ -1,0 +1,343 @@
+"""The canonical camera space transform: the one place where a depth scale is computed.
+
+A network sees pixels, not cameras. Metric3D's fix: the network predicts the depth a canonical
+camera of focal ``f_c`` (1000 px) would measure for the pixel grid *as fed to the network*.
+If the image was resized by ``s``, that grid has the effective focal ``f_eff = focal * s``
+(cropping and padding do not change it), and::
+
+    depth_c = depth_m * f_c / f_eff        (labels, ``CanonicalRecord.label_scale``)
+    depth_m = depth_c * f_eff / f_c        (predictions, ``CanonicalRecord.metric_scale``)
+
+Inference, training and evaluation all go through the same two steps:
+
+1. a *record* (``inference_record`` or ``training_record``) fixes the resize factor ``s``,
+   the resized size, where the resized image sits on the network canvas (padding or crop),
+   ``f_eff`` and the label scale;
+2. ``to_canonical(frame, record)`` applies it to an image, its camera and optional depth
+   labels; ``from_canonical(depth_c, record)`` undoes it on a prediction.
+
+Metric3D's vocabulary maps onto the record: ``to_canonical_ratio = f_c / focal``,
+``to_scale_ratio`` = any resize at fixed focal, and ``label_scale_factor`` = their quotient
+``= f_c / f_eff = label_scale``. The training variants differ only in how ``s`` is chosen:
+
+- ``"label"`` (CSTM_label, Metric3D v2): ``s = t`` (a random resize); labels x ``f_c/(focal t)``;
+- ``"image"`` (CSTM_image): ``s = (f_c / focal) * t``, so ``f_eff = f_c * t``; labels / ``t``;
+- ``"none"``: ``s = t``, metric labels (the baseline without the transform).
+
+``f_eff`` uses the nominal factor ``s`` (a float), as Metric3D does; the camera of the
+network canvas (``CanonicalRecord.camera_c``) is the exact camera of the realised integer
+grid. The two focal lengths differ by less than one pixel in the resized size (< 1/h').
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from metricdepth import frame as frames
+from metricdepth.camera import Camera, FocalMode, check_focal_mode
+from metricdepth.frame import Frame
+
+Variant = Literal["label", "image", "none"]
+VARIANTS: tuple[str, ...] = ("label", "image", "none")
+PAD_PLACEMENTS: tuple[str, ...] = ("center", "bottom_right")
+
+#: ImageNet mean and std in 0-255 RGB, Metric3D's normalisation.
+METRIC3D_MEAN_RGB = (123.675, 116.28, 103.53)
+METRIC3D_STD_RGB = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class CanonicalSpace:
+    """What a model expects: canonical focal, input size, normalisation and padding.
+
+    Attributes:
+        focal_px: canonical focal length f_c in pixels.
+        input_hw: network input (height, width) in pixels.
+        mean_rgb, std_rgb: normalisation ``(x - mean) / std`` in 0-255 RGB.
+        pad_rgb: uint8 colour of the padding. Metric3D pads with the mean colour on a uint8
+            image, which OpenCV stores as (124, 116, 104), not exactly the mean.
+        pad_placement: ``"center"`` (Metric3D: the floor half of the padding on top/left,
+            the rest bottom/right) or ``"bottom_right"`` (all padding after the image).
+    """
+
+    focal_px: float = 1000.0
+    input_hw: tuple[int, int] = (616, 1064)
+    mean_rgb: tuple[float, float, float] = METRIC3D_MEAN_RGB
+    std_rgb: tuple[float, float, float] = METRIC3D_STD_RGB
+    pad_rgb: tuple[int, int, int] = (124, 116, 104)
+    pad_placement: str = "center"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.focal_px) and self.focal_px > 0):
+            raise ValueError(f"CanonicalSpace.focal_px must be > 0, got {self.focal_px!r}")
+        hw = tuple(int(v) for v in self.input_hw)
+        if len(hw) != 2 or min(hw) <= 0:
+            raise ValueError(f"CanonicalSpace.input_hw must be (H, W) > 0, got {self.input_hw!r}")
+        object.__setattr__(self, "input_hw", hw)
+        if len(self.std_rgb) != 3 or min(self.std_rgb) <= 0 or len(self.mean_rgb) != 3:
+            raise ValueError("CanonicalSpace.mean_rgb/std_rgb must be 3 values, std > 0")
+        if len(self.pad_rgb) != 3 or not all(0 <= int(v) <= 255 for v in self.pad_rgb):
+            raise ValueError(f"CanonicalSpace.pad_rgb must be 3 values in 0-255, got {self.pad_rgb}")
+        if self.pad_placement not in PAD_PLACEMENTS:
+            raise ValueError(
+                f"CanonicalSpace.pad_placement must be one of {', '.join(PAD_PLACEMENTS)}, "
+                f"got {self.pad_placement!r}"
+            )
+
+
+@dataclass(frozen=True)
+class CanonicalRecord:
+    """How one image was moved into canonical space, and how to move a prediction back.
+
+    Attributes:
+        camera: camera of the original image.
+        input_hw: (H_in, W_in) of the network canvas.
+        scale: nominal resize factor s applied to the original image.
+        resized_hw: (h', w') of the resized image.
+        offset: (top, left) canvas position of the resized image's pixel (0, 0); negative
+            values mean the resized image was cropped.
+        focal_px: focal length of ``camera`` under ``focal_mode``.
+        focal_mode: ``"mean"`` or ``"fx"`` (see ``Camera.focal``).
+        canonical_focal_px: f_c.
+        variant: ``"label"``, ``"image"`` or ``"none"`` (module docstring).
+    """
+
+    camera: Camera
+    input_hw: tuple[int, int]
+    scale: float
+    resized_hw: tuple[int, int]
+    offset: tuple[int, int]
+    focal_px: float
+    focal_mode: str
+    canonical_focal_px: float
+    variant: str = "label"
+
+    @property
+    def f_eff_px(self) -> float:
+        """Effective focal of the network input grid: ``focal * s``."""
+        return self.focal_px * self.scale
+
+    @property
+    def label_scale(self) -> float:
+        """``depth_c = depth_m * label_scale`` (= f_c / f_eff; 1 for the ``none`` variant)."""
+        return 1.0 if self.variant == "none" else self.canonical_focal_px / self.f_eff_px
+
+    @property
+    def metric_scale(self) -> float:
+        """``depth_m = depth_c * metric_scale`` (= f_eff / f_c; 1 for the ``none`` variant)."""
+        return 1.0 if self.variant == "none" else self.f_eff_px / self.canonical_focal_px
+
+    @property
+    def to_canonical_ratio(self) -> float:
+        """Metric3D's ``to_canonical_ratio`` = f_c / focal."""
+        return self.canonical_focal_px / self.focal_px
+
+    @property
+    def to_scale_ratio(self) -> float:
+        """Metric3D's ``to_scale_ratio``: the resize at fixed focal (``t``)."""
+        return self.scale / self.to_canonical_ratio if self.variant == "image" else self.scale
+
+    @property
+    def pad(self) -> tuple[int, int, int, int]:
+        """Padding ``(top, bottom, left, right)`` on the canvas, Metric3D's ``pad_info``."""
+        (top, left), (h, w), (H, W) = self.offset, self.resized_hw, self.input_hw  # noqa: N806
+        return (max(0, top), max(0, H - top - h), max(0, left), max(0, W - left - w))
+
+    @property
+    def crop(self) -> tuple[int, int, int, int]:
+        """Rows/columns of the resized image cut away ``(top, bottom, left, right)``."""
+        (top, left), (h, w), (H, W) = self.offset, self.resized_hw, self.input_hw  # noqa: N806
+        return (max(0, -top), max(0, top + h - H), max(0, -left), max(0, left + w - W))
+
+    @property
+    def camera_c(self) -> Camera:
+        """Exact camera of the network canvas."""
+        h, w = self.resized_hw
+        resized = self.camera.resized(w, h)
+        top, bottom, left, right = self.crop
+        inner = resized.cropped(left, top, w - left - right, h - top - bottom)
+        return inner.padded(*_ltrb(self.pad))
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (what every output records)."""
+        return {
+            "camera": self.camera.to_dict(),
+            "focal_mode": self.focal_mode,
+            "focal_px": self.focal_px,
+            "canonical_focal_px": self.canonical_focal_px,
+            "input_hw": list(self.input_hw),
+            "scale": self.scale,
+            "resized_hw": list(self.resized_hw),
+            "pad_tblr": list(self.pad),
+            "crop_tblr": list(self.crop),
+            "f_eff_px": self.f_eff_px,
+            "label_scale": self.label_scale,
+            "metric_scale": self.metric_scale,
+            "variant": self.variant,
+        }
+
+
+def inference_record(
+    camera: Camera, space: CanonicalSpace, focal_mode: FocalMode = "mean"
+) -> CanonicalRecord:
+    """Keep-ratio resize to fit ``space.input_hw`` and pad, exactly as Metric3D's inference.
+
+    ``s = min(H_in / H, W_in / W)``; resized size ``(int(H s), int(W s))`` (truncation);
+    padding placed by ``space.pad_placement``.
+    """
+    check_focal_mode(focal_mode)
+    H_in, W_in = space.input_hw  # noqa: N806
+    scale = min(H_in / camera.height, W_in / camera.width)
+    h, w = int(camera.height * scale), int(camera.width * scale)
+    if space.pad_placement == "center":
+        offset = ((H_in - h) // 2, (W_in - w) // 2)
+    else:
+        offset = (0, 0)
+    return CanonicalRecord(
+        camera, space.input_hw, scale, (h, w), offset, camera.focal(focal_mode), focal_mode,
+        space.focal_px, "label",
+    )  # fmt: skip
+
+
+def training_record(
+    camera: Camera,
+    space: CanonicalSpace,
+    rng: np.random.Generator,
+    *,
+    variant: Variant = "label",
+    resize_range: tuple[float, float] = (1.0, 1.0),
+    resize_prob: float = 1.0,
+    crop: Literal["rand", "center"] = "rand",
+    focal_mode: FocalMode = "mean",
+) -> CanonicalRecord:
+    """A training sample's record: random resize ``t``, then a crop or pad to ``input_hw``.
+
+    With probability ``resize_prob`` ``t ~ U(resize_range)``, else ``t = 1`` (Metric3D:
+    ``RandomResize``); ``s`` follows ``variant`` (module docstring); the resized size is
+    ``(int(H s + 0.5), int(W s + 0.5))``. A side longer than the canvas is cropped at a random
+    (``"rand"``) or central offset; a shorter side is padded, floor half before (Metric3D's
+    ``RandomCrop``).
+    """
+    check_focal_mode(focal_mode)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    low, high = float(resize_range[0]), float(resize_range[1])
+    if not (0 < low <= high and math.isfinite(high)):
+        raise ValueError(f"resize_range must be 0 < low <= high, got {resize_range!r}")
+    if crop not in ("rand", "center"):
+        raise ValueError(f"crop must be 'rand' or 'center', got {crop!r}")
+    t = float(rng.uniform(low, high)) if rng.random() < resize_prob else 1.0
+    focal = camera.focal(focal_mode)
+    scale = t * space.focal_px / focal if variant == "image" else t
+    h, w = int(camera.height * scale + 0.5), int(camera.width * scale + 0.5)
+    if min(h, w) < 1:
+        raise ValueError(f"resize by {scale:.4g} leaves no pixel of a {camera.size} image")
+    offset = tuple(
+        _axis_offset(size, target, rng, crop) for size, target in zip((h, w), space.input_hw)
+    )
+    return CanonicalRecord(
+        camera, space.input_hw, scale, (h, w), offset, focal, focal_mode, space.focal_px, variant
+    )
+
+
+def to_canonical(
+    frame: Frame,
+    record: CanonicalRecord,
+    *,
+    pad_rgb: tuple[int, int, int] = (0, 0, 0),
+    sparse: bool = False,
+) -> Frame:
+    """Apply ``record`` to an image, its camera and optional metric depth.
+
+    Returns a frame on the network canvas: the image resized (bilinear) and placed with
+    ``pad_rgb`` around it, its exact camera (``record.camera_c``), and, when ``frame`` has
+    depth, canonical labels ``depth_c = depth_m * record.label_scale`` with a mask that
+    excludes padding and invalid pixels. ``sparse`` scatters LiDAR-like depth instead of
+    nearest-neighbour resampling.
+    """
+    if frame.camera != record.camera:
+        raise ValueError("to_canonical: the frame's camera is not the record's camera")
+    h, w = record.resized_hw
+    moved = frames.resize(frame, w, h, sparse=sparse)
+    top, left = record.offset
+    canvas = frames.place(moved, top, left, *record.input_hw, pad_value=pad_rgb)
+    if canvas.depth is None:
+        return canvas
+    depth_c = canvas.depth * np.float32(record.label_scale)
+    return Frame(canvas.image, canvas.camera, depth_c, canvas.mask)
+
+
+def normalize(image: np.ndarray, space: CanonicalSpace) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) -> float32 (1, 3, H, W), ``(x - mean) / std`` in float32."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+    mean = torch.tensor(space.mean_rgb, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(space.std_rgb, dtype=torch.float32)[:, None, None]
+    return ((x - mean) / std)[None]
+
+
+def prepare_input(
+    image: np.ndarray, camera: Camera, space: CanonicalSpace, focal_mode: FocalMode = "mean"
+) -> tuple[torch.Tensor, CanonicalRecord]:
+    """Inference pre-processing: keep-ratio resize, pad with ``space.pad_rgb``, normalise.
+
+    Args:
+        image: (H, W, 3) RGB uint8.
+        camera: camera of ``image``.
+    Returns:
+        ``(x, record)``: x is float32 (1, 3, H_in, W_in).
+    """
+    record = inference_record(camera, space, focal_mode)
+    canvas = to_canonical(Frame(image, camera), record, pad_rgb=space.pad_rgb)
+    return normalize(canvas.image, space), record
+
+
+def unpad(x, record: CanonicalRecord):
+    """Cut the padding off a canvas-sized map (..., H_in, W_in) -> (..., h', w')."""
+    if any(record.crop):
+        raise ValueError("the record crops the image; only a padded canvas can be un-padded")
+    if tuple(x.shape[-2:]) != record.input_hw:
+        raise ValueError(f"expected (..., {record.input_hw[0]}, {record.input_hw[1]}), got {tuple(x.shape)}")
+    (top, left), (h, w) = record.offset, record.resized_hw
+    return x[..., top : top + h, left : left + w]
+
+
+def from_canonical(depth_c, record: CanonicalRecord):
+    """Canonical network depth on the canvas -> metric depth at the original image size.
+
+    Un-pads, resizes bilinearly (``align_corners=False``, float32, as Metric3D) to the
+    original (H, W) and multiplies by ``record.metric_scale`` (= f_eff / f_c).
+
+    Args:
+        depth_c: (H_in, W_in), (B, H_in, W_in) or (B, 1, H_in, W_in); numpy or torch.
+    Returns:
+        depth in metres, (..., H, W), same kind and leading shape as the input.
+    """
+    is_numpy = isinstance(depth_c, np.ndarray)
+    x = torch.from_numpy(depth_c) if is_numpy else depth_c
+    lead = x.shape[:-2]
+    x = unpad(x, record).reshape(-1, 1, *record.resized_hw).float()
+    size = (record.camera.height, record.camera.width)
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    depth_m = (x * record.metric_scale).reshape(*lead, *size)
+    return depth_m.numpy() if is_numpy else depth_m
+
+
+def _axis_offset(size: int, target: int, rng: np.random.Generator, crop: str) -> int:
+    if size <= target:
+        return (target - size) // 2
+    if crop == "center":
+        return -((size - target) // 2)
+    return -int(rng.integers(0, size - target + 1))
+
+
+def _ltrb(pad_tblr: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    top, bottom, left, right = pad_tblr
+    return (left, top, right, bottom)
