@@ -121,7 +121,7 @@ class Camera:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_K(cls, K, width: int, height: int) -> Camera:  # noqa: N802 (K is the usual name)
-        """From a 3x3 intrinsic matrix ``[[fx, s, cx], [0, fy, cy], [0, 0, 1]]`` (skew must be 0)."""
+        """From a 3x3 intrinsic matrix ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` (no skew)."""
         matrix = np.asarray(K, dtype=np.float64)
         if matrix.shape != (3, 3):
             raise ValueError(f"K must be a 3x3 matrix, got shape {matrix.shape}")

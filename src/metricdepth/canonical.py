@@ -83,7 +83,9 @@ class CanonicalSpace:
         if len(self.std_rgb) != 3 or min(self.std_rgb) <= 0 or len(self.mean_rgb) != 3:
             raise ValueError("CanonicalSpace.mean_rgb/std_rgb must be 3 values, std > 0")
         if len(self.pad_rgb) != 3 or not all(0 <= int(v) <= 255 for v in self.pad_rgb):
-            raise ValueError(f"CanonicalSpace.pad_rgb must be 3 values in 0-255, got {self.pad_rgb}")
+            raise ValueError(
+                f"CanonicalSpace.pad_rgb must be 3 values in 0-255, got {self.pad_rgb}"
+            )
         if self.pad_placement not in PAD_PLACEMENTS:
             raise ValueError(
                 f"CanonicalSpace.pad_placement must be one of {', '.join(PAD_PLACEMENTS)}, "
@@ -238,9 +240,8 @@ def training_record(
     h, w = int(camera.height * scale + 0.5), int(camera.width * scale + 0.5)
     if min(h, w) < 1:
         raise ValueError(f"resize by {scale:.4g} leaves no pixel of a {camera.size} image")
-    offset = tuple(
-        _axis_offset(size, target, rng, crop) for size, target in zip((h, w), space.input_hw)
-    )
+    (H_in, W_in) = space.input_hw  # noqa: N806
+    offset = (_axis_offset(h, H_in, rng, crop), _axis_offset(w, W_in, rng, crop))
     return CanonicalRecord(
         camera, space.input_hw, scale, (h, w), offset, focal, focal_mode, space.focal_px, variant
     )
@@ -304,7 +305,9 @@ def unpad(x, record: CanonicalRecord):
     if any(record.crop):
         raise ValueError("the record crops the image; only a padded canvas can be un-padded")
     if tuple(x.shape[-2:]) != record.input_hw:
-        raise ValueError(f"expected (..., {record.input_hw[0]}, {record.input_hw[1]}), got {tuple(x.shape)}")
+        raise ValueError(
+            f"expected (..., {record.input_hw[0]}, {record.input_hw[1]}), got {tuple(x.shape)}"
+        )
     (top, left), (h, w) = record.offset, record.resized_hw
     return x[..., top : top + h, left : left + w]
 

@@ -157,7 +157,9 @@ def place(
 
 def flip(frame: Frame, vertical: bool = False) -> Frame:
     """Mirror left-right (or top-bottom)."""
-    window = (slice(None, None, -1), slice(None)) if vertical else (slice(None), slice(None, None, -1))
+    window = (
+        (slice(None, None, -1), slice(None)) if vertical else (slice(None), slice(None, None, -1))
+    )
     return _with(frame, frame.camera.flipped(vertical), window)
 
 
