@@ -167,7 +167,7 @@ def test_orientation_matches_pillow_and_camera(tmp_path, orientation):
         oracle = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     np.testing.assert_array_equal(out, oracle)
     # A camera whose principal point sits on the marked pixel keeps it there after rotation.
-    rgb, camera, found = load_image(path, Camera(100.0, 120.0, u, v, 5, 3))
+    rgb, camera, found = load_image(path, Camera(100.0, 120.0, u, v, 5, 3), camera_grid="stored")
     np.testing.assert_array_equal(rgb, out)
     assert found == orientation and camera == Camera(100.0, 120.0, u, v, 5, 3).rotated(orientation)
     assert camera.size == (out.shape[1], out.shape[0])
@@ -190,9 +190,14 @@ def test_load_image_camera_size_mismatch(tmp_path):
     Image.new("RGB", (5, 3)).save(tmp_path / "a.png", exif=_exif(6))
     rgb, camera, orientation = load_image(tmp_path / "a.png")
     assert camera is None and orientation == 6 and rgb.shape == (5, 3, 3)
-    # The camera must describe the stored 5x3 grid, not the displayed 3x5 one.
-    with pytest.raises(ValueError, match=r"a\.png.*3x5.*5x3"):
-        load_image(tmp_path / "a.png", Camera(10, 10, 1, 2, 3, 5))
+    # With camera_grid="stored" the camera must describe the stored 5x3 grid ...
+    with pytest.raises(ValueError, match=r"a\.png.*3x5.*stored image is 5x3"):
+        load_image(tmp_path / "a.png", Camera(10, 10, 1, 2, 3, 5), camera_grid="stored")
+    # ... and by default the displayed 3x5 one, returned as given.
+    with pytest.raises(ValueError, match=r"a\.png.*5x3.*displayed image is 3x5"):
+        load_image(tmp_path / "a.png", Camera(10, 10, 1, 2, 5, 3))
+    displayed = Camera(10, 11, 1, 2, 3, 5)
+    assert load_image(tmp_path / "a.png", displayed)[1] == displayed
 
 
 # ------------------------------------------------------------------ image errors

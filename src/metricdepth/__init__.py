@@ -1,7 +1,46 @@
-"""metricdepth: metric depth from one photo of any camera (Metric3D's canonical camera space)."""
+"""metricdepth: metric depth from one photo of any camera (Metric3D's canonical camera space).
+
+The public API is importable from here; modules that need torch load on first use, so
+``import metricdepth`` (and the command line's ``--help``) stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from metricdepth.camera import Camera
 
 __version__ = "0.1.0"
 
-__all__ = ["Camera", "__version__"]
+_LAZY = {
+    "Frame": "metricdepth.frame",
+    "CanonicalSpace": "metricdepth.canonical",
+    "CanonicalRecord": "metricdepth.canonical",
+    "inference_record": "metricdepth.canonical",
+    "training_record": "metricdepth.canonical",
+    "to_canonical": "metricdepth.canonical",
+    "from_canonical": "metricdepth.canonical",
+    "prepare_input": "metricdepth.canonical",
+    "depth_to_points": "metricdepth.geometry",
+    "points_to_depth": "metricdepth.geometry",
+    "normals_from_depth": "metricdepth.geometry",
+    "pixel_distance": "metricdepth.geometry",
+    "load_image": "metricdepth.io",
+    "read_depth": "metricdepth.io",
+    "write_depth": "metricdepth.io",
+    "write_ply": "metricdepth.io",
+    "read_annotations": "metricdepth.data.annotations",
+}
+
+__all__ = ["Camera", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'metricdepth' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

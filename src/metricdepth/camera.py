@@ -49,6 +49,10 @@ FOCAL_MODES: tuple[str, ...] = ("mean", "fx")
 #: Where a camera's intrinsics came from. Every output of metricdepth records one of these.
 CAMERA_SOURCES: tuple[str, ...] = ("given", "annotation", "exif", "default")
 
+#: Horizontal field of view assumed when nothing says what the camera is (recorded as
+#: camera source "default" and announced; a typical phone or webcam main camera).
+DEFAULT_FOV_X_DEG = 60.0
+
 #: EXIF orientation -> (transpose, flip horizontally, flip vertically), applied in that order.
 EXIF_ORIENTATIONS: dict[int, tuple[bool, bool, bool]] = {
     1: (False, False, False),
@@ -68,7 +72,7 @@ def _check_positive(name: str, value: float) -> float:
     except (TypeError, ValueError):
         raise ValueError(f"Camera.{name} must be a number, got {value!r}") from None
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"Camera.{name} must be a finite number > 0, got {value!r}")
+        raise ValueError(f"Camera.{name} must be a finite number > 0, got {number!r}")
     return number
 
 
@@ -78,13 +82,14 @@ def _check_finite(name: str, value: float) -> float:
     except (TypeError, ValueError):
         raise ValueError(f"Camera.{name} must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise ValueError(f"Camera.{name} must be finite, got {value!r}")
+        raise ValueError(f"Camera.{name} must be finite, got {number!r}")
     return number
 
 
 def _check_size(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"Camera.{name} must be an integer > 0, got {value!r}")
+        shown = value.item() if isinstance(value, np.generic) else value
+        raise ValueError(f"Camera.{name} must be an integer > 0, got {shown!r}")
     return int(value)
 
 
@@ -135,7 +140,7 @@ class Camera:
     @classmethod
     def from_intrinsics(cls, intrinsics, width: int, height: int) -> Camera:
         """From ``[fx, fy, cx, cy]`` (Metric3D's ``cam_in``) and the image size."""
-        values = list(np.asarray(intrinsics, dtype=np.float64).reshape(-1))
+        values = [float(v) for v in np.asarray(intrinsics, dtype=np.float64).reshape(-1)]
         if len(values) != 4:
             raise ValueError(f"intrinsics must be [fx, fy, cx, cy], got {len(values)} values")
         return cls(values[0], values[1], values[2], values[3], width, height)

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tifffile
@@ -140,24 +141,38 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 
 def load_image(
-    path: str | os.PathLike, camera: Camera | None = None
+    path: str | os.PathLike,
+    camera: Camera | None = None,
+    camera_grid: Literal["displayed", "stored"] = "displayed",
 ) -> tuple[np.ndarray, Camera | None, int]:
     """``read_image`` plus the camera of the returned pixels: ``(rgb, camera, orientation)``.
 
-    ``camera``, if given, describes the *stored* pixel grid (sensors are calibrated that way);
-    its size must equal the stored size, and it is returned rotated by the EXIF orientation.
+    ``camera``, if given, describes by default the image *as displayed* (EXIF orientation
+    applied), which is how OpenCV's ``imread`` and Metric3D read images and so how most
+    calibrations and annotation files are made; it must match the displayed size.
+    With ``camera_grid="stored"`` it describes the stored pixel grid (a sensor calibration)
+    and is returned rotated by the EXIF orientation.
     """
     path = Path(path)
     rgb, orientation = _read_stored(path)
+    if camera_grid not in ("displayed", "stored"):
+        raise ValueError(f"camera_grid must be 'displayed' or 'stored', got {camera_grid!r}")
+    if camera_grid == "stored":
+        oriented = _apply_orientation(rgb, orientation)
+        grid, rgb = rgb, oriented
+    else:
+        rgb = _apply_orientation(rgb, orientation)
+        grid = rgb
     if camera is not None:
-        stored_w, stored_h = rgb.shape[1], rgb.shape[0]
-        if camera.size != (stored_w, stored_h):
+        grid_w, grid_h = grid.shape[1], grid.shape[0]
+        if camera.size != (grid_w, grid_h):
             raise ValueError(
-                f"{path}: camera is for {camera.width}x{camera.height} pixels but the stored "
-                f"image is {stored_w}x{stored_h}"
+                f"{path}: camera is for {camera.width}x{camera.height} pixels but the "
+                f"{camera_grid} image is {grid_w}x{grid_h}"
             )
-        camera = camera.rotated(orientation)
-    return _apply_orientation(rgb, orientation), camera, orientation
+        if camera_grid == "stored":
+            camera = camera.rotated(orientation)
+    return rgb, camera, orientation
 
 
 # ------------------------------------------------------------------ depth maps

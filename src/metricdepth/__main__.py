@@ -1,0 +1,5 @@
+"""``python -m metricdepth``."""
+
+from metricdepth.cli import main
+
+main()

@@ -1,0 +1,165 @@
+"""The ``metricdepth`` command line: thin commands over the Python API, heavy imports inside.
+
+Bad input ends with one line ``error: ...`` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="metricdepth",
+    help="Metric depth from one photo of any camera (Metric3D's canonical camera space).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example_nyu.jpg"
+#: NYU Depth v2 calibration of the bundled example (Metric3D's demo annotation).
+EXAMPLE_INTRINSICS = (518.8579, 519.46961, 325.58245, 253.73617)
+
+
+def fail(message: str) -> None:
+    """Print one error line and exit with code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def parse_numbers(text: str, count: int, option: str) -> tuple[float, ...]:
+    """``"a,b,c"`` -> floats, or a ValueError naming the option and what was given."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise ValueError(f"{option} needs {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def parse_size(text: str, option: str) -> tuple[int, int]:
+    """``"616x1064"`` -> (616, 1064) as (height, width)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"{option} must be HEIGHTxWIDTH in pixels, e.g. 616x1064, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def resolve_camera(width: int, height: int, intrinsics: str | None, focal: float | None):
+    """The camera of a (displayed) image and where it came from; a default is announced."""
+    from metricdepth.camera import DEFAULT_FOV_X_DEG, Camera
+
+    if intrinsics is not None and focal is not None:
+        raise ValueError("give either --intrinsics or --focal, not both")
+    if intrinsics is not None:
+        values = parse_numbers(intrinsics, 4, "--intrinsics")
+        return Camera.from_intrinsics(values, width, height), "given"
+    if focal is not None:
+        return Camera(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height), "given"
+    typer.echo(
+        f"warning: no intrinsics given; assuming a {DEFAULT_FOV_X_DEG:g} degree horizontal "
+        "field of view (camera source: default)",
+        err=True,
+    )
+    return Camera.from_fov(DEFAULT_FOV_X_DEG, width, height), "default"
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Metric depth from one photo of any camera."""
+    if version:
+        from metricdepth import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.command()
+def canonical(
+    image: Annotated[
+        Path | None, typer.Argument(help="Image file; the bundled example when omitted.")
+    ] = None,
+    intrinsics: Annotated[
+        str | None, typer.Option(help="fx,fy,cx,cy in pixels of the image as displayed.")
+    ] = None,
+    focal: Annotated[
+        float | None, typer.Option(help="Focal length in pixels (principal point centred).")
+    ] = None,
+    focal_mode: Annotated[str, typer.Option(help="mean: (fx+fy)/2; fx: fx only.")] = "mean",
+    input_size: Annotated[str, typer.Option(help="Network input HEIGHTxWIDTH.")] = "616x1064",
+    canonical_focal: Annotated[float, typer.Option(help="Canonical focal f_c in px.")] = 1000.0,
+    pad: Annotated[str, typer.Option(help="Padding placement: center or bottom_right.")] = "center",
+    out: Annotated[
+        Path | None, typer.Option(help="Write S.canonical.png and S.canonical.json here.")
+    ] = None,
+) -> None:
+    """Show (and optionally write) how an image is moved into canonical camera space."""
+    try:
+        summary = run_canonical(
+            image, intrinsics, focal, focal_mode, input_size, canonical_focal, pad, out
+        )
+    except ValueError as error:
+        fail(str(error))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"canonical space of {summary['image']}", show_header=False)
+    for key, value in summary["record"].items():
+        table.add_row(key, str(value))
+    table.add_row("camera_source", summary["camera_source"])
+    for path in summary.get("written", []):
+        table.add_row("written", path)
+    Console().print(table)
+
+
+def run_canonical(image, intrinsics, focal, focal_mode, input_size, canonical_focal, pad, out):
+    """The work of ``metricdepth canonical``; returns the summary it prints and writes."""
+    import json
+
+    import cv2
+
+    from metricdepth.canonical import CanonicalSpace, inference_record, to_canonical
+    from metricdepth.frame import Frame
+    from metricdepth.io import atomic_write, read_image
+
+    if image is None:
+        image = EXAMPLE_IMAGE
+        if intrinsics is None and focal is None:
+            intrinsics = ",".join(str(v) for v in EXAMPLE_INTRINSICS)
+    rgb, _ = read_image(image)
+    height, width = rgb.shape[:2]
+    camera, source = resolve_camera(width, height, intrinsics, focal)
+    space = CanonicalSpace(
+        focal_px=canonical_focal,
+        input_hw=parse_size(input_size, "--input-size"),
+        pad_placement=pad,
+    )
+    record = inference_record(camera, space, focal_mode)
+    if image == EXAMPLE_IMAGE and source == "given" and intrinsics is not None:
+        source = "annotation"  # the bundled example's published calibration
+    summary = {"image": str(image), "camera_source": source, "record": record.to_dict()}
+    if out is not None:
+        canvas = to_canonical(Frame(rgb, camera), record, pad_rgb=space.pad_rgb)
+        stem = Path(image).stem
+        png, meta = Path(out) / f"{stem}.canonical.png", Path(out) / f"{stem}.canonical.json"
+        summary["written"] = [str(png), str(meta)]
+        with atomic_write(png) as tmp:
+            if not cv2.imwrite(str(tmp), canvas.image[:, :, ::-1]):
+                raise ValueError(f"could not write {png}")
+        with atomic_write(meta) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except OSError as error:  # unwritable output folder, disk full, ...
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,91 @@
+"""The command line: real processes, real files, one error line on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from metricdepth.cli import EXAMPLE_INTRINSICS
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "metricdepth", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.returncode == 0 and "canonical" in result.stdout
+
+
+def test_canonical_on_the_bundled_example_writes_canvas_and_record(tmp_path):
+    result = run("canonical", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "example_nyu.canonical.json").read_text())
+    assert record["camera_source"] == "annotation"
+    assert record["record"]["pad_tblr"] == [0, 0, 121, 122]
+    fx, fy = EXAMPLE_INTRINSICS[:2]
+    assert record["record"]["f_eff_px"] == pytest.approx((fx + fy) / 2 * 616 / 480, rel=1e-12)
+    canvas = cv2.imread(str(tmp_path / "example_nyu.canonical.png"))[:, :, ::-1]
+    assert canvas.shape == (616, 1064, 3)
+    assert canvas[300, 0].tolist() == [124, 116, 104]  # Metric3D's uint8 mean padding
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "example_nyu.canonical.json",
+        "example_nyu.canonical.png",
+    ]
+
+
+def test_no_intrinsics_announces_the_default(tmp_path):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((30, 40, 3), np.uint8))
+    result = run("canonical", str(image), "--input-size", "60x80", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "assuming a 60 degree" in result.stderr
+    record = json.loads((tmp_path / "a.canonical.json").read_text())
+    assert record["camera_source"] == "default"
+    assert record["record"]["camera"]["fx"] == pytest.approx(20 / np.tan(np.radians(30)))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--intrinsics", "1,2,3"], "--intrinsics needs 4 comma-separated numbers"),
+        (["--intrinsics", "0,500,320,240"], "Camera.fx must be a finite number > 0, got 0.0"),
+        (["--focal", "nan"], "Camera.fx must be a finite number > 0, got nan"),
+        (["--input-size", "616"], "--input-size must be HEIGHTxWIDTH"),
+        (["--focal-mode", "fy"], "focal mode must be one of mean, fx"),
+        (["--pad", "left"], "pad_placement must be one of center, bottom_right"),
+        (["missing.jpg"], "missing.jpg"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    result = run("canonical", *args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_not_an_image_is_refused(tmp_path):
+    bogus = tmp_path / "notes.jpg"
+    bogus.write_text("not an image")
+    result = run("canonical", str(bogus))
+    assert result.returncode == 2 and "notes.jpg" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path):
+    blocker = tmp_path / "out"
+    blocker.write_text("keep me")
+    result = run("canonical", "--out", str(blocker))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert blocker.read_text() == "keep me"
+    assert Path(blocker).is_file()
