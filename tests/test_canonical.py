@@ -294,25 +294,48 @@ def test_property_points_are_unchanged_by_any_chain(camera, chain):
     )
 
 
+@st.composite
+def spaces(draw, camera: Camera) -> CanonicalSpace:
+    """Any inference space: Metric3D's fit-and-pad, CSTM_image's focal resize, or no resize."""
+    resize = draw(st.sampled_from(["fit", "focal", "none"]))
+    return CanonicalSpace(
+        focal_px=camera.fx * draw(st.floats(0.3, 3.0)),
+        input_hw=draw(st.tuples(st.integers(8, 200), st.integers(8, 200))),
+        pad_placement=draw(st.sampled_from(["center", "bottom_right"])),
+        variant=draw(st.sampled_from(["label", "none"])) if resize != "focal" else "image",
+        resize=resize,
+        size_multiple=draw(st.sampled_from([1, 7, 32])),
+    )
+
+
 @settings(max_examples=1000, deadline=None)
 @given(
     camera=cameras,
-    input_hw=st.tuples(st.integers(8, 200), st.integers(8, 200)),
-    placement=st.sampled_from(["center", "bottom_right"]),
+    data=st.data(),
     plane=st.tuples(st.floats(0.5, 50.0), st.floats(-0.01, 0.01), st.floats(-0.01, 0.01)),
 )
-def test_property_round_trip_returns_the_depth(camera, input_hw, placement, plane):
+def test_property_round_trip_returns_the_depth(camera, data, plane):
     """(c) from_canonical(to_canonical(depth)) == depth, up to interpolation error."""
-    space = CanonicalSpace(input_hw=input_hw, pad_placement=placement)
-    record = inference_record(camera, space)
-    if min(record.resized_hw) < 1:
+    space = data.draw(spaces(camera))
+    try:
+        record = inference_record(camera, space)
+    except ValueError as error:  # documented: a resize that leaves no pixel
+        assert "leaves no pixel" in str(error)
         return
+    if space.resize == "focal":
+        assert record.f_eff_px == pytest.approx(space.focal_px, rel=1e-12)
+        assert record.label_scale == pytest.approx(1.0, rel=1e-12)  # CSTM_image: metric labels
+    if space.resize != "fit":
+        assert all(side % space.size_multiple == 0 for side in record.input_hw)
+    if space.variant == "none":
+        assert record.label_scale == 1.0 == record.metric_scale
     z0, gu, gv = plane
     v, u = np.mgrid[0 : camera.height, 0 : camera.width].astype(np.float64)
     depth = (z0 * (1 + gu * u + gv * v)).clip(0.1).astype(np.float32)
     image = np.zeros((camera.height, camera.width, 3), dtype=np.uint8)
     canvas = to_canonical(Frame(image, camera, depth), record)
-    # labels: exactly depth x f_c / f_eff wherever valid, and the padding is masked out
+    assert canvas.image.shape[:2] == record.input_hw and canvas.camera == record.camera_c
+    # labels: exactly depth x label_scale wherever valid, and the padding is masked out
     assert not canvas.mask[: record.pad[0]].any() and not canvas.mask[:, : record.pad[2]].any()
     assert canvas.mask.sum() == record.resized_hw[0] * record.resized_hw[1]
     back = from_canonical(canvas.depth, record)
@@ -409,6 +432,10 @@ def test_from_canonical_torch_and_batch_shapes():
 def test_bad_inputs_raise_value_errors():
     with pytest.raises(ValueError, match="pad_placement"):
         CanonicalSpace(pad_placement="left")
+    with pytest.raises(ValueError, match="go together"):
+        CanonicalSpace(variant="image")  # CSTM_image needs the focal resize
+    with pytest.raises(ValueError, match="resize"):
+        CanonicalSpace(resize="stretch")
     with pytest.raises(ValueError, match="focal mode"):
         inference_record(NYU, VIT, "median")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="variant"):

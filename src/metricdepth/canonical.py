@@ -46,6 +46,7 @@ from metricdepth.frame import Frame
 Variant = Literal["label", "image", "none"]
 VARIANTS: tuple[str, ...] = ("label", "image", "none")
 PAD_PLACEMENTS: tuple[str, ...] = ("center", "bottom_right")
+RESIZE_MODES: tuple[str, ...] = ("fit", "focal", "none")
 
 #: ImageNet mean and std in 0-255 RGB, Metric3D's normalisation.
 METRIC3D_MEAN_RGB = (123.675, 116.28, 103.53)
@@ -64,6 +65,13 @@ class CanonicalSpace:
             image, which OpenCV stores as (124, 116, 104), not exactly the mean.
         pad_placement: ``"center"`` (Metric3D: the floor half of the padding on top/left,
             the rest bottom/right) or ``"bottom_right"`` (all padding after the image).
+        variant: how the model was trained (module docstring): ``"label"``, ``"image"`` or
+            ``"none"``. It decides what ``from_canonical`` multiplies by.
+        resize: how inference sizes the image: ``"fit"`` (Metric3D: keep-ratio resize to fit
+            ``input_hw``, then pad), ``"focal"`` (``s = f_c / focal``, so ``f_eff = f_c``:
+            CSTM_image) or ``"none"`` (``s = 1``). With ``"focal"`` and ``"none"`` the canvas
+            is the resized image padded up to a multiple of ``size_multiple``.
+        size_multiple: canvas sides are multiples of this (``"focal"``/``"none"`` only).
     """
 
     focal_px: float = 1000.0
@@ -72,6 +80,9 @@ class CanonicalSpace:
     std_rgb: tuple[float, float, float] = METRIC3D_STD_RGB
     pad_rgb: tuple[int, int, int] = (124, 116, 104)
     pad_placement: str = "center"
+    variant: str = "label"
+    resize: str = "fit"
+    size_multiple: int = 1
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.focal_px) and self.focal_px > 0):
@@ -90,6 +101,22 @@ class CanonicalSpace:
             raise ValueError(
                 f"CanonicalSpace.pad_placement must be one of {', '.join(PAD_PLACEMENTS)}, "
                 f"got {self.pad_placement!r}"
+            )
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(
+                f"CanonicalSpace.resize must be one of {', '.join(RESIZE_MODES)}, "
+                f"got {self.resize!r}"
+            )
+        if (self.variant == "image") != (self.resize == "focal"):
+            raise ValueError(
+                "CanonicalSpace: variant 'image' and resize 'focal' go together "
+                f"(got variant {self.variant!r}, resize {self.resize!r})"
+            )
+        if isinstance(self.size_multiple, bool) or int(self.size_multiple) < 1:
+            raise ValueError(
+                f"CanonicalSpace.size_multiple must be >= 1, got {self.size_multiple!r}"
             )
 
 
@@ -188,22 +215,33 @@ class CanonicalRecord:
 def inference_record(
     camera: Camera, space: CanonicalSpace, focal_mode: FocalMode = "mean"
 ) -> CanonicalRecord:
-    """Keep-ratio resize to fit ``space.input_hw`` and pad, exactly as Metric3D's inference.
+    """The record that moves one image into ``space`` at inference.
 
-    ``s = min(H_in / H, W_in / W)``; resized size ``(int(H s), int(W s))`` (truncation);
-    padding placed by ``space.pad_placement``.
+    ``space.resize == "fit"`` is Metric3D's: ``s = min(H_in / H, W_in / W)``, resized size
+    ``(int(H s), int(W s))`` (truncation), padding placed by ``space.pad_placement``.
+    ``"focal"`` resizes by ``s = f_c / focal`` (so ``f_eff = f_c``) and ``"none"`` keeps
+    ``s = 1``; both pad the resized image up to a multiple of ``space.size_multiple``.
     """
     check_focal_mode(focal_mode)
-    H_in, W_in = space.input_hw  # noqa: N806
-    scale = min(H_in / camera.height, W_in / camera.width)
-    h, w = int(camera.height * scale), int(camera.width * scale)
+    focal = camera.focal(focal_mode)
+    if space.resize == "fit":
+        H_in, W_in = space.input_hw  # noqa: N806
+        scale = min(H_in / camera.height, W_in / camera.width)
+        h, w = int(camera.height * scale), int(camera.width * scale)
+    else:
+        scale = space.focal_px / focal if space.resize == "focal" else 1.0
+        h, w = int(camera.height * scale + 0.5), int(camera.width * scale + 0.5)
+        m = int(space.size_multiple)
+        H_in, W_in = -(-h // m) * m, -(-w // m) * m  # noqa: N806
+    if min(h, w) < 1:
+        raise ValueError(f"resize by {scale:.4g} leaves no pixel of a {camera.size} image")
     if space.pad_placement == "center":
         offset = ((H_in - h) // 2, (W_in - w) // 2)
     else:
         offset = (0, 0)
     return CanonicalRecord(
-        camera, space.input_hw, scale, (h, w), offset, camera.focal(focal_mode), focal_mode,
-        space.focal_px, "label",
+        camera, (H_in, W_in), scale, (h, w), offset, focal, focal_mode, space.focal_px,
+        space.variant,
     )  # fmt: skip
 
 
@@ -212,7 +250,7 @@ def training_record(
     space: CanonicalSpace,
     rng: np.random.Generator,
     *,
-    variant: Variant = "label",
+    variant: Variant | None = None,
     resize_range: tuple[float, float] = (1.0, 1.0),
     resize_prob: float = 1.0,
     crop: Literal["rand", "center"] = "rand",
@@ -221,12 +259,14 @@ def training_record(
     """A training sample's record: random resize ``t``, then a crop or pad to ``input_hw``.
 
     With probability ``resize_prob`` ``t ~ U(resize_range)``, else ``t = 1`` (Metric3D:
-    ``RandomResize``); ``s`` follows ``variant`` (module docstring); the resized size is
+    ``RandomResize``); ``s`` follows ``variant`` (default ``space.variant``; module docstring);
+    the resized size is
     ``(int(H s + 0.5), int(W s + 0.5))``. A side longer than the canvas is cropped at a random
     (``"rand"``) or central offset; a shorter side is padded, floor half before (Metric3D's
     ``RandomCrop``).
     """
     check_focal_mode(focal_mode)
+    variant = space.variant if variant is None else variant
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     low, high = float(resize_range[0]), float(resize_range[1])
