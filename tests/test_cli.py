@@ -89,3 +89,83 @@ def test_output_path_that_is_a_file_is_refused(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert blocker.read_text() == "keep me"
     assert Path(blocker).is_file()
+
+
+# ------------------------------------------------------------------------------ predict
+from conftest import PARITY, PARITY_IMAGES, needs_parity  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def convnext_pth(tmp_path_factory, convnext_tiny_weights):
+    import torch
+
+    path = tmp_path_factory.mktemp("weights") / "convtiny_hourglass_v1.pth"
+    torch.save({"model_state_dict": convnext_tiny_weights}, path)
+    return path
+
+
+@needs_parity
+def test_predict_reproduces_the_official_outputs_on_all_fixture_images(tmp_path, convnext_pth):
+    """End to end through the CLI: an annotation JSON supplies each image's intrinsics."""
+    data = tmp_path / "data"
+    data.mkdir()
+    files = []
+    for name, intrinsics in PARITY_IMAGES.values():
+        (data / name).symlink_to(PARITY / name)
+        files.append({"rgb": name, "cam_in": list(intrinsics)})
+    (data / "annotations.json").write_text(json.dumps({"files": files}))
+    out = tmp_path / "out"
+    result = run(
+        "predict", str(data / "annotations.json"), "--model", "metric3d-convnext-tiny",
+        "--weights", str(convnext_pth), "--focal-mode", "fx", "--out", str(out),
+        "--save", "png16,confidence,ply,vis",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for image_id, (name, _) in PARITY_IMAGES.items():
+        stem = Path(name).stem
+        depth = np.load(out / f"{stem}.depth.npy")
+        reference = np.load(PARITY / f"convnext_tiny__{image_id}.npz")["depth_final"]
+        np.testing.assert_allclose(depth, reference, rtol=0, atol=2e-3)
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["camera_source"] == "annotation"
+        assert record["model"] == "metric3d-convnext-tiny"
+        assert set(record["files"]) == {"depth", "png16", "confidence", "ply", "vis"}
+        png = cv2.imread(str(out / f"{stem}.depth.png"), cv2.IMREAD_UNCHANGED)
+        assert png.dtype == np.uint16
+        np.testing.assert_allclose(png / 1000.0, np.clip(depth, 0, 65.535), atol=5e-4)
+        assert (out / f"{stem}.ply").read_bytes().startswith(b"ply\nformat binary_little_endian")
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@needs_parity
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--weights", "/nonexistent/w.pth"], "weights file not found: /nonexistent/w.pth"),
+        (["--intrinsics", "700,700,600"], "--intrinsics needs 4 comma-separated numbers"),
+        (["--save", "depth,mesh"], "--save: unknown kind(s) mesh"),
+        (["--model", "metric3d-vit-small"], "does not match the official Metric3D v2 ViT"),
+    ],
+)
+def test_predict_bad_input_is_one_line_and_writes_nothing(tmp_path, convnext_pth, args, message):
+    options = {"--model": "metric3d-convnext-tiny", "--weights": str(convnext_pth)}
+    for key, value in zip(args[::2], args[1::2], strict=True):
+        options[key] = value
+    flat = [part for pair in options.items() for part in pair]
+    image = PARITY / PARITY_IMAGES["nyu"][0]
+    result = run("predict", str(image), *flat, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@needs_parity
+def test_predict_unreadable_image(tmp_path, convnext_pth):
+    bogus = tmp_path / "broken.png"
+    bogus.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    model = ["--model", "metric3d-convnext-tiny", "--weights", str(convnext_pth)]
+    result = run("predict", str(bogus), *model, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "broken.png" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

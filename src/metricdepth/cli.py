@@ -156,6 +156,113 @@ def run_canonical(image, intrinsics, focal, focal_mode, input_size, canonical_fo
     return summary
 
 
+@app.command()
+def predict(
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Images, folders or Metric3D annotation JSONs; default: the example."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Registered name or model file; default: metricdepth-small.")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Checkpoint of a registered official model (.pth).")
+    ] = None,
+    intrinsics: Annotated[
+        str | None, typer.Option(help="fx,fy,cx,cy in pixels of the image as displayed.")
+    ] = None,
+    focal: Annotated[float | None, typer.Option(help="Focal length in pixels.")] = None,
+    focal_mode: Annotated[
+        str | None, typer.Option(help="mean: (fx+fy)/2; fx: fx only (default: the model's).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
+    save: Annotated[
+        str, typer.Option(help="Extra files: png16,normal,confidence,ply,vis (depth always).")
+    ] = "depth",
+) -> None:
+    """Predict metric depth; writes S.depth.npy and S.json (+ --save extras) per image."""
+    try:
+        written = run_predict(
+            inputs, model, weights, intrinsics, focal, focal_mode, device, out, save
+        )
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(f"wrote {written} image(s) to {out}")
+
+
+def run_predict(inputs, model, weights, intrinsics, focal, focal_mode, device, out, save) -> int:
+    """The work of ``metricdepth predict``; returns the number of images written."""
+    from rich.progress import Progress
+
+    from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
+    from metricdepth.data.inputs import InputItem, collect_inputs
+    from metricdepth.models.registry import load_model
+    from metricdepth.outputs import parse_save, predict_to_files
+
+    kinds = parse_save(save)
+    if intrinsics is not None and focal is not None:
+        raise ValueError("give either --intrinsics or --focal, not both")
+    values = parse_numbers(intrinsics, 4, "--intrinsics") if intrinsics is not None else None
+    if focal_mode is not None:
+        check_focal_mode(focal_mode)
+    if inputs:
+        items = collect_inputs(list(inputs))
+    else:
+        items = [InputItem(EXAMPLE_IMAGE, EXAMPLE_IMAGE.stem, EXAMPLE_INTRINSICS)]
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    net = load_model(model, weights=weights, device=device)
+    defaults = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("predicting", total=len(items))
+
+        def done(item, prediction) -> None:
+            if prediction.camera_source == "default":
+                defaults.append(item.image)
+            progress.advance(task)
+
+        predict_to_files(
+            net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
+            on_done=done,
+        )  # fmt: skip
+    if defaults:
+        typer.echo(
+            f"warning: {len(defaults)} image(s) had no intrinsics; assumed a "
+            f"{DEFAULT_FOV_X_DEG:g} degree horizontal field of view (camera source: default)",
+            err=True,
+        )
+    return len(items)
+
+
+@app.command()
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="Official Metric3D .pth checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Output .safetensors (a .json spec is written too).")],
+    model: Annotated[
+        str | None, typer.Option(help="Registered name; detected from the weights if omitted.")
+    ] = None,
+) -> None:
+    """Convert an official checkpoint to a self-describing .safetensors + .json pair."""
+    from metricdepth.models.registry import convert_official
+
+    try:
+        path = convert_official(checkpoint, out, model)
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the registered models."""
+    from metricdepth.models.registry import DEFAULT_MODEL, MODELS
+
+    typer.echo(f"{DEFAULT_MODEL}  (default, bundled)")
+    for name, (spec, filename) in MODELS.items():
+        typer.echo(f"{name}  {spec.description}; checkpoint {filename}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -34,7 +34,8 @@ class AnnotationEntry:
     """One image of an annotation file.
 
     ``rgb``/``depth``: absolute, normalised paths. ``depth_scale``: stored depth units per metre.
-    ``intrinsics``: ``(fx, fy, cx, cy)`` in pixels of the stored image. ``key``: the rgb path
+    ``intrinsics``: ``(fx, fy, cx, cy)`` in pixels of the image as displayed (EXIF orientation
+    applied, as OpenCV and Metric3D read it). ``key``: the rgb path
     relative to the root, POSIX separators, extension dropped (``"rgb/0001"``); outputs are
     named by it and it is unique within a file.
     """

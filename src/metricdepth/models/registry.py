@@ -1,0 +1,307 @@
+"""One registry and one loader: ``load_model(name_or_path)``.
+
+Names resolve to a ``ModelSpec`` (architecture, pre-processing, output range). Weights come
+from a file the user gives (official ``.pth`` or our ``.safetensors``), from the package
+(the bundled default), or, where network access and ``huggingface_hub`` exist, from the
+Hugging Face cache. Every load is strict: missing, unexpected or mis-shaped tensors are a
+ValueError naming the architecture and the first offending keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metricdepth.canonical import CanonicalSpace
+from metricdepth.io import atomic_write
+from metricdepth.models.spec import ModelSpec
+from metricdepth.models.weights import load_strict, read_torch_checkpoint
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL = "metricdepth-small"
+SPEC_METADATA_KEY = "metricdepth_spec"
+HF_REPO = "JUGGHM/Metric3D"
+
+_VIT_SPACE = CanonicalSpace(input_hw=(616, 1064))
+_CONVNEXT_SPACE = CanonicalSpace(input_hw=(544, 1216))
+
+
+def _official(name: str, arch: str, size: str, space: CanonicalSpace, outputs, text: str):
+    return ModelSpec(
+        name=name,
+        arch=arch,
+        arch_kwargs={"size": size},
+        space=space,
+        focal_mode="mean",
+        max_depth_m=300.0,
+        outputs=outputs,
+        description=text,
+    )
+
+
+#: Registered names -> (spec, official checkpoint file name in the Hugging Face repo or None).
+MODELS: dict[str, tuple[ModelSpec, str | None]] = {
+    "metric3d-vit-small": (
+        _official("metric3d-vit-small", "metric3d_vit", "small", _VIT_SPACE,
+                  ("confidence", "normal"), "Metric3D v2 ViT-S/14 + RAFT decoder, depth + normals"),
+        "metric_depth_vit_small_800k.pth",
+    ),
+    "metric3d-vit-large": (
+        _official("metric3d-vit-large", "metric3d_vit", "large", _VIT_SPACE,
+                  ("confidence", "normal"), "Metric3D v2 ViT-L/14 + RAFT decoder, depth + normals"),
+        "metric_depth_vit_large_800k.pth",
+    ),
+    "metric3d-vit-giant2": (
+        _official("metric3d-vit-giant2", "metric3d_vit", "giant2", _VIT_SPACE,
+                  ("confidence", "normal"), "Metric3D v2 ViT-g/14 + RAFT decoder, depth + normals"),
+        "metric_depth_vit_giant2_800k.pth",
+    ),
+    "metric3d-convnext-tiny": (
+        _official("metric3d-convnext-tiny", "metric3d_convnext", "tiny", _CONVNEXT_SPACE,
+                  ("confidence",), "Metric3D v1 ConvNeXt-T + hourglass decoder (outdoor)"),
+        "convtiny_hourglass_v1.pth",
+    ),
+    "metric3d-convnext-large": (
+        _official("metric3d-convnext-large", "metric3d_convnext", "large", _CONVNEXT_SPACE,
+                  ("confidence",), "Metric3D v1 ConvNeXt-L + hourglass decoder"),
+        "convlarge_hourglass_0.3_150_step750k_v1.1.pth",
+    ),
+}  # fmt: skip
+
+
+def _build_vit(size: str) -> nn.Module:
+    from metricdepth.models.metric3d_vit import build_metric3d_vit
+
+    return build_metric3d_vit(size)
+
+
+def _build_convnext(size: str) -> nn.Module:
+    from metricdepth.models.metric3d_convnext import build_metric3d_convnext
+
+    return build_metric3d_convnext(size)
+
+
+def _build_small(**kwargs: Any) -> nn.Module:
+    from metricdepth.models.small import build_small_unet
+
+    return build_small_unet(**kwargs)
+
+
+#: Architecture key -> builder(**arch_kwargs) returning a module whose forward(x) gives a dict
+#: with ``depth_c`` (B,1,H,W) and optionally ``confidence`` and ``normal``.
+def _load_vit(net: nn.Module, state: Mapping[str, Any]) -> None:
+    from metricdepth.models.metric3d_vit import load_official_state_dict
+
+    load_official_state_dict(net, state)
+
+
+def _load_convnext(net: nn.Module, state: Mapping[str, Any]) -> None:
+    from metricdepth.models.metric3d_convnext import load_official_state_dict
+
+    load_official_state_dict(net, state)
+
+
+#: Official architectures -> strict loader of the official key layout.
+OFFICIAL_LOADERS: dict[str, Callable[[nn.Module, Mapping[str, Any]], None]] = {
+    "metric3d_vit": _load_vit,
+    "metric3d_convnext": _load_convnext,
+}
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "metric3d_vit": _build_vit,
+    "metric3d_convnext": _build_convnext,
+    "small_unet": _build_small,
+}
+
+
+class DepthModel(nn.Module):
+    """A network together with its spec: ``forward(x)`` returns the network's dict."""
+
+    def __init__(self, spec: ModelSpec, net: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.net = net
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.net(x)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+
+def list_models() -> list[str]:
+    """Registered model names, the bundled default first."""
+    return [DEFAULT_MODEL, *MODELS]
+
+
+def build_model(spec: ModelSpec) -> DepthModel:
+    """A model with uninitialised weights for ``spec`` (eval mode)."""
+    if spec.arch not in ARCHITECTURES:
+        known = ", ".join(ARCHITECTURES)
+        raise ValueError(f"unknown architecture {spec.arch!r}; known: {known}")
+    return DepthModel(spec, ARCHITECTURES[spec.arch](**spec.arch_kwargs)).eval()
+
+
+def save_model(net: nn.Module, spec: ModelSpec, path: str | Path) -> Path:
+    """Write ``path`` (.safetensors, spec embedded) and its ``.json`` spec beside it, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"model files are .safetensors, got {path.name}")
+    build_model(spec)  # the spec must describe a buildable architecture
+    # clone: tied tensors (e.g. the ViT decoder's norm3 == downsample.1) are stored once each
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in net.state_dict().items()}
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata={SPEC_METADATA_KEY: spec.to_json()})
+    with atomic_write(path.with_suffix(".json")) as tmp:
+        tmp.write_text(spec.to_json() + "\n")
+    return path
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    """The spec embedded in a metricdepth ``.safetensors`` file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for bad files
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    if SPEC_METADATA_KEY not in metadata:
+        raise ValueError(
+            f"{path}: no metricdepth spec inside; convert it with 'metricdepth convert'"
+        )
+    return ModelSpec.from_json(metadata[SPEC_METADATA_KEY])
+
+
+def _load_safetensors(path: Path, device: torch.device | str | None) -> DepthModel:
+    from safetensors.torch import load_file
+
+    spec = read_spec(path)
+    model = build_model(spec)
+    try:
+        state = load_file(str(path))
+    except Exception as error:
+        raise ValueError(f"{path}: cannot read weights ({error})") from None
+    load_strict(model.net, state, f"{spec.name} ({spec.arch})")
+    return model.to(device) if device is not None else model
+
+
+def _guess_official(state: Mapping[str, Any]) -> str:
+    """Which registered official model a state dict belongs to (by its tensor shapes)."""
+    pos = state.get("depth_model.encoder.pos_embed")
+    if pos is not None:
+        width = pos.shape[-1]
+        by_width = {
+            384: "metric3d-vit-small",
+            1024: "metric3d-vit-large",
+            1536: "metric3d-vit-giant2",
+        }
+        if width in by_width:
+            return by_width[width]
+    stem = next((v for k, v in state.items() if "downsample_layers.0.0.weight" in k), None)
+    if stem is not None:
+        return {96: "metric3d-convnext-tiny", 192: "metric3d-convnext-large"}.get(
+            stem.shape[0], "unknown"
+        )
+    raise ValueError(
+        "cannot tell which Metric3D model these weights belong to; pass the model name"
+    )
+
+
+def _load_official(name: str, path: Path, device) -> DepthModel:
+    spec = MODELS[name][0]
+    state = read_torch_checkpoint(path)
+    model = build_model(spec)
+    OFFICIAL_LOADERS[spec.arch](model.net, state)
+    return model.to(device) if device is not None else model
+
+
+def _hub_file(name: str) -> Path:
+    filename = MODELS[name][1]
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ValueError(
+            f"{name} needs its checkpoint: pass --weights FILE ({filename} from the Hugging Face "
+            f"repo {HF_REPO}), or install huggingface_hub to download it"
+        ) from None
+    try:
+        return Path(hf_hub_download(HF_REPO, filename))
+    except Exception as error:
+        raise ValueError(f"could not get {filename} from {HF_REPO}: {error}") from None
+
+
+def load_model(
+    name_or_path: str | Path | None = None,
+    weights: str | Path | None = None,
+    device: torch.device | str | None = None,
+) -> DepthModel:
+    """Load a depth model by registered name or from a file, strictly.
+
+    Args:
+        name_or_path: a name from ``list_models()`` (default: the bundled
+            ``metricdepth-small``), a metricdepth ``.safetensors`` file (spec embedded), a
+            directory holding one, or an official Metric3D ``.pth`` (architecture detected).
+        weights: for a registered official name, its checkpoint file (``.pth`` or a converted
+            ``.safetensors``); without it, the Hugging Face cache is tried.
+        device: where to put the model.
+    """
+    name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    if name == DEFAULT_MODEL and weights is None:
+        bundled = ASSETS / f"{DEFAULT_MODEL}.safetensors"
+        if not bundled.exists():
+            raise ValueError(f"the default model is not bundled in this install ({bundled})")
+        return _load_safetensors(bundled, device)
+    if name in MODELS:
+        path = Path(weights) if weights is not None else _hub_file(name)
+        if not path.is_file():
+            raise ValueError(f"weights file not found: {path}")
+        if path.suffix == ".safetensors":
+            model = _load_safetensors(path, device)
+            if model.spec.arch_kwargs != MODELS[name][0].arch_kwargs:
+                raise ValueError(f"{path} holds {model.spec.name}, not {name}")
+            return model
+        return _load_official(name, path, device)
+    path = Path(name)
+    if weights is not None:
+        raise ValueError("--weights goes with a registered model name; got a path as the model")
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1:
+            raise ValueError(
+                f"{path}: expected exactly one .safetensors model file, found {len(files)}"
+            )
+        path = files[0]
+    if not path.exists():
+        known = ", ".join(list_models())
+        raise ValueError(f"no model or file named {name!r}; registered models: {known}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, device)
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return _load_official(_guess_official(read_torch_checkpoint(path)), path, device)
+    raise ValueError(f"{path}: unsupported model file type {path.suffix!r} (.safetensors or .pth)")
+
+
+def convert_official(checkpoint: str | Path, out: str | Path, name: str | None = None) -> Path:
+    """Official ``.pth`` -> our self-describing ``.safetensors`` (+ ``.json`` spec)."""
+    checkpoint = Path(checkpoint)
+    state = read_torch_checkpoint(checkpoint)
+    name = name or _guess_official(state)
+    if name not in MODELS:
+        raise ValueError(f"unknown official model {name!r}; known: {', '.join(MODELS)}")
+    model = _load_official(name, checkpoint, None)
+    return save_model(model.net, replace(model.spec), out)
+
+
+def describe(model: DepthModel) -> dict[str, Any]:
+    """A JSON-ready summary of a loaded model (for outputs and ``--help`` listings)."""
+    return json.loads(model.spec.to_json())

@@ -1,0 +1,90 @@
+"""What a depth model is: architecture, pre-processing (its canonical space) and output range.
+
+A ``ModelSpec`` travels inside every checkpoint metricdepth writes, so a file alone rebuilds
+its model (no name lookup, no guessing of the input size or the canonical focal).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from metricdepth.camera import check_focal_mode
+from metricdepth.canonical import CanonicalSpace
+
+SPEC_FORMAT = "metricdepth-spec/1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A depth model's self-description.
+
+    Attributes:
+        name: registered name, e.g. ``"metric3d-vit-small"``.
+        arch: architecture key in ``metricdepth.models.registry.ARCHITECTURES``.
+        arch_kwargs: keyword arguments of the architecture builder (JSON values only).
+        space: pre-processing and canonical camera (input size, mean/std, padding, f_c,
+            training variant, inference resize).
+        focal_mode: default focal of a camera with fx != fy: ``"mean"`` or ``"fx"``.
+        max_depth_m: metric outputs are clamped to [0, max_depth_m] (Metric3D's hub: 300);
+            None for no clamp.
+        outputs: what the network returns besides depth: ``"confidence"``, ``"normal"``.
+        description: one line for ``list_models``.
+    """
+
+    name: str
+    arch: str
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    space: CanonicalSpace = field(default_factory=CanonicalSpace)
+    focal_mode: str = "mean"
+    max_depth_m: float | None = None
+    outputs: tuple[str, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        check_focal_mode(self.focal_mode)
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        unknown = set(self.outputs) - {"confidence", "normal"}
+        if unknown:
+            raise ValueError(f"ModelSpec.outputs: unknown output(s) {sorted(unknown)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with a format tag."""
+        data = asdict(self)
+        data["space"] = asdict(self.space)
+        data["format"] = SPEC_FORMAT
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Inverse of ``to_dict``; a wrong format or unknown field is a ValueError."""
+        data = dict(data)
+        fmt = data.pop("format", None)
+        if fmt != SPEC_FORMAT:
+            raise ValueError(f"not a metricdepth model spec (format {fmt!r}, want {SPEC_FORMAT!r})")
+        space = dict(data.pop("space", {}))
+        for key in ("input_hw", "mean_rgb", "std_rgb", "pad_rgb"):
+            if key in space:
+                space[key] = tuple(space[key])
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"model spec has unknown field(s): {sorted(unknown)}")
+        try:
+            return cls(space=CanonicalSpace(**space), **data)
+        except TypeError as error:
+            raise ValueError(f"invalid model spec: {error}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"model spec is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError("model spec must be a JSON object")
+        return cls.from_dict(data)

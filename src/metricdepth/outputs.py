@@ -1,0 +1,684 @@
+"""Files written for a prediction, and the batch runner that writes them for many images.
+
+Per image ``S`` (its output stem): ``S.depth.npy`` and the record ``S.json`` always, and on
+request PNG16, normals, confidence, PLY and a picture (``SAVE_KINDS``).
+
+Every file is written atomically (temporary name, then rename), so an interrupted run never
+leaves a half-written file under a final name. The record ``S.json`` is written last: its
+presence means every requested file of that image is complete, and it is what ``resume`` checks.
+
+``run_batch`` is the engine of ``metricdepth predict``:
+
+* a ``torch.utils.data.DataLoader`` decodes images and builds the canonical network input in
+  ``workers`` processes while the model runs (``workers=0``: in the calling process);
+* one image per forward pass, so an image's output never depends on which other images ran
+  with it: a resumed or sharded run writes the same bytes as one uninterrupted run (records hold
+  no wall-clock timings for the same reason; throughput is in the ``BatchSummary``);
+* ``resume`` skips images whose record exists and lists every requested kind; temporary files
+  left by a killed run of the same images are removed;
+* ``shard=(i, n)`` keeps items ``i, i + n, i + 2n, ...`` (0-based, round robin over the input
+  order) so that n processes or machines split one input list without overlap;
+* ``keep_going`` reports a bad image in one line and goes on; SIGINT (Ctrl-C) stops after the
+  image being processed and returns the summary (a second Ctrl-C interrupts at once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from metricdepth.camera import Camera
+from metricdepth.canonical import CanonicalRecord, CanonicalSpace
+from metricdepth.data.inputs import InputItem, check_shard, shard_items
+from metricdepth.io import atomic_write, write_depth, write_ply
+from metricdepth.predict import Prediction
+
+#: What ``--save`` accepts; ``depth`` (S.depth.npy) and the record (S.json) are always written.
+SAVE_KINDS = ("depth", "png16", "normal", "confidence", "ply", "vis")
+
+
+def parse_save(text: str) -> set[str]:
+    """``"depth,ply,vis"`` -> a set of kinds, or a ValueError naming the unknown ones."""
+    kinds = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(kinds - set(SAVE_KINDS))
+    if unknown:
+        raise ValueError(
+            f"--save: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(SAVE_KINDS)}"
+        )
+    return kinds | {"depth"}
+
+
+def colorize_depth(depth_m: np.ndarray) -> np.ndarray:
+    """(H, W) metres -> (H, W, 3) RGB uint8: inverse depth through OpenCV's turbo map.
+
+    Near is warm, far is cold; the range is the 2nd-98th percentile of valid inverse depth;
+    invalid pixels are black.
+    """
+    valid = depth_m > 0
+    inverse = np.zeros_like(depth_m, dtype=np.float32)
+    inverse[valid] = 1.0 / depth_m[valid]
+    if valid.any():
+        low, high = np.percentile(inverse[valid], [2, 98])
+    else:
+        low, high = 0.0, 1.0
+    scaled = np.clip((inverse - low) / max(high - low, 1e-12), 0, 1)
+    bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    bgr[~valid] = 0
+    return bgr[:, :, ::-1].copy()
+
+
+def visualization(image: np.ndarray, prediction: Prediction) -> np.ndarray:
+    """The image and its colour-mapped depth side by side, with the depth range written on it."""
+    colour = colorize_depth(prediction.depth_m)
+    valid = prediction.depth_m[prediction.depth_m > 0]
+    text = f"{valid.min():.2f}-{valid.max():.2f} m" if valid.size else "no depth"
+    canvas = np.concatenate([image, colour], axis=1)
+    scale = max(0.4, image.shape[0] / 600)
+    cv2.putText(
+        canvas, text, (image.shape[1] + 8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+        (255, 255, 255), max(1, int(2 * scale)), cv2.LINE_AA,
+    )  # fmt: skip
+    return canvas
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", rgb[:, :, ::-1])
+    if not ok:
+        raise ValueError(f"could not encode {path}")
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def output_paths(out_dir: Path, stem: str, save: set[str]) -> dict[str, Path]:
+    """Where each requested file of image ``stem`` goes (``record`` is ``S.json``)."""
+    base = Path(out_dir) / stem
+    names = {
+        "depth": ".depth.npy",
+        "png16": ".depth.png",
+        "normal": ".normal.npy",
+        "confidence": ".confidence.npy",
+        "ply": ".ply",
+        "vis": ".vis.png",
+    }
+    paths = {kind: base.with_name(base.name + names[kind]) for kind in save}
+    paths["record"] = base.with_name(base.name + ".json")
+    return paths
+
+
+def write_prediction(
+    prediction: Prediction, image: np.ndarray | None, out_dir: Path, stem: str, save: set[str]
+) -> dict[str, Path]:
+    """Write the requested files of one prediction, the record last; returns kind -> path.
+
+    ``image`` (the RGB the prediction was made from) is needed only for ``ply`` and ``vis``.
+    The record holds ``files`` (what was written) and ``save`` (what was requested; a model
+    without normals or confidence writes no such file); empty ``timings_s`` are left out.
+    """
+    paths = output_paths(out_dir, stem, save)
+    if image is None and save & {"ply", "vis"}:
+        raise ValueError(f"{stem}: saving ply or vis needs the image")
+    _write_npy(paths["depth"], prediction.depth_m.astype(np.float32))
+    written = {"depth": paths["depth"]}
+    if "png16" in save:
+        write_depth(paths["png16"], prediction.depth_m, depth_scale=1000.0)
+        written["png16"] = paths["png16"]
+    if "normal" in save and prediction.normal is not None:
+        _write_npy(paths["normal"], prediction.normal.astype(np.float32))
+        written["normal"] = paths["normal"]
+    if "confidence" in save and prediction.confidence is not None:
+        _write_npy(paths["confidence"], prediction.confidence.astype(np.float32))
+        written["confidence"] = paths["confidence"]
+    if "ply" in save:
+        valid = prediction.depth_m > 0
+        write_ply(paths["ply"], prediction.points(), image, prediction.normal, mask=valid)
+        written["ply"] = paths["ply"]
+    if "vis" in save:
+        _write_png(paths["vis"], visualization(image, prediction))
+        written["vis"] = paths["vis"]
+    record = prediction.summary()
+    record["files"] = {kind: path.name for kind, path in written.items()}
+    record["save"] = sorted(save | {"depth"})
+    record["depth_png_scale"] = 1000.0 if "png16" in written else None
+    if not record.get("timings_s"):
+        record.pop("timings_s", None)
+    with atomic_write(paths["record"]) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    written["record"] = paths["record"]
+    return written
+
+
+def camera_for_item(
+    item: InputItem,
+    width: int,
+    height: int,
+    intrinsics: Sequence[float] | None = None,
+    focal: float | None = None,
+) -> tuple[Camera | None, str | None]:
+    """The camera of one input and its source: command line, then annotation, else None."""
+    if intrinsics is not None:
+        return Camera.from_intrinsics(intrinsics, width, height), "given"
+    if focal is not None:
+        return Camera(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height), "given"
+    if item.intrinsics is not None:
+        return Camera.from_intrinsics(item.intrinsics, width, height), "annotation"
+    return None, None
+
+
+# ------------------------------------------------------------------ loading in worker processes
+def problem_line(path: Path | str, error: BaseException | str) -> str:
+    """``"PATH: problem"`` on one line (the path is not repeated if the message names it)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if str(path) in text else f"{path}: {text}"
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """One decoded image on the network canvas: what a loader worker hands to the model.
+
+    Attributes:
+        index: position of the item in the list given to ``PredictionInputs``.
+        x: float32 (1, 3, H_in, W_in) normalised network input, a numpy array (it crosses from
+            a worker process as plain bytes, cheaper than a shared-memory tensor for each
+            image); None when ``error``.
+        camera: camera of the image as displayed.
+        source: where the camera came from (``given``, ``annotation`` or ``default``).
+        record: the canonical record (resize, padding, f_eff).
+        image: the (H, W, 3) uint8 RGB when kept (``ply``/``vis`` outputs), else None.
+        error: one line naming the file and the problem when the image could not be prepared.
+    """
+
+    index: int
+    x: np.ndarray | None = None
+    camera: Camera | None = None
+    source: str | None = None
+    record: CanonicalRecord | None = None
+    image: np.ndarray | None = None
+    error: str | None = None
+
+
+class PredictionInputs(torch.utils.data.Dataset):
+    """Map-style dataset: item k -> ``PreparedInput`` (decode, camera, canonical input).
+
+    Exactly the pre-processing of ``predict``: the image read with its EXIF orientation, the
+    camera from ``intrinsics``/``focal``, else the item's annotation, else the default camera,
+    then the model's ``inference_record``, ``to_canonical`` and ``normalize``. A bad image gives
+    a ``PreparedInput`` with ``error`` set instead of raising, so one file cannot stop a worker.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[InputItem],
+        space: CanonicalSpace,
+        focal_mode: str,
+        *,
+        intrinsics: Sequence[float] | None = None,
+        focal: float | None = None,
+        keep_image: bool = False,
+    ) -> None:
+        self.items = list(items)
+        self.space = space
+        self.focal_mode = focal_mode
+        self.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
+        self.focal = focal
+        self.keep_image = keep_image
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> PreparedInput:
+        from metricdepth.canonical import inference_record, normalize, to_canonical
+        from metricdepth.frame import Frame
+        from metricdepth.io import read_image
+        from metricdepth.predict import default_camera
+
+        item = self.items[index]
+        try:
+            rgb, _ = read_image(item.image)
+            height, width = rgb.shape[:2]
+            camera, source = camera_for_item(item, width, height, self.intrinsics, self.focal)
+            if camera is None:
+                camera, source = default_camera(width, height), "default"
+            record = inference_record(camera, self.space, self.focal_mode)
+            canvas = to_canonical(Frame(rgb, camera), record, pad_rgb=self.space.pad_rgb)
+            x = normalize(canvas.image, self.space).numpy()
+        except (ValueError, cv2.error) as error:
+            return PreparedInput(index, error=problem_line(item.image, error))
+        return PreparedInput(index, x, camera, source, record, rgb if self.keep_image else None)
+
+
+def _as_is(sample: PreparedInput) -> PreparedInput:
+    return sample
+
+
+def _init_worker(_: int) -> None:
+    """Loader workers leave Ctrl-C to the main process (which stops after the current image).
+
+    (``cv2.setNumThreads`` is not called here: in a forked worker it can block forever on the
+    parent's OpenCV thread-pool lock.)
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_network(model, sample: PreparedInput) -> dict[str, torch.Tensor]:
+    """The network's raw outputs for one ``PreparedInput`` (a bad one is a ValueError)."""
+    if sample.error is not None or sample.x is None:
+        raise ValueError(sample.error or "no input")
+    x = torch.from_numpy(sample.x).to(model.device)
+    with torch.inference_mode():
+        return model(x)
+
+
+def to_prediction(model, sample: PreparedInput, out: dict[str, torch.Tensor]) -> Prediction:
+    """Network outputs -> metric ``Prediction`` at the image's size (``predict``'s own step)."""
+    from metricdepth.predict import _postprocess
+
+    return _postprocess(out, 0, sample.camera, sample.source, sample.record, model)
+
+
+def predict_prepared(model, sample: PreparedInput) -> Prediction:
+    """Run the network on one ``PreparedInput`` and return the metric ``Prediction``."""
+    return to_prediction(model, sample, run_network(model, sample))
+
+
+def _check_arguments(model, workers, intrinsics, focal, focal_mode) -> str:
+    """The focal mode to use, or a ValueError for a bad argument of the batch functions."""
+    from metricdepth.camera import check_focal_mode
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
+    if intrinsics is not None and focal is not None:
+        raise ValueError("give either intrinsics or focal, not both")
+    return check_focal_mode(focal_mode or model.spec.focal_mode)
+
+
+def prepared_inputs(
+    model,
+    items: Sequence[InputItem],
+    *,
+    intrinsics: Sequence[float] | None = None,
+    focal: float | None = None,
+    focal_mode: str | None = None,
+    workers: int = 0,
+    keep_images: bool = False,
+) -> Iterator[tuple[InputItem, PreparedInput]]:
+    """``(item, PreparedInput)`` in input order, decoded by ``workers`` loader processes.
+
+    With ``workers > 0`` the processes start at this call and work ahead (two images each)
+    while the caller runs the model; with 0 each image is prepared here when asked for. Close
+    the generator (or exhaust it) to stop the workers.
+    """
+    mode = _check_arguments(model, workers, intrinsics, focal, focal_mode)
+    dataset = PredictionInputs(
+        items, model.spec.space, mode, intrinsics=intrinsics, focal=focal, keep_image=keep_images
+    )
+    if workers == 0 or len(dataset) < 2:
+        stream: Iterator[PreparedInput] = (dataset[k] for k in range(len(dataset)))
+    else:  # the workers start here, not at the first next()
+        stream = iter(
+            torch.utils.data.DataLoader(
+                dataset, batch_size=None, shuffle=False, num_workers=min(workers, len(dataset)),
+                collate_fn=_as_is, worker_init_fn=_init_worker,
+            )
+        )  # fmt: skip
+    return _in_order(dataset, stream)
+
+
+def _in_order(
+    dataset: PredictionInputs, stream: Iterator[PreparedInput]
+) -> Iterator[tuple[InputItem, PreparedInput]]:
+    try:
+        for sample in stream:
+            yield dataset.items[sample.index], sample
+    finally:
+        shutdown = getattr(stream, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def iter_predictions(
+    model,
+    items: Sequence[InputItem],
+    *,
+    intrinsics: Sequence[float] | None = None,
+    focal: float | None = None,
+    focal_mode: str | None = None,
+    workers: int = 0,
+    keep_images: bool = False,
+) -> Iterator[tuple[InputItem, Prediction | str, np.ndarray | None]]:
+    """Predict ``items`` in order: yields ``(item, prediction, image)``.
+
+    The same steps as ``run_batch`` (and so the same numbers, to the bit), without writing:
+    images are decoded and moved into canonical space by ``workers`` loader processes (0: here)
+    while the model runs, one image per forward pass. A bad image yields its error line
+    (``"PATH: problem"``) in place of the prediction. ``image`` is the RGB when
+    ``keep_images``, else None.
+    """
+    samples = prepared_inputs(
+        model, items, intrinsics=intrinsics, focal=focal, focal_mode=focal_mode,
+        workers=workers, keep_images=keep_images,
+    )  # fmt: skip
+    return _predict_all(model, samples)
+
+
+def _predict_all(
+    model, samples: Iterator[tuple[InputItem, PreparedInput]]
+) -> Iterator[tuple[InputItem, Prediction | str, np.ndarray | None]]:
+    with closing(samples):
+        for item, sample in samples:
+            if sample.error is not None:
+                yield item, sample.error, None
+            else:
+                yield item, predict_prepared(model, sample), sample.image
+
+
+# ------------------------------------------------------------------ resume
+_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.[0-9a-f]{8}\.tmp(?P<suffix>(\.[^.]*)?)")
+
+
+def is_finished(out_dir: Path, stem: str, save: set[str]) -> bool:
+    """True when ``S.json`` exists, reads, asks for every kind of ``save`` and its files exist."""
+    paths = output_paths(out_dir, stem, set())
+    try:
+        record = json.loads(paths["record"].read_text(encoding="utf-8"))
+        files = record["files"]
+        requested = set(record.get("save") or files)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not (save | {"depth"}) <= requested:
+        return False
+    return all((paths["record"].parent / name).is_file() for name in files.values())
+
+
+def remove_stale_temporaries(out_dir: Path, stems: Iterable[str]) -> int:
+    """Delete temporary files that a killed run left for the outputs of ``stems``; the count.
+
+    Only names ``atomic_write`` gives to the outputs of these stems are touched, so runs of
+    other shards writing into the same folder are left alone.
+    """
+    wanted: dict[Path, set[tuple[str, str]]] = {}
+    for stem in stems:
+        for path in output_paths(out_dir, stem, set(SAVE_KINDS)).values():
+            wanted.setdefault(path.parent, set()).add((path.stem, path.suffix))
+    removed = 0
+    for folder, names in wanted.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match and (match["stem"], match["suffix"]) in names and entry.is_file():
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+# ------------------------------------------------------------------ the batch runner
+@dataclass
+class BatchSummary:
+    """What a batch run did.
+
+    Attributes:
+        total: items in this run (this shard's share of the input list).
+        done: images predicted and written in this run.
+        skipped: images skipped as already finished (``resume``).
+        failed: one line per bad image (``keep_going``): ``"PATH: problem"``.
+        default_camera: images predicted with the default camera (no intrinsics anywhere).
+        interrupted: stopped early by SIGINT; the rest can be finished with ``resume``.
+        elapsed_s: wall time of the run in seconds (start-up of the workers included).
+        shard: ``(i, n)`` when the run was one shard of n.
+    """
+
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    default_camera: int = 0
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+    shard: tuple[int, int] | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        """Images predicted and written per second of ``elapsed_s``."""
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def remaining(self) -> int:
+        """Items neither written, skipped nor failed (left by an interruption)."""
+        return self.total - self.done - self.skipped - len(self.failed)
+
+    def line(self) -> str:
+        """One line, e.g. ``12 done, 3 skipped as finished, 1 failed of 16 image(s); ...``."""
+        scope = f"of {self.total} image(s)"
+        if self.shard is not None:
+            scope += f" in shard {self.shard[0]}/{self.shard[1]}"
+        text = (
+            f"{self.done} done, {self.skipped} skipped as finished, {len(self.failed)} failed "
+            f"{scope}; {self.elapsed_s:.1f} s, {self.images_per_s:.2f} images/s"
+        )
+        if self.interrupted:
+            text = f"interrupted: {text}; {self.remaining} left (rerun with --resume)"
+        return text
+
+
+@contextmanager
+def _stop_on_sigint() -> Iterator[threading.Event]:
+    """An event set by the first SIGINT; a second SIGINT raises KeyboardInterrupt as usual."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+def _rate_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Images per second."""
+
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("-.-- images/s" if speed is None else f"{speed:.2f} images/s")
+
+    return RateColumn()
+
+
+@contextmanager
+def _progress(
+    enabled: bool, total: int
+) -> Iterator[tuple[Callable[[], None], Callable[[str], None]]]:
+    """``(advance, report)``: a rich bar on stderr (terminals only) and a one-line reporter."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _rate_column(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+    )  # fmt: skip
+    bar = Progress(*columns, console=console, disable=not (enabled and console.is_terminal))
+    with bar:
+        task = bar.add_task("predicting", total=total)
+
+        def report(line: str) -> None:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+        yield (lambda: bar.advance(task)), report
+
+
+#: Images whose writes may still be under way while the network runs.
+_MAX_WRITES_AHEAD = 2
+
+
+def _write(
+    prediction: Prediction, image: np.ndarray | None, out_dir: Path, stem: str, save: set[str]
+) -> tuple[Prediction, dict[str, Path]]:
+    return prediction, write_prediction(prediction, image, out_dir, stem, save)
+
+
+def run_batch(
+    model,
+    items: Sequence[InputItem],
+    out_dir: Path,
+    save: set[str],
+    *,
+    intrinsics: Sequence[float] | None = None,
+    focal: float | None = None,
+    focal_mode: str | None = None,
+    workers: int = 0,
+    resume: bool = False,
+    shard: tuple[int, int] | None = None,
+    keep_going: bool = False,
+    progress: bool = True,
+    on_done: Callable[[InputItem, Prediction, dict[str, Path]], None] | None = None,
+) -> BatchSummary:
+    """Predict every item and write its files (see the module docstring); returns a summary.
+
+    Args:
+        model: a loaded ``DepthModel``.
+        items: from ``collect_inputs``; each is written under ``out_dir / item.stem``.
+        save: kinds of ``SAVE_KINDS`` (``depth`` and the record are always written).
+        intrinsics / focal: one camera for every image (else each item's annotation, else the
+            default camera); ``focal_mode``: ``mean`` or ``fx`` (default: the model's).
+        workers: loader processes decoding images while the model runs (0: in this process).
+        resume: skip items whose record exists and lists every kind of ``save``.
+        shard: ``(i, n)``: process only items ``i, i + n, ...`` (0-based) of ``items``.
+        keep_going: a bad image is reported (``"failed: PATH: problem"`` on stderr), counted
+            in ``failed``, and the run goes on; without it, the first one raises ValueError.
+        progress: show a progress bar with images/s and ETA on stderr (terminals only).
+        on_done: called as ``on_done(item, prediction, written_paths)`` after each image.
+
+    Raises:
+        ValueError: a bad argument, or (without ``keep_going``) the first bad image, naming it.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    unknown = sorted(set(save) - set(SAVE_KINDS))
+    if unknown:
+        raise ValueError(f"unknown save kind(s) {', '.join(unknown)}; choose from {SAVE_KINDS}")
+    save = set(save) | {"depth"}
+    _check_arguments(model, workers, intrinsics, focal, focal_mode)
+    items = list(items)
+    if shard is not None:
+        shard = check_shard(shard)
+        items = shard_items(items, *shard)
+    summary = BatchSummary(total=len(items), shard=shard)
+    remove_stale_temporaries(out_dir, (item.stem for item in items))
+    pending = [item for item in items if not (resume and is_finished(out_dir, item.stem, save))]
+    summary.skipped = len(items) - len(pending)
+    keep_images = bool(save & {"ply", "vis"})
+
+    def fail(message: str) -> None:
+        if not keep_going:
+            raise ValueError(message)
+        summary.failed.append(message)
+        report(f"failed: {message}")
+
+    def settle(item: InputItem, future: Future) -> None:
+        try:
+            prediction, written = future.result()
+        except ValueError as error:
+            fail(problem_line(item.image, error))
+        else:
+            summary.done += 1
+            summary.default_camera += prediction.camera_source == "default"
+            if on_done is not None:
+                on_done(item, prediction, written)
+        advance()
+
+    with _stop_on_sigint() as stop:
+        samples = prepared_inputs(
+            model, pending, intrinsics=intrinsics, focal=focal, focal_mode=focal_mode,
+            workers=workers, keep_images=keep_images,
+        )  # fmt: skip
+        # The network and the metric post-processing run here; the (fsync'ed) writes of an
+        # image run on one writer thread (no torch there) while the network does the next one.
+        writer = ThreadPoolExecutor(1, thread_name_prefix="metricdepth-writer")
+        with closing(samples), writer, _progress(progress, len(pending)) as (advance, report):
+            queue: deque[tuple[InputItem, Future]] = deque()
+            for item, sample in samples:
+                if sample.error is not None:
+                    fail(sample.error)
+                    advance()
+                else:
+                    prediction = predict_prepared(model, sample)
+                    job = writer.submit(_write, prediction, sample.image, out_dir, item.stem, save)
+                    queue.append((item, job))
+                while queue and (len(queue) > _MAX_WRITES_AHEAD or queue[0][1].done()):
+                    settle(*queue.popleft())
+                if stop.is_set():
+                    break
+            while queue:
+                settle(*queue.popleft())
+        summary.interrupted = stop.is_set() and summary.remaining > 0
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def predict_to_files(
+    model,
+    items: Sequence[InputItem],
+    out_dir: Path,
+    save: set[str],
+    *,
+    intrinsics: Sequence[float] | None = None,
+    focal: float | None = None,
+    focal_mode: str | None = None,
+    on_done: Callable[[InputItem, Prediction], None] | None = None,
+) -> list[dict[str, Path]]:
+    """Predict every item and write its files (``run_batch`` in this process, no bar).
+
+    ``on_done(item, prediction)`` is called after each image; returns kind -> path per image.
+    """
+    results: list[dict[str, Path]] = []
+
+    def done(item: InputItem, prediction: Prediction, written: dict[str, Path]) -> None:
+        results.append(written)
+        if on_done is not None:
+            on_done(item, prediction)
+
+    run_batch(
+        model, items, out_dir, save, intrinsics=intrinsics, focal=focal, focal_mode=focal_mode,
+        progress=False, on_done=done,
+    )  # fmt: skip
+    return results

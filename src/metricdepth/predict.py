@@ -1,0 +1,201 @@
+"""Prediction: image + camera -> canonical space -> network -> metric depth -> points.
+
+``predict(model, image, camera)`` runs the model's own pre-processing (its ``CanonicalSpace``),
+the network, and ``from_canonical``; it returns a frozen ``Prediction`` at the original
+resolution that records the camera used and where it came from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from metricdepth.camera import CAMERA_SOURCES, DEFAULT_FOV_X_DEG, Camera
+from metricdepth.canonical import (
+    CanonicalRecord,
+    from_canonical,
+    inference_record,
+    normalize,
+    to_canonical,
+    unpad,
+)
+from metricdepth.frame import Frame
+from metricdepth.models.registry import DepthModel
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """Metric depth (and what else the model gives) for one image, at its resolution.
+
+    Attributes:
+        depth_m: (H, W) float32 metric z-depth.
+        camera: the camera of the image (as displayed).
+        camera_source: ``"given"``, ``"annotation"``, ``"exif"`` or ``"default"``.
+        record: the canonical record: f_eff (``record.f_eff_px``), the canonical scale
+            (``record.metric_scale``), resize and padding.
+        model: the model's registered name.
+        confidence: (H, W) float32 raw confidence, or None.
+        normal: (H, W, 3) float32 unit normals in the camera frame (towards the camera), or None.
+        timings_s: wall time of ``preprocess``, ``forward`` and ``postprocess`` in seconds.
+    """
+
+    depth_m: np.ndarray
+    camera: Camera
+    camera_source: str
+    record: CanonicalRecord
+    model: str
+    confidence: np.ndarray | None = None
+    normal: np.ndarray | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def points(self) -> np.ndarray:
+        """(H, W, 3) points in the camera frame, metres."""
+        from metricdepth.geometry import depth_to_points
+
+        return depth_to_points(self.depth_m, self.camera)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready record of how this prediction was made."""
+        valid = self.depth_m[self.depth_m > 0]
+        return {
+            "model": self.model,
+            "camera": self.camera.to_dict(),
+            "camera_source": self.camera_source,
+            "canonical": self.record.to_dict(),
+            "depth_m": {
+                "min": float(valid.min()) if valid.size else None,
+                "median": float(np.median(valid)) if valid.size else None,
+                "max": float(valid.max()) if valid.size else None,
+            },
+            "timings_s": dict(self.timings_s),
+        }
+
+
+def default_camera(width: int, height: int) -> Camera:
+    """The stated default camera: ``DEFAULT_FOV_X_DEG`` horizontal FOV, centred."""
+    return Camera.from_fov(DEFAULT_FOV_X_DEG, width, height)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    return image
+
+
+def predict(
+    model: DepthModel,
+    image: np.ndarray | str | Path,
+    camera: Camera | None = None,
+    *,
+    camera_source: str | None = None,
+    focal_mode: str | None = None,
+) -> Prediction:
+    """Metric depth for one image.
+
+    Args:
+        model: from ``load_model``.
+        image: (H, W, 3) RGB uint8, or a path (EXIF orientation applied).
+        camera: the camera of the image as displayed; None assumes the default camera
+            (``DEFAULT_FOV_X_DEG``) and records ``camera_source="default"``.
+        camera_source: where ``camera`` came from (default ``"given"``).
+        focal_mode: ``"mean"`` or ``"fx"``; default: the model's.
+    """
+    return predict_batch(
+        model, [image], [camera], camera_sources=[camera_source], focal_mode=focal_mode
+    )[0]
+
+
+def predict_batch(
+    model: DepthModel,
+    images: Sequence[np.ndarray | str | Path],
+    cameras: Sequence[Camera | None] | None = None,
+    *,
+    camera_sources: Sequence[str | None] | None = None,
+    focal_mode: str | None = None,
+) -> list[Prediction]:
+    """Metric depth for several images of any sizes; images sharing a canvas run as one batch."""
+    from metricdepth.io import load_image
+
+    n = len(images)
+    cameras = list(cameras) if cameras is not None else [None] * n
+    sources = list(camera_sources) if camera_sources is not None else [None] * n
+    if len(cameras) != n or len(sources) != n:
+        raise ValueError(f"{n} images but {len(cameras)} cameras and {len(sources)} sources")
+    spec = model.spec
+    mode = focal_mode or spec.focal_mode
+    started = time.perf_counter()
+    items = []
+    for image, camera, source in zip(images, cameras, sources, strict=True):
+        if isinstance(image, (str, Path)):
+            image, camera, _ = load_image(image, camera)
+        image = _check_image(image)
+        height, width = image.shape[:2]
+        if camera is None:
+            camera, source = default_camera(width, height), "default"
+        source = source or "given"
+        if source not in CAMERA_SOURCES:
+            raise ValueError(
+                f"camera_source must be one of {', '.join(CAMERA_SOURCES)}, got {source!r}"
+            )
+        record = inference_record(camera, spec.space, mode)
+        canvas = to_canonical(Frame(image, camera), record, pad_rgb=spec.space.pad_rgb)
+        items.append((camera, source, record, normalize(canvas.image, spec.space)))
+    preprocess = (time.perf_counter() - started) / max(n, 1)
+
+    results: list[Prediction | None] = [None] * n
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (_, _, record, _) in enumerate(items):
+        groups.setdefault(record.input_hw, []).append(index)
+    device = model.device
+    for indices in groups.values():
+        x = torch.cat([items[i][3] for i in indices]).to(device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model(x)
+        forward = (time.perf_counter() - started) / len(indices)
+        for row, index in enumerate(indices):
+            started = time.perf_counter()
+            camera, source, record, _ = items[index]
+            prediction = _postprocess(out, row, camera, source, record, model)
+            timings = {
+                "preprocess": preprocess,
+                "forward": forward,
+                "postprocess": time.perf_counter() - started,
+            }
+            results[index] = replace(prediction, timings_s=timings)
+    return results  # type: ignore[return-value]
+
+
+def _postprocess(out, row, camera, source, record, model: DepthModel) -> Prediction:
+    spec = model.spec
+    depth_m = from_canonical(out["depth_c"][row, 0].float().cpu(), record)
+    if spec.max_depth_m is not None:
+        depth_m = depth_m.clamp(0, spec.max_depth_m)
+    confidence = normal = None
+    size = (camera.height, camera.width)
+    if "confidence" in spec.outputs and "confidence" in out:
+        conf = unpad(out["confidence"][row : row + 1].float().cpu(), record)
+        confidence = F.interpolate(conf, size=size, mode="bilinear", align_corners=False)[0, 0]
+        confidence = confidence.numpy()
+    if "normal" in spec.outputs and "normal" in out:
+        nrm = unpad(out["normal"][row : row + 1, :3].float().cpu(), record)
+        nrm = F.interpolate(nrm, size=size, mode="bilinear", align_corners=False)[0]
+        nrm = nrm / nrm.norm(dim=0, keepdim=True).clamp_min(1e-12)  # unit again after resizing
+        normal = nrm.permute(1, 2, 0).contiguous().numpy()
+    return Prediction(
+        depth_m=depth_m.numpy(),
+        camera=camera,
+        camera_source=source,
+        record=record,
+        model=spec.name,
+        confidence=confidence,
+        normal=normal,
+    )
