@@ -1,0 +1,612 @@
+"""The camera of a photo from its EXIF tags, and the policy that picks every image's camera.
+
+``camera_from_exif(path)`` reads the tags with Pillow (no decoding of the pixels) and returns the
+camera of the image *as displayed* (EXIF orientation applied, the size ``metricdepth.io``
+returns) or None, plus a JSON-ready report of what was found and which rule was used.
+``resolve_camera`` is the whole policy used by the command line and the Python API:
+
+1. ``intrinsics`` given (``[fx, fy, cx, cy]``, ``"fx,fy,cx,cy"`` or a ``Camera``) -> "given";
+2. ``focal`` given (pixels, principal point at the image centre) -> "given";
+3. a focal length from EXIF -> "exif";
+4. otherwise ``DEFAULT_FOV_X_DEG`` horizontal field of view, centred -> "default" (with a warning
+   in the report).
+
+EXIF rules, in order (only the Exif sub-IFD holds these tags; Pillow's ``getexif()`` alone is
+IFD0, so the tags are read from ``get_ifd(IFD.Exif)``, then IFD0 as a fallback):
+
+``f35_diagonal``
+    ``FocalLengthIn35mmFilm`` (mm, "35 mm equivalent") with the diagonal rule
+    ``f_px = f35 * hypot(W, H) / hypot(36, 24)``: the image diagonal stands for the 43.27 mm
+    diagonal of a 36 x 24 mm frame. A rotation leaves the diagonal unchanged, so stored or
+    displayed size gives the same focal. ``fx = fy``.
+``focal_plane``
+    ``FocalLength`` (mm) times the focal-plane resolution (``FocalPlaneXResolution`` /
+    ``FocalPlaneYResolution`` pixels per ``FocalPlaneResolutionUnit``: 2 inch (the EXIF
+    default when the unit is absent), 3 cm, 4 mm, 5 um; 1 "no unit" makes the rule unusable).
+    The resolutions refer to the pixel grid the camera recorded, ``ExifImageWidth`` x
+    ``ExifImageHeight``, so the focal is scaled by the stored width over ``ExifImageWidth``
+    when both dimensions are present and their aspect matches the stored image; when they
+    match with width and height swapped (pixels rotated by an editor that kept the camera's
+    dimensions) the sensor's x axis is the image's y axis; any other mismatch (a crop) leaves
+    the focal unscaled. ``fx = fy`` unless the two resolutions differ (then each axis gets its
+    own, and its own scale). This focal is computed on the stored pixel grid and then rotated
+    with ``Camera.rotated(orientation)``: a 90 degree orientation swaps ``fx`` and ``fy``.
+
+The principal point is always the image centre ``((W - 1) / 2, (H - 1) / 2)``.
+
+Digital zoom (``DigitalZoomRatio`` > 1; 0 or 1 mean "not used") crops the sensor and enlarges
+the crop back to the full size, so the focal in pixels grows by the ratio:
+
+* ``focal_plane``: always multiplied (``FocalLength`` is the physical lens, which digital zoom
+  does not change).
+* ``f35_diagonal``: writers disagree. Apple phones write ``FocalLengthIn35mmFilm`` with the
+  zoom already in it (an iPhone SE 3 photo at ``DigitalZoomRatio`` 1.951 says 55 mm where the
+  unzoomed photo says 28 mm; Hugin bug #2064625 came from multiplying again), while other
+  cameras record the lens's equivalent and the ratio separately (Hugin multiplies for them).
+  With ``digital_zoom="auto"`` (default) the ratio is applied to f35 **unless** (a) the
+  ``focal_plane`` rule can also be computed and the f35 focal lies nearer ``ratio x`` that
+  focal than ``1 x`` (the zoom is already in f35), or (b) without that evidence, ``Make`` is
+  Apple. ``"apply"`` and ``"ignore"`` force either choice. The report says what was done and
+  why (``digital_zoom_applied``, ``digital_zoom_reason``).
+
+Odd EXIF never raises: zero, negative, non-numeric, ``x/0`` or implausible values (f35 outside
+2-5000 mm, focal length outside 0.1-5000 mm, zoom above 100) are ignored and listed in the
+report's ``ignored``. Only an unreadable file raises a one-line ValueError naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL.TiffImagePlugin import IFDRational
+
+from metricdepth.camera import DEFAULT_FOV_X_DEG, EXIF_ORIENTATIONS, Camera
+
+__all__ = [
+    "DIGITAL_ZOOM_MODES",
+    "FILM_DIAGONAL_MM",
+    "camera_from_exif",
+    "camera_report",
+    "resolve_camera",
+]
+
+DigitalZoomMode = Literal["auto", "apply", "ignore"]
+DIGITAL_ZOOM_MODES: tuple[str, ...] = ("auto", "apply", "ignore")
+
+#: Diagonal of the 36 x 24 mm frame that "35 mm equivalent" focal lengths refer to.
+FILM_DIAGONAL_MM = math.hypot(36.0, 24.0)
+
+#: FocalPlaneResolutionUnit -> millimetres per unit (1 = "no absolute unit": unusable).
+_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
+_UNIT_NAMES = {1: "none", 2: "inch", 3: "cm", 4: "mm", 5: "um"}
+
+_F35_RANGE_MM = (2.0, 5000.0)
+_FOCAL_RANGE_MM = (0.1, 5000.0)
+_MAX_ZOOM = 100.0
+_ASPECT_TOLERANCE = 0.01
+
+_TAGS = {
+    "FocalLengthIn35mmFilm": ExifTags.Base.FocalLengthIn35mmFilm,
+    "FocalLength": ExifTags.Base.FocalLength,
+    "FocalPlaneXResolution": ExifTags.Base.FocalPlaneXResolution,
+    "FocalPlaneYResolution": ExifTags.Base.FocalPlaneYResolution,
+    "FocalPlaneResolutionUnit": ExifTags.Base.FocalPlaneResolutionUnit,
+    "ExifImageWidth": ExifTags.Base.ExifImageWidth,
+    "ExifImageHeight": ExifTags.Base.ExifImageHeight,
+    "DigitalZoomRatio": ExifTags.Base.DigitalZoomRatio,
+}
+_IFD0_TAGS = {
+    "Orientation": ExifTags.Base.Orientation,
+    "Make": ExifTags.Base.Make,
+    "Model": ExifTags.Base.Model,
+}
+
+ORIENTATION_NAMES = {
+    1: "as stored",
+    2: "mirrored left-right",
+    3: "rotated 180 degrees",
+    4: "mirrored top-bottom",
+    5: "transposed",
+    6: "rotated 90 degrees clockwise",
+    7: "transversed",
+    8: "rotated 90 degrees counter-clockwise",
+}
+
+RULE_F35 = "f35_diagonal"
+RULE_FOCAL_PLANE = "focal_plane"
+
+
+# ---------------------------------------------------------------------- tag values
+def _number(value: Any) -> float | None:
+    """A finite float from an EXIF value (int, float, IFDRational, 1-tuple, num/den), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, IFDRational):
+        if value.denominator == 0:
+            return None
+        number = float(value)
+    elif isinstance(value, numbers.Real):
+        number = float(value)
+    elif isinstance(value, tuple) and len(value) == 1:
+        return _number(value[0])
+    elif (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        if value[1] == 0:
+            return None
+        number = value[0] / value[1]
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value: Any) -> Any:
+    """A JSON-ready form of a raw tag value for the report."""
+    if isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, IFDRational):
+        if value.denominator == 0:
+            return f"{value.numerator}/0"
+        return float(value)
+    if isinstance(value, (int, float)):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return value.strip("\x00 ")[:64]
+    return repr(value)[:64]
+
+
+class _Tags:
+    """The EXIF tags of one file with the checks that turn them into usable numbers."""
+
+    def __init__(self, ifd0: dict, exif_ifd: dict) -> None:
+        self.found: dict[str, Any] = {}
+        self.ignored: dict[str, str] = {}
+        self._raw: dict[str, Any] = {}
+        for name, tag in _TAGS.items():
+            value = exif_ifd.get(tag, ifd0.get(tag))
+            if value is not None:
+                self._raw[name] = value
+                self.found[name] = _shown(value)
+        for name, tag in _IFD0_TAGS.items():
+            value = ifd0.get(tag)
+            if value is not None:
+                self._raw[name] = value
+                self.found[name] = _shown(value)
+
+    def positive(self, name: str, low: float = 0.0, high: float = math.inf) -> float | None:
+        """The tag as a number in ``(0, inf)`` and within ``[low, high]``, else None (noted)."""
+        if name not in self._raw:
+            return None
+        number = _number(self._raw[name])
+        if number is None:
+            self.ignored[name] = f"not a number: {self.found[name]}"
+        elif number == 0:
+            self.ignored[name] = "0 (unknown)"
+        elif number < 0:
+            self.ignored[name] = f"negative: {number:g}"
+        elif not low <= number <= high:
+            self.ignored[name] = f"implausible: {number:g} (expected {low:g} to {high:g})"
+        else:
+            return number
+        return None
+
+    def integer(self, name: str, allowed) -> int | None:
+        """The tag as an int in ``allowed``, else None (noted)."""
+        if name not in self._raw:
+            return None
+        number = _number(self._raw[name])
+        if number is None or number != int(number) or int(number) not in allowed:
+            self.ignored[name] = f"not one of {sorted(allowed)}: {self.found[name]}"
+            return None
+        return int(number)
+
+    def text(self, name: str) -> str:
+        value = self._raw.get(name)
+        return value.strip("\x00 ") if isinstance(value, str) else ""
+
+
+# ---------------------------------------------------------------------- reading
+def _read_tags(path: Path) -> tuple[tuple[int, int], dict, dict, str | None]:
+    """``((width, height) stored, ifd0, exif_ifd, problem)``; raises only on unreadable files."""
+    problem = None
+    ifd0: dict = {}
+    exif_ifd: dict = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; we report it instead
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                size = (int(image.size[0]), int(image.size[1]))
+                try:
+                    exif = image.getexif()
+                    ifd0 = dict(exif)
+                    exif_ifd = dict(exif.get_ifd(ExifTags.IFD.Exif))
+                except Exception as exc:  # odd EXIF must never stop us: report it
+                    problem = (
+                        f"EXIF unreadable ({type(exc).__name__}: {' '.join(str(exc).split())})"
+                    )
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(f"{path}: refused as a decompression bomb") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image Pillow can read (or an empty file)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        text = " ".join(str(exc).split())
+        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {text})") from None
+    if size[0] <= 0 or size[1] <= 0:
+        raise ValueError(f"{path}: empty image")
+    return size, ifd0, exif_ifd, problem
+
+
+def _orientation(tags: _Tags, notes: list[str]) -> int:
+    """The EXIF orientation as ``metricdepth.io`` applies it (1 when absent or invalid)."""
+    raw = tags._raw.get("Orientation")
+    if raw is None:
+        return 1
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw not in EXIF_ORIENTATIONS:
+        notes.append(f"Orientation {tags.found['Orientation']!r} is not 1-8: treated as 1")
+        return 1
+    return raw
+
+
+def _diagonal_focal_px(f35_mm: float, width: int, height: int) -> float:
+    return f35_mm * math.hypot(width, height) / FILM_DIAGONAL_MM
+
+
+def _focal_plane(
+    tags: _Tags, stored: tuple[int, int], notes: list[str]
+) -> tuple[float, float, str] | None:
+    """``(fx, fy, detail)`` on the stored grid from FocalLength + focal-plane tags, no zoom."""
+    focal_mm = tags.positive("FocalLength", *_FOCAL_RANGE_MM)
+    xres = tags.positive("FocalPlaneXResolution")
+    yres = tags.positive("FocalPlaneYResolution")
+    if focal_mm is None or (xres is None and yres is None):
+        return None
+    if "FocalPlaneResolutionUnit" in tags._raw:
+        unit = tags.integer("FocalPlaneResolutionUnit", _UNIT_NAMES)
+        if unit is None:
+            return None
+    else:
+        unit = 2
+        notes.append("FocalPlaneResolutionUnit missing: inches assumed (the EXIF default)")
+    if unit not in _UNIT_MM:
+        tags.ignored["FocalPlaneResolutionUnit"] = "1 (no absolute unit): focal plane unusable"
+        return None
+    xres = xres if xres is not None else yres
+    yres = yres if yres is not None else xres
+    assert xres is not None and yres is not None
+    x_px_per_mm, y_px_per_mm = xres / _UNIT_MM[unit], yres / _UNIT_MM[unit]
+
+    width, height = stored
+    exif_w = tags.positive("ExifImageWidth")
+    exif_h = tags.positive("ExifImageHeight")
+    transposed = False
+    if exif_w is None or exif_h is None:
+        sx = sy = 1.0
+        grid = "ExifImageWidth/Height missing: resolution taken as per stored pixel"
+    else:
+        aspect = width / height
+        if abs(aspect / (exif_w / exif_h) - 1.0) <= _ASPECT_TOLERANCE:
+            sx, sy = width / exif_w, height / exif_h
+            grid = f"scaled by {width}/{exif_w:g} (stored / ExifImageWidth)"
+        elif abs(aspect / (exif_h / exif_w) - 1.0) <= _ASPECT_TOLERANCE:
+            transposed = True
+            sx, sy = width / exif_h, height / exif_w
+            grid = (
+                f"ExifImageWidth x Height {exif_w:g}x{exif_h:g} is the stored {width}x{height} "
+                f"turned 90 degrees: the sensor's x axis is the image's y axis; scaled by "
+                f"{width}/{exif_h:g}"
+            )
+        else:
+            sx = sy = 1.0
+            grid = (
+                f"ExifImageWidth x Height {exif_w:g}x{exif_h:g} does not match the stored "
+                f"{width}x{height} aspect (cropped?): resolution used unscaled"
+            )
+            notes.append(grid)
+    if transposed:
+        x_px_per_mm, y_px_per_mm = y_px_per_mm, x_px_per_mm
+    if xres == yres:  # square pixels: one focal, scaled by the width ratio
+        fx = fy = focal_mm * x_px_per_mm * sx
+    else:
+        fx, fy = focal_mm * x_px_per_mm * sx, focal_mm * y_px_per_mm * sy
+    unit_name = _UNIT_NAMES[unit]
+    detail = (
+        f"FocalLength {focal_mm:g} mm x FocalPlaneResolution {xres:g}"
+        + ("" if xres == yres else f"/{yres:g}")
+        + f" px/{unit_name}; {grid}"
+    )
+    return fx, fy, detail
+
+
+def _zoom_ratio(tags: _Tags) -> float:
+    """DigitalZoomRatio when > 1 (digital zoom used), else 1."""
+    if "DigitalZoomRatio" not in tags._raw:
+        return 1.0
+    number = _number(tags._raw["DigitalZoomRatio"])
+    if number is not None and number == 0:
+        return 1.0  # EXIF: numerator 0 = digital zoom not used
+    ratio = tags.positive("DigitalZoomRatio", 0.0, _MAX_ZOOM)
+    return ratio if ratio is not None and ratio > 1.0 else 1.0
+
+
+def camera_from_exif(
+    path: str | os.PathLike, *, digital_zoom: DigitalZoomMode = "auto"
+) -> tuple[Camera | None, dict[str, Any]]:
+    """The camera of the image at ``path`` as displayed, from its EXIF, and a report.
+
+    Returns ``(camera or None, report)``. ``camera`` has the displayed size (EXIF orientation
+    applied, as ``metricdepth.io.read_image`` returns the pixels) and the principal point at its
+    centre; None when no rule applies (see the module docstring for the rules and the digital
+    zoom policy). ``report`` (JSON-ready) holds ``file``, ``stored_size`` and ``size`` as
+    ``[W, H]``, ``orientation``, ``tags`` (every relevant tag found, raw), ``ignored``
+    (tag -> why), ``rule`` (``"f35_diagonal"``, ``"focal_plane"`` or None), ``rule_detail``,
+    ``digital_zoom`` (the ratio found, 1 if none), ``digital_zoom_applied``,
+    ``digital_zoom_reason``, ``focal_px`` (``[fx, fy]`` or None) and ``notes``.
+
+    Raises ValueError (one line naming the file) only when the file cannot be read as an image.
+    """
+    if digital_zoom not in DIGITAL_ZOOM_MODES:
+        raise ValueError(
+            f"digital_zoom must be one of {', '.join(DIGITAL_ZOOM_MODES)}, got {digital_zoom!r}"
+        )
+    path = Path(path)
+    stored, ifd0, exif_ifd, problem = _read_tags(path)
+    tags = _Tags(ifd0, exif_ifd)
+    notes: list[str] = [problem] if problem else []
+    orientation = _orientation(tags, notes)
+    transpose = EXIF_ORIENTATIONS[orientation][0]
+    displayed = (stored[1], stored[0]) if transpose else stored
+    report: dict[str, Any] = {
+        "file": str(path),
+        "stored_size": list(stored),
+        "size": list(displayed),
+        "orientation": orientation,
+        "tags": tags.found,
+        "ignored": tags.ignored,
+        "rule": None,
+        "rule_detail": None,
+        "digital_zoom": 1.0,
+        "digital_zoom_applied": False,
+        "digital_zoom_reason": "no digital zoom recorded",
+        "focal_px": None,
+        "notes": notes,
+    }
+
+    zoom = _zoom_ratio(tags)
+    report["digital_zoom"] = zoom
+    f35_mm = tags.positive("FocalLengthIn35mmFilm", *_F35_RANGE_MM)
+    plane = _focal_plane(tags, stored, notes)
+
+    if f35_mm is not None:
+        focal_px = _diagonal_focal_px(f35_mm, *stored)
+        fx = fy = focal_px
+        report["rule"] = RULE_F35
+        report["rule_detail"] = (
+            f"FocalLengthIn35mmFilm {f35_mm:g} mm x hypot({stored[0]}, {stored[1]}) / "
+            f"hypot(36, 24) = {focal_px:.1f} px"
+        )
+        if plane is not None:
+            notes.append(
+                f"FocalLength with the focal plane would give fx={plane[0]:.1f}, "
+                f"fy={plane[1]:.1f} px (stored grid, before zoom); FocalLengthIn35mmFilm wins"
+            )
+        if zoom > 1.0:
+            apply, reason = _zoom_for_f35(digital_zoom, zoom, focal_px, plane, tags.text("Make"))
+            report["digital_zoom_applied"], report["digital_zoom_reason"] = apply, reason
+            if apply:
+                fx = fy = focal_px * zoom
+    elif plane is not None:
+        fx, fy, detail = plane
+        report["rule"] = RULE_FOCAL_PLANE
+        report["rule_detail"] = detail
+        if zoom > 1.0:
+            apply = digital_zoom != "ignore"
+            report["digital_zoom_applied"] = apply
+            report["digital_zoom_reason"] = (
+                "the physical focal length never includes digital zoom: multiplied"
+                if apply
+                else "digital_zoom='ignore'"
+            )
+            if apply:
+                fx, fy = fx * zoom, fy * zoom
+    else:
+        if zoom > 1.0:
+            report["digital_zoom_reason"] = "no focal length to apply it to"
+        return None, report
+
+    centre = ((stored[0] - 1) / 2.0, (stored[1] - 1) / 2.0)
+    camera = Camera(fx, fy, *centre, *stored).rotated(orientation)
+    report["focal_px"] = [camera.fx, camera.fy]
+    return camera, report
+
+
+def _zoom_for_f35(
+    mode: str, zoom: float, f35_px: float, plane: tuple[float, float, str] | None, make: str
+) -> tuple[bool, str]:
+    """Whether to multiply the f35 focal by ``zoom``, and why (module docstring)."""
+    if mode == "apply":
+        return True, "digital_zoom='apply'"
+    if mode == "ignore":
+        return False, "digital_zoom='ignore'"
+    if plane is not None:
+        ratio = f35_px / math.sqrt(plane[0] * plane[1])
+        if abs(math.log(ratio / zoom)) < abs(math.log(ratio)):
+            return False, (
+                f"FocalLengthIn35mmFilm is {ratio:.2f}x the FocalLength/focal-plane focal, "
+                f"nearer the zoom {zoom:g}x than 1x: the zoom is already in it"
+            )
+        return True, (
+            f"FocalLengthIn35mmFilm is {ratio:.2f}x the FocalLength/focal-plane focal, "
+            f"nearer 1x than the zoom {zoom:g}x: multiplied"
+        )
+    if make.lower().startswith("apple"):
+        return False, "Apple writes FocalLengthIn35mmFilm with the digital zoom already in it"
+    return True, "FocalLengthIn35mmFilm taken as the lens without digital zoom: multiplied"
+
+
+# ---------------------------------------------------------------------- the policy
+def _parse_intrinsics(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ValueError(f"intrinsics must be 4 comma-separated numbers fx,fy,cx,cy, got {text!r}")
+    return values
+
+
+def resolve_camera(
+    path_or_size: str | os.PathLike | tuple[int, int],
+    *,
+    intrinsics: Camera | Sequence[float] | str | None = None,
+    focal: float | None = None,
+    digital_zoom: DigitalZoomMode = "auto",
+) -> tuple[Camera, str, dict[str, Any]]:
+    """The camera of an image as displayed, where it came from, and a report.
+
+    ``path_or_size`` is an image file or its displayed ``(width, height)`` (then EXIF cannot be
+    consulted). Order: ``intrinsics`` (``[fx, fy, cx, cy]``, ``"fx,fy,cx,cy"`` or a ``Camera``
+    of the displayed size) -> ``"given"``; ``focal`` in pixels (principal point at the centre)
+    -> ``"given"``; the EXIF focal (``camera_from_exif``) -> ``"exif"``; else a
+    ``DEFAULT_FOV_X_DEG`` horizontal field of view -> ``"default"``.
+
+    The report (JSON-ready) has ``source``, ``rule`` (how the camera was obtained, in words),
+    ``camera`` (``Camera.to_dict()``), ``fov_x_deg``, ``fov_y_deg``, ``exif`` (the EXIF report
+    whenever a file was given, even when not used; else None) and ``warning`` (a sentence when
+    the default was assumed, else None). Raises ValueError for both ``intrinsics`` and ``focal``,
+    malformed values, a ``Camera`` of another size, or an unreadable file.
+    """
+    if intrinsics is not None and focal is not None:
+        raise ValueError("give either intrinsics or focal, not both")
+    exif_camera: Camera | None = None
+    exif_report: dict[str, Any] | None = None
+    if isinstance(path_or_size, (str, os.PathLike)):
+        exif_camera, exif_report = camera_from_exif(path_or_size, digital_zoom=digital_zoom)
+        width, height = exif_report["size"]
+    else:
+        try:
+            width, height = (int(v) for v in path_or_size)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"path_or_size must be an image path or (width, height), got {path_or_size!r}"
+            ) from None
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+
+    warning = None
+    if intrinsics is not None:
+        if isinstance(intrinsics, Camera):
+            if intrinsics.size != (width, height):
+                raise ValueError(
+                    f"the given camera is for {intrinsics.width}x{intrinsics.height} pixels but "
+                    f"the image is {width}x{height} as displayed"
+                )
+            camera = intrinsics
+        else:
+            values = _parse_intrinsics(intrinsics) if isinstance(intrinsics, str) else intrinsics
+            camera = Camera.from_intrinsics(values, width, height)
+        source, rule = "given", "intrinsics given"
+    elif focal is not None:
+        focal_px = _number(focal)
+        if focal_px is None or focal_px <= 0:
+            raise ValueError(f"focal must be a finite number of pixels > 0, got {focal!r}")
+        camera = Camera(focal_px, focal_px, (width - 1) / 2.0, (height - 1) / 2.0, width, height)
+        source, rule = "given", "focal given, principal point at the image centre"
+    elif exif_camera is not None:
+        assert exif_report is not None
+        camera, source = exif_camera, "exif"
+        rule = f"EXIF {exif_report['rule']}: {exif_report['rule_detail']}"
+        if exif_report["digital_zoom_applied"]:
+            rule += f", x digital zoom {exif_report['digital_zoom']:g}"
+    else:
+        camera = Camera.from_fov(DEFAULT_FOV_X_DEG, width, height)
+        source = "default"
+        rule = f"default {DEFAULT_FOV_X_DEG:g} degree horizontal field of view, centred"
+        warning = (
+            f"no intrinsics given and no usable EXIF focal length; assuming a "
+            f"{DEFAULT_FOV_X_DEG:g} degree horizontal field of view (camera source: default)"
+        )
+    report = {
+        "source": source,
+        "rule": rule,
+        "camera": camera.to_dict(),
+        "fov_x_deg": camera.fov_x_deg,
+        "fov_y_deg": camera.fov_y_deg,
+        "exif": exif_report,
+        "warning": warning,
+    }
+    return camera, source, report
+
+
+# ---------------------------------------------------------------------- the CLI text
+def camera_report(
+    path: str | os.PathLike,
+    intrinsics: Camera | Sequence[float] | str | None = None,
+    focal: float | None = None,
+    *,
+    digital_zoom: DigitalZoomMode = "auto",
+) -> str:
+    """The text ``metricdepth camera IMAGE`` prints: EXIF findings, rule, intrinsics, source."""
+    camera, source, report = resolve_camera(
+        path, intrinsics=intrinsics, focal=focal, digital_zoom=digital_zoom
+    )
+    exif = report["exif"]
+    assert exif is not None
+    stored_w, stored_h = exif["stored_size"]
+    lines = [f"image: {exif['file']}"]
+    orientation = exif["orientation"]
+    size = f"size: {camera.width}x{camera.height} pixels as displayed"
+    if orientation != 1:
+        size += (
+            f" (stored {stored_w}x{stored_h}, EXIF orientation {orientation}: "
+            f"{ORIENTATION_NAMES[orientation]})"
+        )
+    lines.append(size)
+    lines.append("EXIF:")
+    if exif["tags"]:
+        for name, value in exif["tags"].items():
+            why = exif["ignored"].get(name)
+            unit = " mm" if name in ("FocalLength", "FocalLengthIn35mmFilm") and not why else ""
+            lines.append(f"  {name}: {value}{unit}" + (f"  (ignored: {why})" if why else ""))
+    else:
+        lines.append("  (no EXIF tags about the camera)")
+    for note in exif["notes"]:
+        lines.append(f"  note: {note}")
+    if exif["rule"] is not None:
+        lines.append(f"EXIF focal: {exif['rule']}: {exif['rule_detail']}")
+        if exif["digital_zoom"] > 1.0:
+            done = "applied" if exif["digital_zoom_applied"] else "not applied"
+            lines.append(
+                f"digital zoom: {exif['digital_zoom']:g} {done} ({exif['digital_zoom_reason']})"
+            )
+        lines.append(f"EXIF camera: fx={exif['focal_px'][0]:.2f} fy={exif['focal_px'][1]:.2f} px")
+    else:
+        lines.append("EXIF focal: none usable")
+    lines.append(f"camera source: {source}" + ("" if source == "exif" else f" ({report['rule']})"))
+    lines.append(
+        f"intrinsics: fx={camera.fx:.2f} fy={camera.fy:.2f} cx={camera.cx:.2f} "
+        f"cy={camera.cy:.2f} pixels, size {camera.width}x{camera.height}"
+    )
+    lines.append(
+        f"field of view: {camera.fov_x_deg:.1f} x {camera.fov_y_deg:.1f} degrees "
+        "(horizontal x vertical)"
+    )
+    lines.append(
+        f"reuse with: --intrinsics {camera.fx:.4f},{camera.fy:.4f},{camera.cx:.4f},{camera.cy:.4f}"
+    )
+    if report["warning"]:
+        lines.append(f"warning: {report['warning']}")
+    return "\n".join(lines)
