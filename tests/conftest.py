@@ -55,6 +55,14 @@ def official_keys(model: str) -> list:
     return json.loads(path.read_text())
 
 
+def state_layout(model: torch.nn.Module) -> list:
+    """``[name, shape, dtype]`` of every tensor of ``model``, the key lists' format."""
+    return [
+        [name, list(t.shape), str(t.dtype).removeprefix("torch.")]
+        for name, t in model.state_dict().items()
+    ]
+
+
 def synthetic_weights(model: str) -> dict[str, torch.Tensor]:
     """The fixtures' synthetic state dict of ``model``, checked against its published SHA-256."""
     if not (PARITY / "make_weights.py").is_file():

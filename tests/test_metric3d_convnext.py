@@ -13,13 +13,10 @@ tests that need it skip when it is absent.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import cv2
@@ -27,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PARITY, needs_parity, official_keys, state_layout, synthetic_weights
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalSpace, from_canonical, prepare_input
 from metricdepth.models.convnext import ConvNeXt, convnext
@@ -37,14 +35,8 @@ from metricdepth.models.metric3d_convnext import (
     load_official_state_dict,
 )
 
-SHARED = Path(
-    os.environ.get("METRICDEPTH_SHARED") or Path(__file__).resolve().parents[2] / "shared"
-)
-PARITY = SHARED / "parity"
 IMAGE_IDS = ("kitti", "nyu", "wild")
 INPUT_HW = (544, 1216)
-#: Global SHA-256 of the synthetic ConvNeXt-Tiny weights, from shared/parity/README.md.
-TINY_WEIGHTS_SHA256 = "e4e81cfca5ea5af056b7a53e11d5280d80b1318cc0554daf27e19f39e21cedd4"
 
 # Acceptance thresholds (shared/parity/README.md, "Suggested acceptance thresholds").
 DEPTH_ATOL, DEPTH_RTOL = 2e-3, 2e-5
@@ -52,34 +44,9 @@ FINAL_ATOL = 2e-3
 CONFIDENCE_ATOL = 1e-4
 FEATURE_ATOL = 1e-4
 
-needs_parity = pytest.mark.skipif(
-    not (PARITY / "make_weights.py").is_file(),
-    reason=f"parity fixtures not found at {PARITY} (set METRICDEPTH_SHARED to the shared folder)",
-)
-
 
 def _official_keys(size: str) -> list[list[Any]]:
-    path = PARITY / f"convnext_{size}_keys.json"
-    if not path.is_file():
-        pytest.skip(f"official key list {path} not found (set METRICDEPTH_SHARED)")
-    return json.loads(path.read_text())
-
-
-def _layout(model: torch.nn.Module) -> list[list[Any]]:
-    return [
-        [name, list(t.shape), str(t.dtype).removeprefix("torch.")]
-        for name, t in model.state_dict().items()
-    ]
-
-
-def _make_weights_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "_parity_make_weights", PARITY / "make_weights.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return official_keys(f"convnext_{size}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,12 +59,14 @@ def test_state_dict_layout_equals_official(size: str) -> None:
     ref = _official_keys(size)
     with torch.device("meta"):
         model = build_metric3d_convnext(size)
-    assert _layout(model) == ref  # names, order, shapes and dtypes
+    assert state_layout(model) == ref  # names, order, shapes and dtypes
     # The backbone alone carries the encoder keys without their prefix.
     with torch.device("meta"):
         encoder = convnext(size)
     prefix = "depth_model.encoder."
-    assert _layout(encoder) == [[k[len(prefix) :], s, d] for k, s, d in ref if k.startswith(prefix)]
+    assert state_layout(encoder) == [
+        [k[len(prefix) :], s, d] for k, s, d in ref if k.startswith(prefix)
+    ]
 
 
 def test_unknown_size_is_rejected() -> None:
@@ -128,13 +97,7 @@ def test_depth_bins_match_official() -> None:
 @pytest.fixture(scope="module")
 def tiny_weights() -> dict[str, torch.Tensor]:
     """The synthetic ConvNeXt-Tiny state dict of the fixtures, checked against its SHA-256."""
-    if not (PARITY / "make_weights.py").is_file():
-        pytest.skip(f"parity fixtures not found at {PARITY} (set METRICDEPTH_SHARED)")
-    make_weights = _make_weights_module()
-    arrays = make_weights.make_state_dict(_official_keys("tiny"))
-    _, global_sha = make_weights.sha256_report(arrays)
-    assert global_sha == TINY_WEIGHTS_SHA256, "regenerated weights differ from the fixtures'"
-    return {name: torch.from_numpy(a) for name, a in arrays.items()}
+    return synthetic_weights("convnext_tiny")
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +337,7 @@ def test_metric_depth_matches_official(image_id: str, parity_runs) -> None:
 @needs_parity
 def test_forward_registers_no_state(tiny_model: Metric3DConvNeXt, parity_runs) -> None:
     parity_runs("nyu")  # at least one forward pass has run
-    assert _layout(tiny_model) == _official_keys("tiny")
+    assert state_layout(tiny_model) == _official_keys("tiny")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import cv2
@@ -35,6 +32,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PARITY, needs_parity, official_keys, state_layout, synthetic_weights
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalSpace, from_canonical, prepare_input
 from metricdepth.models.metric3d_vit import (
@@ -47,14 +45,8 @@ from metricdepth.models.metric3d_vit import (
 from metricdepth.models.raft_head import depth_bins
 from metricdepth.models.vit import VIT_CONFIGS, DinoVisionTransformer, ViTConfig
 
-SHARED = Path(
-    os.environ.get("METRICDEPTH_SHARED") or Path(__file__).resolve().parents[2] / "shared"
-)
-PARITY = SHARED / "parity"
 IMAGE_IDS = ("kitti", "nyu", "wild")
 INPUT_HW = (616, 1064)
-#: Global SHA-256 of the synthetic ViT-Small weights, from shared/parity/README.md.
-SMALL_WEIGHTS_SHA256 = "0da8a6d13e68e73dd1163c0eec5cac2098abe993152569d3f14756c5c81fa527"
 
 # Acceptance thresholds (shared/parity/README.md, "Suggested acceptance thresholds").
 DEPTH_ATOL, DEPTH_RTOL = 2e-3, 2e-5
@@ -62,32 +54,9 @@ FINAL_ATOL = 2e-3
 CONFIDENCE_ATOL = 1e-4  # confidence and normals
 FEATURE_ATOL = 1e-4
 
-needs_parity = pytest.mark.skipif(
-    not (PARITY / "make_weights.py").is_file(),
-    reason=f"parity fixtures not found at {PARITY} (set METRICDEPTH_SHARED to the shared folder)",
-)
-
 
 def _official_keys(size: str) -> list[list[Any]]:
-    path = PARITY / f"vit_{size}_keys.json"
-    if not path.is_file():
-        pytest.skip(f"official key list {path} not found (set METRICDEPTH_SHARED)")
-    return json.loads(path.read_text())
-
-
-def _layout(model: torch.nn.Module) -> list[list[Any]]:
-    return [
-        [name, list(t.shape), str(t.dtype).removeprefix("torch.")]
-        for name, t in model.state_dict().items()
-    ]
-
-
-def _make_weights_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_vit_make_weights", PARITY / "make_weights.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return official_keys(f"vit_{size}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,12 +68,14 @@ def _make_weights_module() -> ModuleType:
 def test_state_dict_layout_equals_official(size: str) -> None:
     ref = _official_keys(size)
     model = build_metric3d_vit(size, device="meta")
-    assert _layout(model) == ref  # names, order, shapes and dtypes
+    assert state_layout(model) == ref  # names, order, shapes and dtypes
     # The backbone alone carries the encoder keys without their prefix.
     with torch.device("meta"):
         encoder = DinoVisionTransformer(VIT_CONFIGS[size])
     prefix = "depth_model.encoder."
-    assert _layout(encoder) == [[k[len(prefix) :], s, d] for k, s, d in ref if k.startswith(prefix)]
+    assert state_layout(encoder) == [
+        [k[len(prefix) :], s, d] for k, s, d in ref if k.startswith(prefix)
+    ]
 
 
 def test_architecture_facts() -> None:
@@ -143,13 +114,7 @@ def test_depth_bins_match_official() -> None:
 @pytest.fixture(scope="module")
 def small_weights() -> dict[str, torch.Tensor]:
     """The synthetic ViT-Small state dict of the fixtures, checked against its SHA-256."""
-    if not (PARITY / "make_weights.py").is_file():
-        pytest.skip(f"parity fixtures not found at {PARITY} (set METRICDEPTH_SHARED)")
-    make_weights = _make_weights_module()
-    arrays = make_weights.make_state_dict(_official_keys("small"))
-    _, global_sha = make_weights.sha256_report(arrays)
-    assert global_sha == SMALL_WEIGHTS_SHA256, "regenerated weights differ from the fixtures'"
-    return {name: torch.from_numpy(a) for name, a in arrays.items()}
+    return synthetic_weights("vit_small")
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +354,7 @@ def test_metric_depth_matches_official(image_id: str, parity_runs) -> None:
 @needs_parity
 def test_forward_registers_no_state(small_model: Metric3DViT, parity_runs) -> None:
     parity_runs("nyu")  # at least one forward pass has run
-    assert _layout(small_model) == _official_keys("small")
+    assert state_layout(small_model) == _official_keys("small")
 
 
 def test_production_path_equals_recording_path(small_model: Metric3DViT) -> None:
