@@ -58,7 +58,7 @@ def test_no_intrinsics_announces_the_default(tmp_path):
     [
         (["--intrinsics", "1,2,3"], "--intrinsics needs 4 comma-separated numbers"),
         (["--intrinsics", "0,500,320,240"], "Camera.fx must be a finite number > 0, got 0.0"),
-        (["--focal", "nan"], "Camera.fx must be a finite number > 0, got nan"),
+        (["--focal", "nan"], "focal must be a finite number of pixels > 0, got nan"),
         (["--input-size", "616"], "--input-size must be HEIGHTxWIDTH"),
         (["--focal-mode", "fy"], "focal mode must be one of mean, fx"),
         (["--pad", "left"], "pad_placement must be one of center, bottom_right"),
@@ -169,3 +169,29 @@ def test_predict_unreadable_image(tmp_path, convnext_pth):
     assert result.returncode == 2 and "broken.png" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_camera_command_reads_the_exif_focal(tmp_path):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 26  # FocalLengthIn35mmFilm
+    path = tmp_path / "phone.jpg"
+    Image.new("RGB", (640, 480), (90, 120, 150)).save(path, exif=exif)
+    result = run("camera", str(path))
+    assert result.returncode == 0, result.stderr
+    expected = 26 * np.hypot(640, 480) / np.hypot(36, 24)  # the diagonal rule: 480.74 px
+    assert f"fx={expected:.2f}" in result.stdout and "camera source: exif" in result.stdout
+
+
+@needs_parity
+def test_measure_command(tmp_path, convnext_pth):
+    image = PARITY / PARITY_IMAGES["nyu"][0]
+    intrinsics = ",".join(map(str, PARITY_IMAGES["nyu"][1]))
+    base = [str(image), "--model", "metric3d-convnext-tiny", "--weights", str(convnext_pth)]
+    result = run("measure", *base, "--intrinsics", intrinsics, "--points", "100,200,500,210")
+    assert result.returncode == 0, result.stderr
+    assert " m" in result.stdout and "given" in result.stdout
+    bad = run("measure", *base, "--points", "100,200,900,210")  # outside the 640x480 image
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in bad.stderr

@@ -48,23 +48,14 @@ def parse_size(text: str, option: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def resolve_camera(width: int, height: int, intrinsics: str | None, focal: float | None):
-    """The camera of a (displayed) image and where it came from; a default is announced."""
-    from metricdepth.camera import DEFAULT_FOV_X_DEG, Camera
+def resolve_camera(image: Path, intrinsics: str | None, focal: float | None):
+    """The camera of an image file (given, EXIF or the announced default) and its source."""
+    from metricdepth.exif import resolve_camera as resolve
 
-    if intrinsics is not None and focal is not None:
-        raise ValueError("give either --intrinsics or --focal, not both")
-    if intrinsics is not None:
-        values = parse_numbers(intrinsics, 4, "--intrinsics")
-        return Camera.from_intrinsics(values, width, height), "given"
-    if focal is not None:
-        return Camera(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height), "given"
-    typer.echo(
-        f"warning: no intrinsics given; assuming a {DEFAULT_FOV_X_DEG:g} degree horizontal "
-        "field of view (camera source: default)",
-        err=True,
-    )
-    return Camera.from_fov(DEFAULT_FOV_X_DEG, width, height), "default"
+    camera, source, report = resolve(image, intrinsics=intrinsics, focal=focal)
+    if report.get("warning"):
+        typer.echo(f"warning: {report['warning']}", err=True)
+    return camera, source
 
 
 @app.callback()
@@ -132,8 +123,7 @@ def run_canonical(image, intrinsics, focal, focal_mode, input_size, canonical_fo
         if intrinsics is None and focal is None:
             intrinsics = ",".join(str(v) for v in EXAMPLE_INTRINSICS)
     rgb, _ = read_image(image)
-    height, width = rgb.shape[:2]
-    camera, source = resolve_camera(width, height, intrinsics, focal)
+    camera, source = resolve_camera(image, intrinsics, focal)
     space = CanonicalSpace(
         focal_px=canonical_focal,
         input_hw=parse_size(input_size, "--input-size"),
@@ -251,6 +241,52 @@ def convert(
     except ValueError as error:
         fail(str(error))
     typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+@app.command()
+def camera(
+    image: Annotated[Path, typer.Argument(help="Image file.")],
+    intrinsics: Annotated[str | None, typer.Option(help="fx,fy,cx,cy (to compare).")] = None,
+    focal: Annotated[float | None, typer.Option(help="Focal length in pixels.")] = None,
+) -> None:
+    """Print the camera metricdepth would use for IMAGE: EXIF findings, rule, intrinsics."""
+    from metricdepth.exif import camera_report
+
+    try:
+        typer.echo(camera_report(image, intrinsics, focal))
+    except ValueError as error:
+        fail(str(error))
+
+
+@app.command()
+def measure(
+    image: Annotated[Path, typer.Argument(help="Image file.")],
+    points: Annotated[list[str], typer.Option(help="x1,y1,x2,y2 pixel pair (repeatable).")],
+    model: Annotated[str | None, typer.Option(help="Registered name or model file.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Official checkpoint (.pth).")] = None,
+    intrinsics: Annotated[str | None, typer.Option(help="fx,fy,cx,cy in pixels.")] = None,
+    focal: Annotated[float | None, typer.Option(help="Focal length in pixels.")] = None,
+    window: Annotated[int, typer.Option(help="Median window radius in pixels.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Distance in metres between the 3-D points under pixel pairs, and each point's depth."""
+    try:
+        from metricdepth.io import read_image
+        from metricdepth.measure import measure as measure_pair
+        from metricdepth.measure import measure_report, parse_points
+        from metricdepth.models.registry import load_model
+        from metricdepth.predict import predict as run_model
+
+        rgb, _ = read_image(image)
+        pairs = parse_points(points, (rgb.shape[1], rgb.shape[0]))
+        cam, source = resolve_camera(image, intrinsics, focal)
+        prediction = run_model(
+            load_model(model, weights=weights, device=device), rgb, cam, camera_source=source
+        )
+        results = [measure_pair(prediction, p1, p2, window=window) for p1, p2 in pairs]
+        typer.echo(measure_report(results, camera=prediction.camera, camera_source=source))
+    except ValueError as error:
+        fail(str(error))
 
 
 @app.command("models")

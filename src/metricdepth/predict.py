@@ -103,8 +103,9 @@ def predict(
     Args:
         model: from ``load_model``.
         image: (H, W, 3) RGB uint8, or a path (EXIF orientation applied).
-        camera: the camera of the image as displayed; None assumes the default camera
-            (``DEFAULT_FOV_X_DEG``) and records ``camera_source="default"``.
+        camera: the camera of the image as displayed; None takes the EXIF focal of a path
+            (``camera_source="exif"``), else assumes the default camera (``DEFAULT_FOV_X_DEG``)
+            and records ``camera_source="default"``.
         camera_source: where ``camera`` came from (default ``"given"``).
         focal_mode: ``"mean"`` or ``"fx"``; default: the model's.
     """
@@ -122,6 +123,7 @@ def predict_batch(
     focal_mode: str | None = None,
 ) -> list[Prediction]:
     """Metric depth for several images of any sizes; images sharing a canvas run as one batch."""
+    from metricdepth.exif import resolve_camera
     from metricdepth.io import load_image
 
     n = len(images)
@@ -135,7 +137,10 @@ def predict_batch(
     items = []
     for image, camera, source in zip(images, cameras, sources, strict=True):
         if isinstance(image, (str, Path)):
-            image, camera, _ = load_image(image, camera)
+            path = image
+            image, camera, _ = load_image(path, camera)
+            if camera is None:  # the file's EXIF focal, else the announced default
+                camera, source, _ = resolve_camera(path)
         image = _check_image(image)
         height, width = image.shape[:2]
         if camera is None:
