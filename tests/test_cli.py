@@ -56,7 +56,7 @@ def test_no_intrinsics_announces_the_default(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--intrinsics", "1,2,3"], "--intrinsics needs 4 comma-separated numbers"),
+        (["--intrinsics", "1,2,3"], "intrinsics must be 4 comma-separated numbers fx,fy,cx,cy"),
         (["--intrinsics", "0,500,320,240"], "Camera.fx must be a finite number > 0, got 0.0"),
         (["--focal", "nan"], "focal must be a finite number of pixels > 0, got nan"),
         (["--input-size", "616"], "--input-size must be HEIGHTxWIDTH"),
@@ -142,7 +142,7 @@ def test_predict_reproduces_the_official_outputs_on_all_fixture_images(tmp_path,
     ("args", "message"),
     [
         (["--weights", "/nonexistent/w.pth"], "weights file not found: /nonexistent/w.pth"),
-        (["--intrinsics", "700,700,600"], "--intrinsics needs 4 comma-separated numbers"),
+        (["--intrinsics", "700,700,600"], "intrinsics must be 4 comma-separated numbers fx,fy,cx,cy"),
         (["--save", "depth,mesh"], "--save: unknown kind(s) mesh"),
         (["--model", "metric3d-vit-small"], "does not match the official Metric3D v2 ViT"),
     ],

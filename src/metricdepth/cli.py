@@ -29,17 +29,6 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def parse_numbers(text: str, count: int, option: str) -> tuple[float, ...]:
-    """``"a,b,c"`` -> floats, or a ValueError naming the option and what was given."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != count:
-        raise ValueError(f"{option} needs {count} comma-separated numbers, got {text!r}")
-    return values
-
-
 def parse_size(text: str, option: str) -> tuple[int, int]:
     """``"616x1064"`` -> (616, 1064) as (height, width)."""
     parts = text.lower().split("x")
@@ -187,13 +176,14 @@ def run_predict(inputs, model, weights, intrinsics, focal, focal_mode, device, o
 
     from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
     from metricdepth.data.inputs import InputItem, collect_inputs
+    from metricdepth.exif import parse_intrinsics
     from metricdepth.models.registry import load_model
     from metricdepth.outputs import parse_save, predict_to_files
 
     kinds = parse_save(save)
     if intrinsics is not None and focal is not None:
         raise ValueError("give either --intrinsics or --focal, not both")
-    values = parse_numbers(intrinsics, 4, "--intrinsics") if intrinsics is not None else None
+    values = parse_intrinsics(intrinsics) if intrinsics is not None else None
     if focal_mode is not None:
         check_focal_mode(focal_mode)
     if inputs:

@@ -458,7 +458,8 @@ def _zoom_for_f35(
 
 
 # ---------------------------------------------------------------------- the policy
-def _parse_intrinsics(text: str) -> tuple[float, ...]:
+def parse_intrinsics(text: str) -> tuple[float, ...]:
+    """``"fx,fy,cx,cy"`` -> four floats, or one ValueError line quoting the text."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
@@ -516,7 +517,7 @@ def resolve_camera(
                 )
             camera = intrinsics
         else:
-            values = _parse_intrinsics(intrinsics) if isinstance(intrinsics, str) else intrinsics
+            values = parse_intrinsics(intrinsics) if isinstance(intrinsics, str) else intrinsics
             camera = Camera.from_intrinsics(values, width, height)
         source, rule = "given", "intrinsics given"
     elif focal is not None:
