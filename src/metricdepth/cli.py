@@ -159,26 +159,54 @@ def predict(
     save: Annotated[
         str, typer.Option(help="Extra files: png16,normal,confidence,ply,vis (depth always).")
     ] = "depth",
+    workers: Annotated[
+        int, typer.Option(help="Processes decoding images while the model runs (0: none).")
+    ] = 0,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Skip images whose S.json exists and lists every --save kind."
+        ),
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="I/N: only items I, I+N, I+2N, ... (0-based) of the input list, to split one "
+            "run over N processes or machines."
+        ),
+    ] = None,
+    keep_going: Annotated[
+        bool,
+        typer.Option(
+            "--keep-going", help="Report a bad image in one line and go on (exit code 1)."
+        ),
+    ] = False,
 ) -> None:
     """Predict metric depth; writes S.depth.npy and S.json (+ --save extras) per image."""
     try:
-        written = run_predict(
-            inputs, model, weights, intrinsics, focal, focal_mode, device, out, save
-        )
+        summary = run_predict(
+            inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
+            workers, resume, shard, keep_going,
+        )  # fmt: skip
     except ValueError as error:
         fail(str(error))
-    typer.echo(f"wrote {written} image(s) to {out}")
+    typer.echo(summary.line())
+    if summary.interrupted:
+        raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
-def run_predict(inputs, model, weights, intrinsics, focal, focal_mode, device, out, save) -> int:
-    """The work of ``metricdepth predict``; returns the number of images written."""
-    from rich.progress import Progress
-
+def run_predict(
+    inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
+    workers=0, resume=False, shard=None, keep_going=False,
+):  # fmt: skip
+    """The work of ``metricdepth predict``; returns the batch summary."""
     from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
-    from metricdepth.data.inputs import InputItem, collect_inputs
+    from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
     from metricdepth.exif import parse_intrinsics
     from metricdepth.models.registry import load_model
-    from metricdepth.outputs import parse_save, predict_to_files
+    from metricdepth.outputs import parse_save, run_batch
 
     kinds = parse_save(save)
     if intrinsics is not None and focal is not None:
@@ -192,27 +220,22 @@ def run_predict(inputs, model, weights, intrinsics, focal, focal_mode, device, o
         items = [InputItem(EXAMPLE_IMAGE, EXAMPLE_IMAGE.stem, EXAMPLE_INTRINSICS)]
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
+    if workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {workers}")
+    shard_range = parse_shard(shard) if shard is not None else None
     net = load_model(model, weights=weights, device=device)
-    defaults = []
-    with Progress(transient=True) as progress:
-        task = progress.add_task("predicting", total=len(items))
-
-        def done(item, prediction) -> None:
-            if prediction.camera_source == "default":
-                defaults.append(item.image)
-            progress.advance(task)
-
-        predict_to_files(
-            net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
-            on_done=done,
-        )  # fmt: skip
-    if defaults:
+    summary = run_batch(
+        net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
+        workers=workers, resume=resume, shard=shard_range, keep_going=keep_going,
+    )  # fmt: skip
+    if summary.default_camera:
         typer.echo(
-            f"warning: {len(defaults)} image(s) had no intrinsics; assumed a "
-            f"{DEFAULT_FOV_X_DEG:g} degree horizontal field of view (camera source: default)",
+            f"warning: {summary.default_camera} image(s) had no intrinsics and no EXIF focal; "
+            f"assumed a {DEFAULT_FOV_X_DEG:g} degree horizontal field of view "
+            "(camera source: default)",
             err=True,
         )
-    return len(items)
+    return summary
 
 
 @app.command()
@@ -277,6 +300,77 @@ def measure(
         typer.echo(measure_report(results, camera=prediction.camera, camera_source=source))
     except ValueError as error:
         fail(str(error))
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output folder (rgb/, depth/, annotations.json).")],
+    n: Annotated[int, typer.Option(help="Number of scenes.")] = 100,
+    seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
+    size: Annotated[str, typer.Option(help="Image HEIGHTxWIDTH.")] = "96x128",
+) -> None:
+    """Render synthetic multi-camera scenes in Metric3D's annotation format."""
+    try:
+        from metricdepth.data.synthetic import SynthConfig, write_dataset
+
+        if n < 1:
+            raise ValueError(f"--n must be >= 1, got {n}")
+        height, width = parse_size(size, "--size")
+        config = SynthConfig(height=height, width=width, sizes=((height, width),))
+        path = write_dataset(out, n, seed=seed, config=config)
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(f"wrote {n} scenes; annotations: {path}")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config (YAML).")],
+    out: Annotated[Path | None, typer.Option(help="Runs folder (default: the config's).")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the run's last checkpoint.")] = True,
+) -> None:
+    """Train with canonical label scaling (use torchrun + 'python -m metricdepth.train' for DDP)."""
+    try:
+        from metricdepth.train.loop import run_training
+
+        run_dir = run_training(config, out_dir=out, resume=resume)
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(f"run folder: {run_dir}")
+
+
+@app.command("eval")
+def evaluate(
+    annotations: Annotated[Path, typer.Argument(help="Metric3D annotation JSON with depth.")],
+    model: Annotated[str | None, typer.Option(help="Model name or file (runs it).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Official checkpoint (.pth).")] = None,
+    predictions: Annotated[
+        Path | None, typer.Option(help="Folder of S.depth.npy from 'metricdepth predict'.")
+    ] = None,
+    protocol: Annotated[str, typer.Option(help="plain, nyu or kitti.")] = "plain",
+    min_depth: Annotated[float | None, typer.Option(help="GT cap, metres.")] = None,
+    max_depth: Annotated[float | None, typer.Option(help="GT cap, metres.")] = None,
+    align: Annotated[str, typer.Option(help="none or median (reported as its own row).")] = "none",
+    skip_missing: Annotated[bool, typer.Option(help="Skip and count missing files.")] = False,
+    csv: Annotated[Path | None, typer.Option(help="Per-image rows to this CSV.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Metrics to this JSON.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Score depth against ground truth under a declared protocol."""
+    try:
+        from metricdepth.evaluate.harness import eval_report, run_eval
+
+        if model is None and predictions is None:
+            model = "metricdepth-small"  # the bundled default
+        result = run_eval(
+            annotations, model=model, weights=weights,
+            predictions=predictions, protocol=protocol, min_depth=min_depth,
+            max_depth=max_depth, align=align, skip_missing=skip_missing, csv_path=csv,
+            json_path=json_out, device=device,
+        )  # fmt: skip
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(eval_report(result))
 
 
 @app.command("models")

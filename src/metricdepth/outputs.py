@@ -18,8 +18,9 @@ presence means every requested file of that image is complete, and it is what ``
   left by a killed run of the same images are removed;
 * ``shard=(i, n)`` keeps items ``i, i + n, i + 2n, ...`` (0-based, round robin over the input
   order) so that n processes or machines split one input list without overlap;
-* ``keep_going`` reports a bad image in one line and goes on; SIGINT (Ctrl-C) stops after the
-  image being processed and returns the summary (a second Ctrl-C interrupts at once).
+* ``keep_going`` reports a bad image in one line and goes on; SIGINT (Ctrl-C) or SIGTERM (a
+  job scheduler's stop) ends the run after the images under way and returns the summary (a
+  second Ctrl-C interrupts at once); loader workers die with the run even under SIGKILL.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -174,7 +176,11 @@ def camera_for_item(
     intrinsics: Sequence[float] | None = None,
     focal: float | None = None,
 ) -> tuple[Camera | None, str | None]:
-    """The camera of one input and its source: command line, then annotation, else None."""
+    """The camera of one input and its source: command line, then annotation, else None.
+
+    (``None`` leaves the choice to the caller: ``run_batch`` then tries the file's EXIF focal
+    and falls back to the default camera.)
+    """
     if intrinsics is not None:
         return Camera.from_intrinsics(intrinsics, width, height), "given"
     if focal is not None:
@@ -201,7 +207,7 @@ class PreparedInput:
             a worker process as plain bytes, cheaper than a shared-memory tensor for each
             image); None when ``error``.
         camera: camera of the image as displayed.
-        source: where the camera came from (``given``, ``annotation`` or ``default``).
+        source: where the camera came from (``given``, ``annotation``, ``exif``, ``default``).
         record: the canonical record (resize, padding, f_eff).
         image: the (H, W, 3) uint8 RGB when kept (``ply``/``vis`` outputs), else None.
         error: one line naming the file and the problem when the image could not be prepared.
@@ -220,8 +226,9 @@ class PredictionInputs(torch.utils.data.Dataset):
     """Map-style dataset: item k -> ``PreparedInput`` (decode, camera, canonical input).
 
     Exactly the pre-processing of ``predict``: the image read with its EXIF orientation, the
-    camera from ``intrinsics``/``focal``, else the item's annotation, else the default camera,
-    then the model's ``inference_record``, ``to_canonical`` and ``normalize``. A bad image gives
+    camera from ``intrinsics``/``focal``, else the item's annotation, else the file's EXIF focal
+    (``exif.resolve_camera``), else the default camera, then the model's ``inference_record``,
+    ``to_canonical`` and ``normalize``. A bad image gives
     a ``PreparedInput`` with ``error`` set instead of raising, so one file cannot stop a worker.
     """
 
@@ -247,17 +254,17 @@ class PredictionInputs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> PreparedInput:
         from metricdepth.canonical import inference_record, normalize, to_canonical
+        from metricdepth.exif import resolve_camera
         from metricdepth.frame import Frame
         from metricdepth.io import read_image
-        from metricdepth.predict import default_camera
 
         item = self.items[index]
         try:
             rgb, _ = read_image(item.image)
             height, width = rgb.shape[:2]
             camera, source = camera_for_item(item, width, height, self.intrinsics, self.focal)
-            if camera is None:
-                camera, source = default_camera(width, height), "default"
+            if camera is None:  # the file's EXIF focal, else the default camera (as predict)
+                camera, source, _ = resolve_camera(item.image)
             record = inference_record(camera, self.space, self.focal_mode)
             canvas = to_canonical(Frame(rgb, camera), record, pad_rgb=self.space.pad_rgb)
             x = normalize(canvas.image, self.space).numpy()
@@ -270,13 +277,27 @@ def _as_is(sample: PreparedInput) -> PreparedInput:
     return sample
 
 
-def _init_worker(_: int) -> None:
-    """Loader workers leave Ctrl-C to the main process (which stops after the current image).
+#: Signals that stop a batch run cleanly after the current image (``run_batch``).
+STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
-    (``cv2.setNumThreads`` is not called here: in a forked worker it can block forever on the
-    parent's OpenCV thread-pool lock.)
+
+def _init_worker(_: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the main process and die when it dies.
+
+    The main process stops after the current image and then shuts the workers down; if it is
+    killed outright (SIGKILL), Linux kills the workers too (``PR_SET_PDEATHSIG``) instead of
+    leaving them blocked on a full result pipe. (``cv2.setNumThreads`` is not called here: in
+    a forked worker it can block forever on the parent's OpenCV thread-pool lock.)
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
 
 
 def run_network(model, sample: PreparedInput) -> dict[str, torch.Tensor]:
@@ -290,9 +311,9 @@ def run_network(model, sample: PreparedInput) -> dict[str, torch.Tensor]:
 
 def to_prediction(model, sample: PreparedInput, out: dict[str, torch.Tensor]) -> Prediction:
     """Network outputs -> metric ``Prediction`` at the image's size (``predict``'s own step)."""
-    from metricdepth.predict import _postprocess
+    from metricdepth.predict import postprocess
 
-    return _postprocess(out, 0, sample.camera, sample.source, sample.record, model)
+    return postprocess(out, 0, sample.camera, sample.source, sample.record, model)
 
 
 def predict_prepared(model, sample: PreparedInput) -> Prediction:
@@ -336,10 +357,14 @@ def prepared_inputs(
     else:  # the workers start here, not at the first next()
         stream = iter(
             torch.utils.data.DataLoader(
-                dataset, batch_size=None, shuffle=False, num_workers=min(workers, len(dataset)),
-                collate_fn=_as_is, worker_init_fn=_init_worker,
+                dataset,
+                batch_size=None,
+                shuffle=False,
+                num_workers=min(workers, len(dataset)),
+                collate_fn=_as_is,
+                worker_init_fn=_init_worker,
             )
-        )  # fmt: skip
+        )
     return _in_order(dataset, stream)
 
 
@@ -374,9 +399,14 @@ def iter_predictions(
     ``keep_images``, else None.
     """
     samples = prepared_inputs(
-        model, items, intrinsics=intrinsics, focal=focal, focal_mode=focal_mode,
-        workers=workers, keep_images=keep_images,
-    )  # fmt: skip
+        model,
+        items,
+        intrinsics=intrinsics,
+        focal=focal,
+        focal_mode=focal_mode,
+        workers=workers,
+        keep_images=keep_images,
+    )
     return _predict_all(model, samples)
 
 
@@ -402,9 +432,9 @@ def is_finished(out_dir: Path, stem: str, save: set[str]) -> bool:
         record = json.loads(paths["record"].read_text(encoding="utf-8"))
         files = record["files"]
         requested = set(record.get("save") or files)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-    if not (save | {"depth"}) <= requested:
+    if not isinstance(files, dict) or not (save | {"depth"}) <= requested:
         return False
     return all((paths["record"].parent / name).is_file() for name in files.values())
 
@@ -444,7 +474,7 @@ class BatchSummary:
         skipped: images skipped as already finished (``resume``).
         failed: one line per bad image (``keep_going``): ``"PATH: problem"``.
         default_camera: images predicted with the default camera (no intrinsics anywhere).
-        interrupted: stopped early by SIGINT; the rest can be finished with ``resume``.
+        interrupted: stopped early by SIGINT or SIGTERM; ``resume`` finishes the rest.
         elapsed_s: wall time of the run in seconds (start-up of the workers included).
         shard: ``(i, n)`` when the run was one shard of n.
     """
@@ -483,23 +513,30 @@ class BatchSummary:
 
 
 @contextmanager
-def _stop_on_sigint() -> Iterator[threading.Event]:
-    """An event set by the first SIGINT; a second SIGINT raises KeyboardInterrupt as usual."""
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by the first SIGINT or SIGTERM; a second one acts as usual.
+
+    (A second SIGINT raises KeyboardInterrupt, a second SIGTERM terminates.) Handlers can only
+    be set from the main thread; elsewhere the event is never set.
+    """
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
 
     def handler(signum: int, frame: Any) -> None:
         stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        usual = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        signal.signal(signum, usual)
 
-    signal.signal(signal.SIGINT, handler)
+    for number in STOP_SIGNALS:
+        signal.signal(number, handler)
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        for number, old in previous.items():
+            signal.signal(number, old if old is not None else signal.SIG_DFL)
 
 
 def _rate_column():
@@ -533,9 +570,14 @@ def _progress(
 
     console = Console(stderr=True)
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _rate_column(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-    )  # fmt: skip
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _rate_column(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     bar = Progress(*columns, console=console, disable=not (enabled and console.is_terminal))
     with bar:
         task = bar.add_task("predicting", total=total)
@@ -626,11 +668,16 @@ def run_batch(
                 on_done(item, prediction, written)
         advance()
 
-    with _stop_on_sigint() as stop:
+    with _stop_on_signals() as stop:
         samples = prepared_inputs(
-            model, pending, intrinsics=intrinsics, focal=focal, focal_mode=focal_mode,
-            workers=workers, keep_images=keep_images,
-        )  # fmt: skip
+            model,
+            pending,
+            intrinsics=intrinsics,
+            focal=focal,
+            focal_mode=focal_mode,
+            workers=workers,
+            keep_images=keep_images,
+        )
         # The network and the metric post-processing run here; the (fsync'ed) writes of an
         # image run on one writer thread (no torch there) while the network does the next one.
         writer = ThreadPoolExecutor(1, thread_name_prefix="metricdepth-writer")
@@ -678,7 +725,14 @@ def predict_to_files(
             on_done(item, prediction)
 
     run_batch(
-        model, items, out_dir, save, intrinsics=intrinsics, focal=focal, focal_mode=focal_mode,
-        progress=False, on_done=done,
-    )  # fmt: skip
+        model,
+        items,
+        out_dir,
+        save,
+        intrinsics=intrinsics,
+        focal=focal,
+        focal_mode=focal_mode,
+        progress=False,
+        on_done=done,
+    )
     return results

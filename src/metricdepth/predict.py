@@ -169,7 +169,7 @@ def predict_batch(
         for row, index in enumerate(indices):
             started = time.perf_counter()
             camera, source, record, _ = items[index]
-            prediction = _postprocess(out, row, camera, source, record, model)
+            prediction = postprocess(out, row, camera, source, record, model)
             timings = {
                 "preprocess": preprocess,
                 "forward": forward,
@@ -179,7 +179,8 @@ def predict_batch(
     return results  # type: ignore[return-value]
 
 
-def _postprocess(out, row, camera, source, record, model: DepthModel) -> Prediction:
+def postprocess(out, row, camera, source, record, model: DepthModel) -> Prediction:
+    """Network output row ``row`` -> a ``Prediction`` at the original resolution."""
     spec = model.spec
     depth_m = from_canonical(out["depth_c"][row, 0].float().cpu(), record)
     if spec.max_depth_m is not None:

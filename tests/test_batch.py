@@ -1,0 +1,373 @@
+"""Large batch runs: loader workers, resume after a kill, shards, keep-going, Ctrl-C.
+
+A tiny seeded convolutional network stands in for a depth model (no registry entry needed);
+runs that must die or be interrupted happen in child processes that import it from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metricdepth.canonical import CanonicalSpace
+from metricdepth.data.inputs import collect_inputs, parse_shard, shard_items
+from metricdepth.models.registry import DepthModel
+from metricdepth.models.spec import ModelSpec
+from metricdepth.outputs import output_paths, predict_to_files, run_batch
+
+TESTS = Path(__file__).resolve().parent
+N_IMAGES = 10
+
+
+class TinyNet(nn.Module):
+    """Two seeded 3x3 convolutions -> positive canonical depth that depends on the pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 1, 3, padding=1)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"depth_c": F.softplus(self.conv2(torch.tanh(self.conv1(x)))) + 1.0}
+
+
+TINY_SPEC = ModelSpec(
+    name="tiny-test", arch="tiny_test", space=CanonicalSpace(focal_px=100.0, input_hw=(32, 48))
+)
+
+
+def tiny_model() -> DepthModel:
+    return DepthModel(TINY_SPEC, TinyNet()).eval()
+
+
+def make_images(folder: Path, count: int = N_IMAGES) -> list[Path]:
+    """``count`` random PNGs of a few sizes, half of them in a sub-folder."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for k in range(count):
+        path = folder / ("sub" if k % 2 else "") / f"img{k:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 256, (20 + 2 * k, 30 + k, 3), dtype=np.uint8))
+        paths.append(path)
+    return paths
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones included), relative path -> bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def records(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*.json")}
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_batch import tiny_model
+    from metricdepth.data.inputs import collect_inputs
+    from metricdepth.outputs import run_batch
+
+    images, out, mode, workers = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    on_done = None
+    if mode.startswith("kill-at-replace-"):  # die like `kill -9` inside the Nth rename
+        import multiprocessing, time
+        target, calls, real_replace = int(mode.rsplit("-", 1)[1]), [0], os.replace
+        def replace(src, dst):  # slow writes: the loaders fill their result pipe meanwhile
+            time.sleep(0.1)
+            calls[0] += 1
+            if calls[0] == target:
+                pids = [str(p.pid) for p in multiprocessing.active_children()]
+                Path(out.parent / "workers.txt").write_text(" ".join(pids))
+                os.kill(os.getpid(), signal.SIGKILL)  # the main process only
+            real_replace(src, dst)
+        os.replace = replace
+    elif mode.startswith("signal-"):  # e.g. signal-SIGTERM-after-3: once image 3 is written
+        _, name, _, target = mode.split("-")
+        seen = []
+        def on_done(item, prediction, written):
+            seen.append(item.stem)
+            if len(seen) == int(target):
+                os.kill(os.getpid(), getattr(signal, name))
+    summary = run_batch(
+        tiny_model(), collect_inputs([images]), out, {{"depth", "png16"}}, focal=40.0,
+        workers=workers, progress=False, on_done=on_done,
+    )
+    print(summary.line())
+    """
+).format(tests=str(TESTS))
+
+
+@pytest.fixture
+def run_child(tmp_path: Path):
+    """Run ``CHILD`` in its own session: ``run_child(images, out, mode, workers)``.
+
+    Output goes to files, so no stray process can hold a pipe open; whatever is left of the
+    session is killed at teardown (after the test has looked at it).
+    """
+    sessions: list[int] = []
+
+    def run(images: Path, out: Path, mode: str, workers: int) -> subprocess.CompletedProcess:
+        script = tmp_path / "child.py"
+        script.write_text(CHILD)
+        with (
+            open(tmp_path / "child.out", "w") as out_file,
+            open(tmp_path / "child.err", "w") as err,
+        ):
+            child = subprocess.Popen(
+                [sys.executable, str(script), str(images), str(out), mode, str(workers)],
+                stdout=out_file,
+                stderr=err,
+                start_new_session=True,
+            )
+            sessions.append(child.pid)
+            returncode = child.wait(timeout=120)
+        output = (tmp_path / "child.out").read_text(), (tmp_path / "child.err").read_text()
+        return subprocess.CompletedProcess(child.args, returncode, *output)
+
+    yield run
+    for session in sessions:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(session, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    make_images(folder)
+    return folder
+
+
+def test_killed_run_then_resume_equals_an_uninterrupted_run_byte_for_byte(
+    tmp_path, images, run_child
+):
+    items = collect_inputs([images])
+    reference = tmp_path / "reference"
+    summary = run_batch(
+        tiny_model(), items, reference, {"depth", "png16"}, focal=40.0, progress=False
+    )
+    assert (summary.done, summary.skipped, summary.failed) == (N_IMAGES, 0, [])
+
+    # 3 renames per image (depth.npy, depth.png, json): the 8th is image 2's depth.png.
+    out = tmp_path / "out"
+    killed = run_child(images, out, "kill-at-replace-8", workers=2)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    stems = [item.stem for item in items]
+    assert records(out) == {f"{stems[0]}.json", f"{stems[1]}.json"}
+    third = output_paths(out, stems[2], {"depth", "png16"})
+    assert third["depth"].is_file() and not third["png16"].exists()
+    assert not third["record"].exists()  # not finished, so it does not look finished
+    leftovers = [p.name for p in third["png16"].parent.iterdir() if p.name.startswith(".")]
+    assert len(leftovers) == 1 and ".tmp" in leftovers[0]  # killed inside the write
+    workers = [int(pid) for pid in (tmp_path / "workers.txt").read_text().split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 30  # the loader workers die with their parent
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers)
+
+    resumed = run_batch(
+        tiny_model(),
+        items,
+        out,
+        {"depth", "png16"},
+        focal=40.0,
+        workers=2,
+        resume=True,
+        progress=False,
+    )
+    assert (resumed.done, resumed.skipped, resumed.failed) == (N_IMAGES - 2, 2, [])
+    assert not resumed.interrupted
+    assert tree(out) == tree(reference)  # every output once, same bytes, no temporary left
+
+
+def test_workers_write_the_same_bytes_as_in_process(tmp_path, images):
+    items = collect_inputs([images])
+    for workers in (0, 2):
+        run_batch(
+            tiny_model(),
+            items,
+            tmp_path / f"w{workers}",
+            {"depth", "vis", "ply"},
+            workers=workers,
+            progress=False,
+        )
+    first, second = tree(tmp_path / "w0"), tree(tmp_path / "w2")
+    assert len(first) == 4 * N_IMAGES and first == second
+    record = json.loads(first["img00.json"])
+    assert record["camera_source"] == "default" and "timings_s" not in record
+    assert record["files"] == {
+        "depth": "img00.depth.npy",
+        "ply": "img00.ply",
+        "vis": "img00.vis.png",
+    }
+
+
+@pytest.mark.parametrize(("name", "workers"), [("SIGINT", 0), ("SIGTERM", 2)])
+def test_a_stop_signal_ends_the_run_cleanly_with_a_summary_line(
+    tmp_path, images, run_child, name, workers
+):
+    out = tmp_path / "out"
+    child = run_child(images, out, f"signal-{name}-after-3", workers=workers)
+    assert child.returncode == 0, child.stderr
+    assert child.stderr == ""  # no traceback, no KeyboardInterrupt
+    line = child.stdout.strip()
+    assert line.startswith("interrupted: ") and line.endswith("left (rerun with --resume)")
+    done = int(line.split()[1])
+    assert 3 <= done <= 5  # the third image plus at most two whose writes were under way
+    assert len(records(out)) == done
+    assert f"; {N_IMAGES - done} left" in line
+    rest = run_batch(
+        tiny_model(),
+        collect_inputs([images]),
+        out,
+        {"depth", "png16"},
+        focal=40.0,
+        resume=True,
+        progress=False,
+    )
+    assert (rest.skipped, rest.done) == (done, N_IMAGES - done)
+
+
+def test_shards_of_three_cover_the_list_without_overlap(tmp_path, images):
+    items = collect_inputs([images])
+    out = tmp_path / "out"
+    seen: list[list[str]] = []
+    for index in range(3):
+        stems: list[str] = []
+        summary = run_batch(
+            tiny_model(),
+            items,
+            out,
+            {"depth"},
+            shard=(index, 3),
+            progress=False,
+            on_done=lambda item, prediction, written, stems=stems: stems.append(item.stem),
+        )
+        assert summary.total == len(stems) == summary.done
+        assert f"in shard {index}/3" in summary.line()
+        seen.append(stems)
+    assert [len(s) for s in seen] == [4, 3, 3]
+    assert sorted(sum(seen, [])) == sorted(item.stem for item in items)  # all, each once
+    assert seen[1] == [items[k].stem for k in (1, 4, 7)]  # item k goes to shard k mod 3
+    assert records(out) == {f"{item.stem}.json" for item in items}
+
+
+def test_parse_shard_and_shard_items():
+    assert parse_shard("2/3") == (2, 3) and parse_shard(" 0/1 ") == (0, 1)
+    assert shard_items(list(range(10)), 1, 3) == [1, 4, 7]
+    for text in ("3/3", "1/0", "a/b", "-1/3", "1", "1/2/3", ""):
+        with pytest.raises(ValueError, match=r"--shard must be I/N with 0 <= I < N"):
+            parse_shard(text)
+    with pytest.raises(ValueError, match=r"shard must be \(i, n\)"):
+        run_batch(tiny_model(), [], Path("unused"), {"depth"}, shard=(3, 3), progress=False)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_keep_going_reports_a_corrupt_image_and_goes_on(tmp_path, images, capsys, workers):
+    bad = images / "sub" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16)
+    items = collect_inputs([images])
+    out = tmp_path / "out"
+    summary = run_batch(
+        tiny_model(), items, out, {"depth"}, workers=workers, keep_going=True, progress=True
+    )
+    assert (summary.done, len(summary.failed), summary.total) == (N_IMAGES, 1, N_IMAGES + 1)
+    assert summary.failed[0].startswith(f"{bad}: ") and "not an image" in summary.failed[0]
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "broken.png" in line] == [
+        f"failed: {summary.failed[0]}"
+    ]
+    assert len(records(out)) == N_IMAGES and "1 failed" in summary.line()
+    with pytest.raises(ValueError, match=r"broken\.png: not an image"):
+        run_batch(
+            tiny_model(), items, tmp_path / "strict", {"depth"}, workers=workers, progress=False
+        )
+
+
+def test_resume_skips_finished_items_and_redoes_incomplete_ones(tmp_path, images):
+    items = collect_inputs([images])
+    out = tmp_path / "out"
+    first = run_batch(tiny_model(), items, out, {"depth"}, progress=False)
+    assert first.done == N_IMAGES
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
+    again = run_batch(tiny_model(), items, out, {"depth"}, resume=True, progress=False)
+    assert (again.done, again.skipped, again.total) == (0, N_IMAGES, N_IMAGES)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps
+    output_paths(out, items[3].stem, set())["record"].unlink()
+    one = run_batch(tiny_model(), items, out, {"depth"}, resume=True, progress=False)
+    assert (one.done, one.skipped) == (1, N_IMAGES - 1)
+    more = run_batch(tiny_model(), items, out, {"depth", "png16"}, resume=True, progress=False)
+    assert (more.done, more.skipped) == (N_IMAGES, 0)  # png16 was not made before
+    assert len(list(out.rglob("*.depth.png"))) == N_IMAGES
+
+
+def test_predict_to_files_still_returns_the_written_paths(tmp_path, images):
+    items = collect_inputs([images])[:3]
+    seen = []
+    written = predict_to_files(
+        tiny_model(),
+        items,
+        tmp_path / "out",
+        {"depth"},
+        intrinsics=(40.0, 40.0, 15.0, 10.0),
+        on_done=lambda item, prediction: seen.append((item.stem, prediction.camera_source)),
+    )
+    assert [sorted(w) for w in written] == [["depth", "record"]] * 3
+    assert seen == [(item.stem, "given") for item in items]
+    depth = np.load(written[0]["depth"])
+    assert depth.shape == (20, 30) and depth.dtype == np.float32 and (depth > 0).all()
+
+
+def test_sigint_handler_is_restored(tmp_path, images):
+    before = signal.getsignal(signal.SIGINT)
+    run_batch(tiny_model(), collect_inputs([images])[:2], tmp_path / "o", {"depth"}, progress=False)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_an_exif_focal_is_used_when_no_intrinsics_are_given(tmp_path):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 26  # FocalLengthIn35mmFilm, mm
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(folder / "phone.jpg", exif=exif)
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(folder / "plain.jpg")
+    out = tmp_path / "out"
+    summary = run_batch(tiny_model(), collect_inputs([folder]), out, {"depth"}, progress=False)
+    assert summary.default_camera == 1
+    phone = json.loads((out / "phone.json").read_text())
+    assert phone["camera_source"] == "exif"
+    assert phone["camera"]["fx"] == pytest.approx(26 * np.hypot(64, 48) / np.hypot(36, 24))
+    assert json.loads((out / "plain.json").read_text())["camera_source"] == "default"
