@@ -1,0 +1,282 @@
+"""Training data: frame sources, weighted mixing, and the canonical transform per sample.
+
+Sources give ``Frame(image uint8 (H, W, 3), camera, depth_m (H, W) float32, 0 = invalid)``:
+
+- ``AnnotationSource``: any Metric3D-format annotation JSON with depth and ``cam_in``
+  (``metricdepth.data.annotations``);
+- ``SyntheticSource``: scenes rendered on the fly by ``metricdepth.data.synthetic``
+  (scene ``i`` is ``render_scene(scene_seed(seed, i), config)``).
+
+``CanonicalTrainingSet`` is a map-style ``torch.utils.data.Dataset`` over *global sample
+indices*: sample ``g`` is a pure function of ``(seed, g)``. The source is drawn by weight from
+``default_rng([seed, 1, g])``; the item is position ``g mod N`` of source ``d``'s permutation for
+epoch ``g // N`` (``default_rng([seed, 2, d, epoch])``), so a single source is read without
+replacement epoch by epoch; the flip and the canonical record (``canonical.training_record``:
+random resize, crop/pad, label scale) use ``default_rng([seed, 3, g])``. A run's data order is
+therefore fixed by the seed, the batch size and the number of processes: step ``s`` of rank
+``r`` of ``W`` reads ``g = (s * W + r) * B + k`` for ``k < B`` (``step_indices``). Resuming
+needs only the step, and ranks read disjoint parts of one stream (like ``DistributedSampler``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from metricdepth import frame as frames
+from metricdepth.canonical import CanonicalSpace, normalize, to_canonical, training_record
+from metricdepth.frame import Frame
+
+
+class FrameSource(Protocol):
+    """A finite, indexable collection of frames with metric depth."""
+
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def frame(self, index: int) -> Frame: ...
+
+
+class AnnotationSource:
+    """Frames of a Metric3D-format annotation JSON (every entry needs ``depth`` and ``cam_in``).
+
+    Images are read with ``metricdepth.io.load_image`` (EXIF orientation applied: ``cam_in``
+    describes the image as displayed, as in Metric3D), depth with ``read_depth`` and the
+    entry's ``depth_scale`` (or ``depth_scale`` given here).
+    """
+
+    def __init__(
+        self,
+        json_path: str | Path,
+        root: str | Path | None = None,
+        *,
+        cache: bool = True,
+        depth_scale: float | None = None,
+    ) -> None:
+        from metricdepth.data.annotations import read_annotations
+
+        self.name = str(json_path)
+        self.entries = read_annotations(json_path, root)
+        for entry in self.entries:
+            if entry.depth is None or entry.intrinsics is None:
+                missing = "depth" if entry.depth is None else "cam_in"
+                raise ValueError(f"{json_path}: entry {entry.key!r} has no {missing!r} to train on")
+        if not self.entries:
+            raise ValueError(f"{json_path}: no entries")
+        self.depth_scale = depth_scale
+        self._cache: dict[int, Frame] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def frame(self, index: int) -> Frame:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        from metricdepth.data.annotations import camera_for
+        from metricdepth.io import load_image, read_depth
+
+        entry = self.entries[index]
+        image, _, _ = load_image(entry.rgb)
+        depth_m = read_depth(entry.depth, self.depth_scale or entry.depth_scale)
+        height, width = image.shape[:2]
+        if depth_m.shape != (height, width):
+            raise ValueError(
+                f"{entry.depth}: depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the image is "
+                f"{width}x{height}"
+            )
+        result = Frame(image, camera_for(entry, width, height), depth_m)
+        if self._cache is not None:
+            self._cache[index] = result
+        return result
+
+
+class SyntheticSource:
+    """``num_scenes`` synthetic scenes, rendered on first use (``metricdepth.data.synthetic``)."""
+
+    def __init__(self, seed: int, num_scenes: int, config: Any = None, *, cache: bool = True):
+        from metricdepth.data.synthetic import SynthConfig
+
+        if num_scenes < 1:
+            raise ValueError(f"SyntheticSource: num_scenes must be >= 1, got {num_scenes}")
+        self.name = f"synthetic(seed={seed}, n={num_scenes})"
+        self.seed = int(seed)
+        self.num_scenes = int(num_scenes)
+        self.config = SynthConfig() if config is None else config
+        self._cache: dict[int, Frame] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return self.num_scenes
+
+    def frame(self, index: int) -> Frame:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        from metricdepth.data.synthetic import render_scene, scene_seed
+
+        sample = render_scene(scene_seed(self.seed, index), self.config)
+        result = Frame(sample.image, sample.camera, sample.depth_m)
+        if self._cache is not None:
+            self._cache[index] = result
+        return result
+
+
+def build_source(dataset) -> FrameSource:
+    """The source of a ``metricdepth.train.config.DatasetConfig``."""
+    if dataset.kind == "annotations":
+        return AnnotationSource(
+            dataset.path, dataset.root, cache=dataset.cache, depth_scale=dataset.depth_scale
+        )
+    from metricdepth.train.config import make_synth_config
+
+    return SyntheticSource(
+        dataset.seed, dataset.num_scenes, make_synth_config(dataset.synth), cache=dataset.cache
+    )
+
+
+def step_indices(step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> range:
+    """Global sample indices of one process's batch at ``step``: ``(step*W + rank)*B + k``."""
+    start = (step * world_size + rank) * batch_size
+    return range(start, start + batch_size)
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields ``step_indices(step, ...)`` for ``step`` in ``[start_step, steps)``."""
+
+    def __init__(
+        self, start_step: int, steps: int, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.start_step, self.steps = int(start_step), int(steps)
+        self.batch_size, self.rank, self.world_size = int(batch_size), int(rank), int(world_size)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start_step)
+
+    def __iter__(self):
+        for step in range(self.start_step, self.steps):
+            yield list(step_indices(step, self.batch_size, self.rank, self.world_size))
+
+
+class CanonicalTrainingSet(torch.utils.data.Dataset):
+    """Weighted mixture of sources moved into canonical space, indexed by global sample index.
+
+    ``dataset[g]`` returns a dict of tensors:
+
+    - ``image``: float32 (3, H, W), normalised (``canonical.normalize``) canvas of
+      ``space.input_hw``, padding in ``space.pad_rgb``;
+    - ``depth_c``: float32 (1, H, W) labels in the variant's canonical space (metres x
+      ``label_scale``), 0 where invalid;
+    - ``mask``: bool (1, H, W), True on valid labels (not padding, not invalid, metric depth in
+      ``[min_depth_m, max_depth_m]``);
+    - ``label_scale``, ``f_eff_px``, ``focal_px``: float32 scalars; ``source``: int64 index.
+
+    Args:
+        sources: the frame sources; ``weights``: their sampling weights (> 0).
+        space: training space: ``focal_px`` (f_c), ``input_hw`` (canvas) and normalisation.
+        variant: ``"none"``, ``"label"`` or ``"image"`` (see ``metricdepth.canonical``).
+        resize_range, resize_prob, crop, focal_mode: passed to ``training_record``.
+        flip_prob: chance of a left-right flip (image, depth and camera) before the record.
+        seed: the stream's seed.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[FrameSource],
+        weights: Sequence[float],
+        space: CanonicalSpace,
+        *,
+        variant: str,
+        resize_range: tuple[float, float] = (1.0, 1.0),
+        resize_prob: float = 1.0,
+        crop: str = "rand",
+        flip_prob: float = 0.0,
+        focal_mode: str = "mean",
+        min_depth_m: float = 0.0,
+        max_depth_m: float = math.inf,
+        seed: int = 0,
+    ) -> None:
+        if not sources or len(sources) != len(weights):
+            raise ValueError("CanonicalTrainingSet: need one weight per source, at least one")
+        w = np.asarray(weights, dtype=np.float64)
+        if not np.all(np.isfinite(w) & (w > 0)):
+            raise ValueError(f"CanonicalTrainingSet: weights must be > 0, got {list(weights)}")
+        self.sources = list(sources)
+        self.cumulative = np.cumsum(w / w.sum())
+        self.space = space
+        self.variant = variant
+        self.resize_range = resize_range
+        self.resize_prob = resize_prob
+        self.crop = crop
+        self.flip_prob = flip_prob
+        self.focal_mode = focal_mode
+        self.min_depth_m, self.max_depth_m = float(min_depth_m), float(max_depth_m)
+        self.seed = int(seed)
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        """Samples per "epoch" (the sum of the source sizes); indices beyond it are valid."""
+        return sum(len(s) for s in self.sources)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(source, item)`` of global sample ``index``."""
+        if len(self.sources) == 1:
+            source = 0
+        else:
+            u = np.random.default_rng([self.seed, 1, index]).random()
+            source = min(
+                int(np.searchsorted(self.cumulative, u, side="right")), len(self.sources) - 1
+            )
+        n = len(self.sources[source])
+        epoch, position = divmod(index, n)
+        key = (source, epoch)
+        perm = self._perms.get(key)
+        if perm is None:
+            if len(self._perms) > 4 * len(self.sources):
+                self._perms.clear()
+            perm = np.random.default_rng([self.seed, 2, source, epoch]).permutation(n)
+            self._perms[key] = perm
+        return source, int(perm[position])
+
+    def sample(self, index: int) -> tuple[Frame, Any, int]:
+        """``(canvas frame, record, source)`` of global sample ``index`` (before normalising)."""
+        if index < 0:
+            raise IndexError(f"sample index must be >= 0, got {index}")
+        source, item = self.locate(index)
+        frame = self.sources[source].frame(item)
+        depth = frame.depth
+        if depth is None:
+            raise ValueError(f"{self.sources[source].name}: item {item} has no depth")
+        in_range = (depth >= self.min_depth_m) & (depth <= self.max_depth_m)
+        if not in_range.all():
+            frame = Frame(frame.image, frame.camera, np.where(in_range, depth, 0), frame.mask)
+        rng = np.random.default_rng([self.seed, 3, index])
+        if self.flip_prob and rng.random() < self.flip_prob:
+            frame = frames.flip(frame)
+        record = training_record(
+            frame.camera,
+            self.space,
+            rng,
+            variant=self.variant,
+            resize_range=self.resize_range,
+            resize_prob=self.resize_prob,
+            crop=self.crop,
+            focal_mode=self.focal_mode,
+        )
+        canvas = to_canonical(frame, record, pad_rgb=self.space.pad_rgb)
+        return canvas, record, source
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        canvas, record, source = self.sample(int(index))
+        return {
+            "image": normalize(canvas.image, self.space)[0],
+            "depth_c": torch.from_numpy(np.ascontiguousarray(canvas.depth))[None],
+            "mask": torch.from_numpy(np.ascontiguousarray(canvas.mask))[None],
+            "label_scale": torch.tensor(record.label_scale, dtype=torch.float32),
+            "f_eff_px": torch.tensor(record.f_eff_px, dtype=torch.float32),
+            "focal_px": torch.tensor(record.focal_px, dtype=torch.float32),
+            "source": torch.tensor(source, dtype=torch.int64),
+        }

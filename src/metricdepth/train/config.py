@@ -1,0 +1,453 @@
+"""The training configuration: one flat, frozen dataclass read from YAML.
+
+A config file holds every field of ``TrainConfig`` it wants to change (no inheritance, no
+includes); the resolved config (every field, dataset paths made absolute) is written beside the
+run as ``config.yaml`` and inside every checkpoint. Example::
+
+    name: cstm-label
+    seed: 0
+    variant: label                 # none | label (CSTM_label) | image (CSTM_image)
+    canonical_focal_px: 250
+    input_hw: [96, 128]            # training canvas (H, W), pixels
+    resize_range: [0.75, 1.33]     # random resize t (Metric3D's to_scale_ratio)
+    datasets:
+      - {kind: synthetic, weight: 2, seed: 0, num_scenes: 4000, synth: {focal_range: [100, 600]}}
+      - {kind: annotations, weight: 1, path: data/mine/annotations.json}
+    steps: 600
+    batch_size: 16
+
+Every problem is a ``ValueError`` with one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metricdepth.io import atomic_write
+
+DATASET_KINDS = ("synthetic", "annotations")
+SCHEDULES = ("cosine", "poly")
+DEVICES = ("auto", "cpu", "cuda")
+CONFIG_FORMAT = "metricdepth-train/1"
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One training source and its sampling weight.
+
+    Attributes:
+        kind: ``"synthetic"`` (scenes rendered on the fly by ``metricdepth.data.synthetic``)
+            or ``"annotations"`` (a Metric3D-format annotation JSON with depth and ``cam_in``).
+        weight: relative sampling weight (> 0) among the datasets.
+        path: the annotation JSON (``annotations``); relative paths are relative to the
+            config file's folder.
+        root: folder the JSON's paths are relative to (default: the JSON's folder).
+        seed: scene seed base (``synthetic``): scene ``i`` is ``scene_seed(seed, i)``.
+        num_scenes: number of distinct scenes (``synthetic``); an epoch is this many samples.
+        synth: ``SynthConfig`` fields (``synthetic``), e.g. ``{focal_range: [100, 600]}``.
+        cache: keep decoded/rendered frames in memory after first use.
+        depth_scale: override the JSON's ``depth_scale`` (stored units per metre); None: keep.
+    """
+
+    kind: str
+    weight: float = 1.0
+    path: str | None = None
+    root: str | None = None
+    seed: int = 0
+    num_scenes: int = 1000
+    synth: dict[str, Any] = field(default_factory=dict)
+    cache: bool = True
+    depth_scale: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (see the module docstring for the YAML form).
+
+    Attributes:
+        name: run name; the run folder is ``out_dir / name``.
+        out_dir: parent folder of runs (relative: to the working directory).
+        seed: model initialisation, data order and augmentation all derive from it.
+        variant: ``"none"`` (metric labels), ``"label"`` (CSTM_label: labels x f_c / f_eff)
+            or ``"image"`` (CSTM_image: images resized to the canonical focal, metric labels).
+        canonical_focal_px: f_c in pixels.
+        input_hw: training canvas (H, W) in pixels (crop or pad to it).
+        resize_range: random resize ``t ~ U(low, high)`` at fixed focal (to_scale_ratio).
+        resize_prob: probability of drawing ``t`` (else ``t = 1``).
+        crop: ``"rand"`` or ``"center"`` crop when the resized image exceeds the canvas.
+        flip_prob: probability of a left-right flip (the camera's cx is mirrored with it).
+        focal_mode: ``"mean"`` ((fx + fy) / 2) or ``"fx"``: the focal used by the transform.
+        min_depth_m, max_depth_m: metric labels outside this range are ignored (masked).
+        infer_resize: inference resize written into the model spec for ``label``/``none``:
+            ``"fit"`` (keep-ratio resize to ``infer_hw``, pad) or ``"none"`` (no resize);
+            the ``image`` variant always uses ``"focal"``.
+        infer_hw: inference canvas (H, W) for ``"fit"`` (default: ``input_hw``).
+        size_multiple: inference canvas multiple for ``"focal"``/``"none"``.
+        model_name: the name in the saved model spec.
+        description: one line for the saved model spec.
+        arch: architecture (only ``"small_unet"``).
+        model_kwargs: builder keyword arguments (JSON values).
+        datasets: the sources, sampled by weight.
+        batch_size: images per process per step.
+        steps: optimiser steps.
+        lr, weight_decay: AdamW (no decay on biases and norm weights).
+        warmup_steps: linear warm-up from 0 to ``lr``.
+        schedule: ``"cosine"`` or ``"poly"`` (power 0.9) decay to ``lr * min_lr_ratio``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        grad_clip: max gradient norm (0: no clipping).
+        loss_l1_log, loss_silog: weights of the two losses (``metricdepth.train.losses``).
+        silog_lambda: the SILog variance focus (0: log-RMSE, 1: fully scale-invariant).
+        checkpoint_every: save a resumable checkpoint every N steps (and at the end).
+        keep_checkpoints: how many recent checkpoints to keep.
+        log_every: write a line to ``log.jsonl`` every N steps.
+        progress: show a progress bar (rank 0).
+        threads: ``torch.set_num_threads`` per process (1 is fastest on a shared CPU).
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        workers: DataLoader worker processes (0: load in the training process).
+    """
+
+    name: str
+    datasets: tuple[DatasetConfig, ...]
+    out_dir: str = "runs"
+    seed: int = 0
+    variant: str = "label"
+    canonical_focal_px: float = 250.0
+    input_hw: tuple[int, int] = (96, 128)
+    resize_range: tuple[float, float] = (1.0, 1.0)
+    resize_prob: float = 1.0
+    crop: str = "rand"
+    flip_prob: float = 0.5
+    focal_mode: str = "mean"
+    min_depth_m: float = 0.05
+    max_depth_m: float = 80.0
+    infer_resize: str = "fit"
+    infer_hw: tuple[int, int] | None = None
+    size_multiple: int = 32
+    model_name: str = "metricdepth-small"
+    description: str = ""
+    arch: str = "small_unet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 16
+    steps: int = 1000
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.02
+    grad_clip: float = 1.0
+    loss_l1_log: float = 1.0
+    loss_silog: float = 0.0
+    silog_lambda: float = 0.85
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    progress: bool = True
+    threads: int = 1
+    device: str = "auto"
+    workers: int = 0
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def inference_resize(self) -> str:
+        """The ``CanonicalSpace.resize`` of the trained model."""
+        return "focal" if self.variant == "image" else self.infer_resize
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML values (tuples as lists), with a format tag."""
+        data = json.loads(json.dumps(dataclasses.asdict(self)))
+        data["format"] = CONFIG_FORMAT
+        return data
+
+    def training_fields(self) -> dict[str, Any]:
+        """The fields that decide the trained weights (what a resume must not change)."""
+        data = self.to_dict()
+        for key in (
+            "out_dir",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+            "progress",
+            "threads",
+            "device",
+            "workers",
+            "description",
+            "format",
+        ):
+            data.pop(key, None)
+        return data
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write the resolved config as YAML (atomically)."""
+        with atomic_write(path) as tmp:
+            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------- parsing
+_DATASET_FIELDS = {f.name: f for f in dataclasses.fields(DatasetConfig)}
+_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _Checker:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> None:
+        raise ValueError(f"{self.source}: {key}: {message}")
+
+    def int(self, key: str, value: Any, minimum: int) -> int:
+        if not _is_int(value) or value < minimum:
+            self.fail(key, f"must be an integer >= {minimum}, got {value!r}")
+        return int(value)
+
+    def number(self, key: str, value: Any, minimum: float, *, strict: bool = False) -> float:
+        ok = _is_number(value) and math.isfinite(value)
+        ok = ok and (value > minimum if strict else value >= minimum)
+        if not ok:
+            relation = ">" if strict else ">="
+            self.fail(key, f"must be a finite number {relation} {minimum}, got {value!r}")
+        return float(value)
+
+    def choice(self, key: str, value: Any, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    def hw(self, key: str, value: Any) -> tuple[int, int]:
+        if not (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(_is_int(v) and v > 0 for v in value)
+        ):
+            self.fail(key, f"must be [height, width], two integers > 0, got {value!r}")
+        return (int(value[0]), int(value[1]))
+
+    def range(self, key: str, value: Any) -> tuple[float, float]:
+        if not (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(_is_number(v) and math.isfinite(v) for v in value)
+            and 0 < value[0] <= value[1]
+        ):
+            self.fail(key, f"must be [low, high] with 0 < low <= high, got {value!r}")
+        return (float(value[0]), float(value[1]))
+
+    def json_dict(self, key: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            self.fail(key, f"must be a mapping with string keys, got {value!r}")
+        try:
+            return json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError):
+            self.fail(key, "must hold plain JSON values only")
+        raise AssertionError  # unreachable
+
+
+def _dataset(raw: Any, index: int, base_dir: Path, check: _Checker) -> DatasetConfig:
+    where = f"datasets[{index}]"
+    if not isinstance(raw, dict):
+        check.fail(where, f"must be a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - set(_DATASET_FIELDS))
+    if unknown:
+        check.fail(f"{where}.{unknown[0]}", f"unknown field (known: {', '.join(_DATASET_FIELDS)})")
+    if "kind" not in raw:
+        check.fail(f"{where}.kind", f"missing; one of {', '.join(DATASET_KINDS)}")
+    kind = check.choice(f"{where}.kind", raw["kind"], DATASET_KINDS)
+    values: dict[str, Any] = {"kind": kind}
+    values["weight"] = check.number(f"{where}.weight", raw.get("weight", 1.0), 0, strict=True)
+    values["cache"] = raw.get("cache", True)
+    if not isinstance(values["cache"], bool):
+        check.fail(f"{where}.cache", f"must be true or false, got {values['cache']!r}")
+    if kind == "annotations":
+        for key in ("seed", "num_scenes", "synth"):  # written configs hold the defaults
+            if key in raw and raw[key] != DatasetConfig(kind).to_dict()[key]:
+                check.fail(f"{where}.{key}", "only applies to kind 'synthetic'")
+        path = raw.get("path")
+        if not isinstance(path, str) or not path:
+            check.fail(f"{where}.path", f"must name an annotation JSON, got {path!r}")
+        values["path"] = str((base_dir / path).resolve())
+        root = raw.get("root")
+        if root is not None:
+            if not isinstance(root, str) or not root:
+                check.fail(f"{where}.root", f"must be a folder path, got {root!r}")
+            values["root"] = str((base_dir / root).resolve())
+        scale = raw.get("depth_scale")
+        if scale is not None:
+            values["depth_scale"] = check.number(f"{where}.depth_scale", scale, 0, strict=True)
+    else:
+        for key in ("path", "root", "depth_scale"):
+            if raw.get(key) is not None:
+                check.fail(f"{where}.{key}", "only applies to kind 'annotations'")
+        values["seed"] = check.int(f"{where}.seed", raw.get("seed", 0), 0)
+        values["num_scenes"] = check.int(f"{where}.num_scenes", raw.get("num_scenes", 1000), 1)
+        synth = check.json_dict(f"{where}.synth", raw.get("synth", {}))
+        try:
+            make_synth_config(synth)
+        except (TypeError, ValueError) as error:
+            check.fail(f"{where}.synth", " ".join(str(error).split()))
+        values["synth"] = synth
+    return DatasetConfig(**values)
+
+
+def make_synth_config(values: dict[str, Any]):
+    """``SynthConfig(**values)`` with JSON lists turned into the tuples it expects."""
+    from metricdepth.data.synthetic import SynthConfig
+
+    known = {f.name for f in dataclasses.fields(SynthConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown SynthConfig field {unknown[0]!r}")
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "sizes":
+            converted[key] = tuple(tuple(int(v) for v in pair) for pair in value)
+        elif isinstance(value, list):
+            converted[key] = tuple(value)
+        else:
+            converted[key] = value
+    return SynthConfig(**converted)
+
+
+def config_from_dict(
+    raw: Any, *, base_dir: str | os.PathLike = ".", source: str = "config"
+) -> TrainConfig:
+    """Validate a mapping (as read from YAML) into a ``TrainConfig``.
+
+    Relative dataset paths are resolved against ``base_dir``. ``source`` names the file in
+    error messages.
+    """
+    check = _Checker(source)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a mapping of config fields, got {type(raw).__name__}")
+    raw = dict(raw)
+    fmt = raw.pop("format", CONFIG_FORMAT)
+    if fmt != CONFIG_FORMAT:
+        check.fail("format", f"must be {CONFIG_FORMAT!r}, got {fmt!r}")
+    unknown = sorted(set(raw) - set(_TRAIN_FIELDS))
+    if unknown:
+        check.fail(unknown[0], "unknown field (see metricdepth.train.config.TrainConfig)")
+    for key in ("name", "datasets"):
+        if key not in raw:
+            check.fail(key, "missing (required)")
+    values: dict[str, Any] = {}
+    name = raw["name"]
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+        check.fail("name", f"must be a non-empty folder name without slashes, got {name!r}")
+    values["name"] = name
+    datasets = raw["datasets"]
+    if not isinstance(datasets, list) or not datasets:
+        check.fail("datasets", "must be a non-empty list")
+    values["datasets"] = tuple(
+        _dataset(item, i, Path(base_dir), check) for i, item in enumerate(datasets)
+    )
+    for key in ("out_dir", "model_name", "description"):
+        if key in raw:
+            if not isinstance(raw[key], str) or (key != "description" and not raw[key]):
+                check.fail(key, f"must be a string, got {raw[key]!r}")
+            values[key] = raw[key]
+    ints = {
+        "seed": 0,
+        "size_multiple": 1,
+        "batch_size": 1,
+        "steps": 1,
+        "warmup_steps": 0,
+        "checkpoint_every": 1,
+        "keep_checkpoints": 1,
+        "log_every": 1,
+        "threads": 1,
+        "workers": 0,
+    }
+    for key, minimum in ints.items():
+        if key in raw:
+            values[key] = check.int(key, raw[key], minimum)
+    positive = ("canonical_focal_px", "lr", "max_depth_m")
+    non_negative = (
+        "weight_decay",
+        "min_lr_ratio",
+        "grad_clip",
+        "loss_l1_log",
+        "loss_silog",
+        "silog_lambda",
+        "min_depth_m",
+        "resize_prob",
+        "flip_prob",
+    )
+    for key in positive:
+        if key in raw:
+            values[key] = check.number(key, raw[key], 0, strict=True)
+    for key in non_negative:
+        if key in raw:
+            values[key] = check.number(key, raw[key], 0)
+    for key in ("resize_prob", "flip_prob", "min_lr_ratio", "silog_lambda"):
+        if values.get(key, 0) > 1:
+            check.fail(key, f"must be in [0, 1], got {values[key]!r}")
+    choices = {
+        "variant": ("none", "label", "image"),
+        "crop": ("rand", "center"),
+        "focal_mode": ("mean", "fx"),
+        "infer_resize": ("fit", "none"),
+        "schedule": SCHEDULES,
+        "device": DEVICES,
+        "arch": ("small_unet",),
+    }
+    for key, options in choices.items():
+        if key in raw:
+            values[key] = check.choice(key, raw[key], options)
+    for key in ("input_hw", "infer_hw"):
+        if raw.get(key) is not None:
+            values[key] = check.hw(key, raw[key])
+    if "resize_range" in raw:
+        values["resize_range"] = check.range("resize_range", raw["resize_range"])
+    if "model_kwargs" in raw:
+        values["model_kwargs"] = check.json_dict("model_kwargs", raw["model_kwargs"])
+    if "progress" in raw:
+        if not isinstance(raw["progress"], bool):
+            check.fail("progress", f"must be true or false, got {raw['progress']!r}")
+        values["progress"] = raw["progress"]
+    config = TrainConfig(**values)
+    if config.min_depth_m >= config.max_depth_m:
+        check.fail(
+            "min_depth_m", f"must be < max_depth_m ({config.max_depth_m}), got {config.min_depth_m}"
+        )
+    if config.loss_l1_log == 0 and config.loss_silog == 0:
+        check.fail("loss_l1_log", "loss_l1_log and loss_silog cannot both be 0")
+    if config.warmup_steps >= config.steps:
+        check.fail("warmup_steps", f"must be < steps ({config.steps}), got {config.warmup_steps}")
+    if config.infer_hw is None:
+        config = dataclasses.replace(config, infer_hw=config.input_hw)
+    try:
+        from metricdepth.models.small import build_small_unet
+
+        build_small_unet(**config.model_kwargs)
+    except (TypeError, ValueError) as error:
+        check.fail("model_kwargs", " ".join(str(error).split()))
+    return config
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read a YAML training config; relative dataset paths are relative to its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read ({type(error).__name__}: {error})") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: invalid YAML ({' '.join(str(error).split())})") from None
+    return config_from_dict(raw, base_dir=path.parent, source=str(path))

@@ -1,0 +1,519 @@
+"""The training loop: canonical labels, AdamW with warm-up and decay, checkpoints, resume, DDP.
+
+``run_training(config_path)`` trains one run into ``out_dir / name`` and returns that folder::
+
+    config.yaml            the resolved config (every field)
+    log.jsonl              step, loss, learning rate, images/s every ``log_every`` steps
+    checkpoints/step_*.pt  resumable state every ``checkpoint_every`` steps (and at the end)
+    model.safetensors      final weights with their ModelSpec (``models.registry.save_model``)
+    model.json             the spec, readable
+    summary.json           steps, wall time, final loss, images/s, parameter count
+    rank_<r>.json          per process: final step and a SHA-256 of its parameters and buffers
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains a replica in
+``DistributedDataParallel`` (gloo on CPU, nccl on CUDA); process ``r`` reads its own slice of
+the deterministic sample stream (``metricdepth.data.dataset``), gradients are averaged, and
+rank 0 writes the files.
+
+Resume: a checkpoint holds the model, optimizer and scheduler state, the step, the torch RNG
+state and the config; the data order is a pure function of the seed, batch size, number of
+processes and step, so a run stopped at any checkpoint and resumed ends with the same weights
+as an uninterrupted run (bit for bit on the same machine, thread count and world size).
+Checkpoints load with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from metricdepth.camera import Camera
+from metricdepth.canonical import (
+    CanonicalSpace,
+    from_canonical,
+    inference_record,
+    normalize,
+    to_canonical,
+)
+from metricdepth.data.dataset import CanonicalTrainingSet, StepBatchSampler, build_source
+from metricdepth.frame import Frame
+from metricdepth.io import atomic_write
+from metricdepth.train.config import TrainConfig, config_from_dict, load_config
+from metricdepth.train.losses import depth_loss
+
+CHECKPOINT_FORMAT = "metricdepth-train-checkpoint/1"
+_PROBE_SAMPLES = 32
+
+
+# ---------------------------------------------------------------------- pieces
+def training_space(config: TrainConfig) -> CanonicalSpace:
+    """The space of the training canvas: f_c, ``input_hw``, variant (for ``training_record``)."""
+    return CanonicalSpace(
+        focal_px=config.canonical_focal_px,
+        input_hw=config.input_hw,
+        variant=config.variant,
+        resize=config.inference_resize,
+        size_multiple=config.size_multiple,
+    )
+
+
+def inference_space(config: TrainConfig) -> CanonicalSpace:
+    """The space the trained model expects at inference (written into its ModelSpec).
+
+    ``image``: ``resize="focal"`` (s = f_c / focal, canvas padded to ``size_multiple``);
+    ``label``/``none``: ``config.infer_resize`` (``"fit"`` to ``infer_hw`` or ``"none"``).
+    """
+    return CanonicalSpace(
+        focal_px=config.canonical_focal_px,
+        input_hw=config.infer_hw or config.input_hw,
+        variant=config.variant,
+        resize=config.inference_resize,
+        size_multiple=config.size_multiple,
+    )
+
+
+def model_spec(config: TrainConfig):
+    """The ``ModelSpec`` saved with the trained weights."""
+    from metricdepth.models.spec import ModelSpec
+
+    description = config.description or (
+        f"small U-Net trained by metricdepth ({config.variant} variant, f_c "
+        f"{config.canonical_focal_px:g} px, {config.steps} steps)"
+    )
+    return ModelSpec(
+        name=config.model_name,
+        arch=config.arch,
+        arch_kwargs=dict(config.model_kwargs),
+        space=inference_space(config),
+        focal_mode=config.focal_mode,
+        max_depth_m=config.max_depth_m,
+        outputs=(),
+        description=description,
+    )
+
+
+def build_network(config: TrainConfig) -> nn.Module:
+    """The untrained network of ``config`` (initialised from the current torch RNG)."""
+    from metricdepth.models.small import build_small_unet
+
+    return build_small_unet(**config.model_kwargs)
+
+
+def build_dataset(config: TrainConfig) -> CanonicalTrainingSet:
+    """The training sample stream of ``config`` (see ``metricdepth.data.dataset``)."""
+    return CanonicalTrainingSet(
+        [build_source(d) for d in config.datasets],
+        [d.weight for d in config.datasets],
+        training_space(config),
+        variant=config.variant,
+        resize_range=config.resize_range,
+        resize_prob=config.resize_prob,
+        crop=config.crop,
+        flip_prob=config.flip_prob,
+        focal_mode=config.focal_mode,
+        min_depth_m=config.min_depth_m,
+        max_depth_m=config.max_depth_m,
+        seed=config.seed,
+    )
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then cosine or poly decay.
+
+    Warm-up: ``(step + 1) / warmup_steps`` for ``step < warmup_steps``. Then with
+    ``p = (step - warmup) / (steps - warmup)`` in [0, 1] and ``m = min_lr_ratio``:
+    cosine ``m + (1 - m) (1 + cos(pi p)) / 2``; poly ``m + (1 - m) (1 - p) ** 0.9``.
+    """
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    m = config.min_lr_ratio
+    if config.schedule == "poly":
+        return m + (1 - m) * (1 - progress) ** 0.9
+    return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on convolution and linear weights only (not biases or norms)."""
+    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
+    other = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": other, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def parameter_digest(net: nn.Module, buffers: bool = False) -> str:
+    """SHA-256 over every parameter (and with ``buffers``, every buffer), in name order."""
+    digest = hashlib.sha256()
+    items = dict(net.named_parameters())
+    if buffers:
+        items.update(net.named_buffers())
+    for key in sorted(items):
+        digest.update(key.encode())
+        digest.update(items[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def predict_depth_m(
+    net: nn.Module,
+    image: np.ndarray,
+    camera: Camera,
+    space: CanonicalSpace,
+    focal_mode: str = "mean",
+) -> np.ndarray:
+    """Metric depth (H, W) float32 of one RGB uint8 (H, W, 3) image, via the canonical space.
+
+    ``inference_record`` -> ``to_canonical`` (pad with ``space.pad_rgb``) -> ``normalize`` ->
+    network ``depth_c`` -> ``from_canonical`` (un-pad, resize back, x ``metric_scale``).
+    """
+    record = inference_record(camera, space, focal_mode)
+    canvas = to_canonical(Frame(image, camera), record, pad_rgb=space.pad_rgb)
+    device = next(net.parameters()).device
+    with torch.inference_mode():
+        depth_c = net(normalize(canvas.image, space).to(device))["depth_c"]
+    return from_canonical(depth_c[0, 0].float().cpu(), record).numpy()
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of the highest step in ``run_dir/checkpoints``, or None."""
+    files = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
+    return files[-1] if files else None
+
+
+# ---------------------------------------------------------------------- distributed
+@dataclasses.dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def _setup_distributed(device: torch.device) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return _Dist(rank, world, local)
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("config device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    files = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
+    for old in files[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint (``weights_only=True``); a bad file is a ValueError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated or foreign files raise many types
+        raise ValueError(f"{path}: cannot read checkpoint ({type(error).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a metricdepth training checkpoint")
+    return state
+
+
+def _check_resumable(state: dict[str, Any], config: TrainConfig, world: int, path: Path) -> None:
+    saved = config_from_dict(state["config"], source=f"{path} (config)").training_fields()
+    current = config.training_fields()
+    for key in current:
+        if saved.get(key) != current[key]:
+            raise ValueError(
+                f"{path}: cannot resume, the config's {key!r} changed ({saved.get(key)!r} -> "
+                f"{current[key]!r}); use another run name or out_dir, or resume=False"
+            )
+    if int(state["world_size"]) != world:
+        raise ValueError(
+            f"{path}: cannot resume with {world} process(es), the run used "
+            f"{int(state['world_size'])} (the data order depends on it)"
+        )
+
+
+# ---------------------------------------------------------------------- progress
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[ips]:.1f} img/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+# ---------------------------------------------------------------------- entry points
+def run_training(
+    config_path: str | os.PathLike, *, out_dir: str | os.PathLike | None = None, resume: bool = True
+) -> Path:
+    """Train the run described by a YAML config; return its folder (``out_dir / name``).
+
+    Args:
+        config_path: the YAML config (``metricdepth.train.config``).
+        out_dir: parent folder of runs; overrides the config's ``out_dir``.
+        resume: continue from the run folder's latest checkpoint if there is one. With False,
+            a run folder that already has checkpoints is an error (nothing is deleted).
+    """
+    config = load_config(config_path)
+    if out_dir is not None:
+        config = dataclasses.replace(config, out_dir=str(out_dir))
+    return train(config, resume=resume)
+
+
+def train(config: TrainConfig, *, resume: bool = True, stop_at_step: int | None = None) -> Path:
+    """Train ``config``; see ``run_training``. ``stop_at_step`` stops early (as if interrupted
+    right after that step, its checkpoint written if one was due), without the final files."""
+    torch.set_num_threads(config.threads)
+    device = _device(config)
+    ctx = _setup_distributed(device)
+    try:
+        return _train(config, ctx, device, resume, stop_at_step)
+    finally:
+        if ctx.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _barrier(ctx: _Dist) -> None:
+    if ctx.active:
+        dist.barrier()
+
+
+def _train(
+    config: TrainConfig, ctx: _Dist, device: torch.device, resume: bool, stop_at: int | None
+) -> Path:
+    run_dir = Path(config.out_dir) / config.name
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and not resume:
+        raise ValueError(
+            f"{run_dir} already has checkpoints; resume it, or choose another name or out_dir"
+        )
+    state = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if state is not None:
+        _check_resumable(state, config, ctx.world_size, checkpoint)
+        if int(state["step"]) >= config.steps and (run_dir / "model.safetensors").is_file():
+            return run_dir  # already finished
+    _barrier(ctx)  # every rank has read the checkpoint before rank 0 may prune it
+    if ctx.rank == 0:
+        config.write(run_dir / "config.yaml")
+
+    torch.manual_seed(config.seed)
+    net = build_network(config)
+    dataset = build_dataset(config)
+    if state is None:
+        _init_output_bias(net, dataset)
+    net.to(device, memory_format=torch.channels_last)  # about 10 % faster convolutions on CPU
+    optimizer = make_optimizer(net, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    start = 0
+    if state is not None:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+    model: nn.Module = net
+    if ctx.active:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(
+            start, config.steps, config.batch_size, ctx.rank, ctx.world_size
+        ),
+        num_workers=config.workers,
+    )
+    log_lines = _read_log(run_dir, start) if ctx.rank == 0 else []
+
+    images_per_step = config.batch_size * ctx.world_size
+    started = time.perf_counter()
+    ips = 0.0
+    loss_value = float("nan")
+    step = start
+    model.train()
+    with _progress(config.progress and ctx.rank == 0) as bar:
+        task = bar.add_task(config.name, total=config.steps, completed=start, loss=0.0, ips=0.0)
+        tick = time.perf_counter()
+        for batch in loader:
+            image = batch["image"].to(device, memory_format=torch.channels_last)
+            depth_c = batch["depth_c"].to(device, non_blocking=True)
+            mask = batch["mask"].to(device, non_blocking=True)
+            out = model(image)
+            loss = depth_loss(
+                out["log_depth_c"],
+                depth_c,
+                mask,
+                l1_log=config.loss_l1_log,
+                silog=config.loss_silog,
+                variance_focus=config.silog_lambda,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_value = _mean_over_ranks(loss.detach(), ctx)
+            now = time.perf_counter()
+            rate = images_per_step / max(now - tick, 1e-9)
+            ips = rate if ips == 0.0 else 0.9 * ips + 0.1 * rate
+            tick = now
+            bar.update(task, completed=step, loss=loss_value, ips=ips)
+            if ctx.rank == 0 and (step % config.log_every == 0 or step == config.steps):
+                log_lines.append(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "loss": loss_value,
+                            "lr": scheduler.get_last_lr()[0],
+                            "images_per_s": ips,
+                            "elapsed_s": now - started,
+                        }
+                    )
+                )
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _checkpoint(run_dir, step, net, optimizer, scheduler, config, ctx, log_lines)
+            if stop_at is not None and step >= stop_at:
+                return run_dir
+
+    elapsed = time.perf_counter() - started
+    if ctx.active:  # BatchNorm statistics of the last step differ per rank: take rank 0's
+        for buffer in net.buffers():
+            dist.broadcast(buffer.data, src=0)
+    with atomic_write(run_dir / f"rank_{ctx.rank}.json") as tmp:
+        tmp.write_text(
+            json.dumps(
+                {
+                    "rank": ctx.rank,
+                    "world_size": ctx.world_size,
+                    "step": step,
+                    "parameters_sha256": parameter_digest(net),
+                    "parameters_and_buffers_sha256": parameter_digest(net, buffers=True),
+                }
+            )
+            + "\n"
+        )
+    if ctx.rank == 0:
+        from metricdepth.models.registry import save_model
+        from metricdepth.models.small import count_parameters
+
+        save_model(net.cpu(), model_spec(config), run_dir / "model.safetensors")
+        summary = {
+            "name": config.name,
+            "variant": config.variant,
+            "steps": step,
+            "resumed_from_step": start,
+            "world_size": ctx.world_size,
+            "batch_size_per_process": config.batch_size,
+            "final_loss": loss_value,
+            "wall_s_this_session": elapsed,
+            "images_per_s": ips,
+            "parameters": count_parameters(net),
+            "device": str(device),
+        }
+        with atomic_write(run_dir / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    _barrier(ctx)
+    return run_dir
+
+
+def _mean_over_ranks(value: torch.Tensor, ctx: _Dist) -> float:
+    if ctx.active:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= ctx.world_size
+    return float(value)
+
+
+def _checkpoint(run_dir, step, net, optimizer, scheduler, config, ctx, log_lines) -> None:
+    if ctx.rank == 0:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "config": config.to_dict(),
+            "world_size": ctx.world_size,
+        }
+        _save_checkpoint(run_dir / "checkpoints" / f"step_{step:07d}.pt", state)
+        _prune_checkpoints(run_dir, config.keep_checkpoints)
+        with atomic_write(run_dir / "log.jsonl") as tmp:
+            tmp.write_text("".join(line + "\n" for line in log_lines))
+    _barrier(ctx)
+
+
+def _read_log(run_dir: Path, start: int) -> list[str]:
+    """The log lines of steps <= ``start`` (a resumed run rewrites what came after)."""
+    path = run_dir / "log.jsonl"
+    if start == 0 or not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= start:
+                lines.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    return lines
+
+
+@torch.no_grad()
+def _init_output_bias(net: nn.Module, dataset: CanonicalTrainingSet) -> None:
+    """Start the output at the median log label of the stream's first samples."""
+    head = getattr(net, "head", None)
+    if head is None or getattr(head, "bias", None) is None:
+        return
+    logs = []
+    for index in range(_PROBE_SAMPLES):
+        canvas, _, _ = dataset.sample(index)
+        if canvas.mask.any():
+            logs.append(np.log(canvas.depth[canvas.mask]))
+    if logs:
+        head.bias.fill_(float(np.median(np.concatenate(logs))))

@@ -1,0 +1,80 @@
+"""Two-process data-parallel training on CPU with torchrun (gloo): the replicas stay identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import yaml
+
+from metricdepth.models.registry import load_model
+from metricdepth.train.config import load_config
+from metricdepth.train.loop import _init_output_bias, build_dataset, build_network, parameter_digest
+
+
+def test_two_process_torchrun_keeps_the_replicas_identical(tmp_path):
+    config = {
+        "name": "ddp",
+        "seed": 1,
+        "variant": "label",
+        "canonical_focal_px": 80.0,
+        "input_hw": [32, 48],
+        "resize_range": [0.8, 1.25],
+        "model_kwargs": {"widths": [8, 16, 32]},
+        "datasets": [
+            {
+                "kind": "synthetic",
+                "seed": 2,
+                "num_scenes": 16,
+                "synth": {"height": 32, "width": 48, "sizes": [[32, 48]], "focal_range": [40, 160]},
+            }
+        ],
+        "batch_size": 2,
+        "steps": 4,
+        "warmup_steps": 1,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "progress": False,
+        "device": "cpu",
+    }
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "metricdepth.train",
+        str(path),
+        "--out-dir",
+        str(tmp_path / "runs"),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "ddp"
+    ranks = [json.loads((run_dir / f"rank_{r}.json").read_text()) for r in range(2)]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["world_size"] == 2 and r["step"] == 4 for r in ranks)
+    assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]
+    assert ranks[0]["parameters_and_buffers_sha256"] == ranks[1]["parameters_and_buffers_sha256"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+    assert all(entry["loss"] > 0 for entry in log)
+    assert (run_dir / "checkpoints" / "step_0000004.pt").is_file()
+    assert str(run_dir) in done.stdout.splitlines()  # printed once, by rank 0
+    # the replicas trained: their weights are not the initial ones
+    train_config = load_config(run_dir / "config.yaml")
+    torch.manual_seed(train_config.seed)
+    initial = build_network(train_config)
+    _init_output_bias(initial, build_dataset(train_config))
+    assert parameter_digest(initial) != ranks[0]["parameters_sha256"]
+    trained = load_model(run_dir / "model.safetensors").net
+    assert parameter_digest(trained) == ranks[0]["parameters_sha256"]
