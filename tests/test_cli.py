@@ -142,7 +142,7 @@ def test_predict_reproduces_the_official_outputs_on_all_fixture_images(tmp_path,
     ("args", "message"),
     [
         (["--weights", "/nonexistent/w.pth"], "weights file not found: /nonexistent/w.pth"),
-        (["--intrinsics", "700,700,600"], "intrinsics must be 4 comma-separated numbers fx,fy,cx,cy"),
+        (["--intrinsics", "700,700,600"], "intrinsics must be 4 comma-separated numbers"),
         (["--save", "depth,mesh"], "--save: unknown kind(s) mesh"),
         (["--model", "metric3d-vit-small"], "does not match the official Metric3D v2 ViT"),
     ],
