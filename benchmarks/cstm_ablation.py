@@ -355,9 +355,34 @@ def markdown(report: dict) -> str:
                 for k in ("slope_in_range", "in_range_abs_rel", "wide_abs_rel", "all")
             ]
             lines.append(f"|{variant}|{seed}|" + "|".join(marks) + "|")
-    lines += ["", "Settings: `" + json.dumps(args, sort_keys=True) + "`", ""]
+    lines += [
+        "",
+        "## How it was run",
+        "",
+        *NOTES,
+        "",
+        "Settings: `" + json.dumps(args, sort_keys=True) + "`",
+        "",
+    ]
     return "\n".join(lines)
 
+
+NOTES = (
+    "- Every variant: the same config but `variant` (metricdepth.train): small_unet, batch of "
+    "`batch_size` images on a 96 x 128 canvas (random crop or pad, padding masked), left-right "
+    "flip, random resize `resize_range`, L1 on log depth, AdamW + warm-up + cosine, 1 thread.",
+    "- `none`: metric labels. `label` (CSTM_label): labels x f_c / f_eff. `image` (CSTM_image): "
+    "images resized by f_c / f, metric labels. f_c is the geometric centre of the training "
+    "focal range, so CSTM_image up- and downsamples by at most about 2.5x in training.",
+    "- Inference: `label` and `none` fit the whole image to the 96 x 128 training canvas "
+    "(`resize: fit`): the network sees at test time what it saw in training and the label "
+    "variant's f_eff accounts for the resize; `image` resizes by f_c / f (`resize: focal`) and "
+    "pads to a multiple of 32, so long-focal test images shrink to about 30 pixels wide.",
+    "- Test scenes are unseen; image size, principal point (5 %) and fx/fy (3 %) vary "
+    "independently of the focal length. median pred/gt: median over images of each image's "
+    "median ratio; log-scale std: standard deviation over images of its log; slope: least "
+    "squares of log(pred/gt) on log f within the set.",
+)
 
 _COLORS = {
     "none": (40, 40, 200),
