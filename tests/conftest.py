@@ -10,6 +10,12 @@ from types import ModuleType
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metricdepth.canonical import CanonicalSpace
+from metricdepth.models.registry import DepthModel
+from metricdepth.models.spec import ModelSpec
 
 #: ``<repo>/../shared`` unless METRICDEPTH_SHARED names another folder.
 SHARED = Path(
@@ -82,3 +88,29 @@ def vit_small_weights() -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def convnext_tiny_weights() -> dict[str, torch.Tensor]:
     return synthetic_weights("convnext_tiny")
+
+
+# ---------------------------------------------------------------- a tiny deterministic model
+class TinyNet(nn.Module):
+    """Two seeded 3x3 convolutions -> positive canonical depth that depends on the pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 1, 3, padding=1)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"depth_c": F.softplus(self.conv2(torch.tanh(self.conv1(x)))) + 1.0}
+
+
+TINY_SPEC = ModelSpec(
+    name="tiny-test", arch="tiny_test", space=CanonicalSpace(focal_px=100.0, input_hw=(32, 48))
+)
+
+
+def tiny_model() -> DepthModel:
+    return DepthModel(TINY_SPEC, TinyNet()).eval()

@@ -19,43 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from metricdepth.canonical import CanonicalSpace
+from conftest import tiny_model
 from metricdepth.data.inputs import collect_inputs, parse_shard, shard_items
-from metricdepth.models.registry import DepthModel
-from metricdepth.models.spec import ModelSpec
 from metricdepth.outputs import output_paths, predict_to_files, run_batch
 
 TESTS = Path(__file__).resolve().parent
 N_IMAGES = 10
-
-
-class TinyNet(nn.Module):
-    """Two seeded 3x3 convolutions -> positive canonical depth that depends on the pixels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 1, 3, padding=1)
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for parameter in self.parameters():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"depth_c": F.softplus(self.conv2(torch.tanh(self.conv1(x)))) + 1.0}
-
-
-TINY_SPEC = ModelSpec(
-    name="tiny-test", arch="tiny_test", space=CanonicalSpace(focal_px=100.0, input_hw=(32, 48))
-)
-
-
-def tiny_model() -> DepthModel:
-    return DepthModel(TINY_SPEC, TinyNet()).eval()
 
 
 def make_images(folder: Path, count: int = N_IMAGES) -> list[Path]:

@@ -15,43 +15,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from metricdepth.canonical import CanonicalSpace
+from conftest import TINY_SPEC, TinyNet, tiny_model
 from metricdepth.data.inputs import collect_inputs
 from metricdepth.evaluate.harness import eval_report, run_eval
 from metricdepth.evaluate.metrics import METRIC_NAMES
 from metricdepth.models import registry
-from metricdepth.models.registry import DepthModel, save_model
-from metricdepth.models.spec import ModelSpec
+from metricdepth.models.registry import save_model
 from metricdepth.outputs import run_batch
-
-
-class TinyNet(nn.Module):
-    """Two seeded 3x3 convolutions -> positive canonical depth that depends on the pixels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 1, 3, padding=1)
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for parameter in self.parameters():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"depth_c": F.softplus(self.conv2(torch.tanh(self.conv1(x)))) + 1.0}
-
-
-SPEC = ModelSpec(
-    name="tiny-test", arch="tiny_test", space=CanonicalSpace(focal_px=100.0, input_hw=(32, 48))
-)
-
-
-def tiny_model() -> DepthModel:
-    return DepthModel(SPEC, TinyNet()).eval()
 
 
 def write_set(root: Path, count: int = 4, height: int = 24, width: int = 32) -> Path:
@@ -99,7 +70,7 @@ def test_model_and_predictions_give_identical_metrics(tmp_path, monkeypatch):
     assert from_files["n_images"] == 4 and 0 < from_files["abs_rel"] < 10
     # the same through a model file loaded by path (architecture registered for the test)
     monkeypatch.setitem(registry.ARCHITECTURES, "tiny_test", TinyNet)
-    path = save_model(model.net, SPEC, tmp_path / "tiny.safetensors")
+    path = save_model(model.net, TINY_SPEC, tmp_path / "tiny.safetensors")
     from_path = run_eval(annotations, model=str(path), align="median")
     assert metrics_of(from_path) == metrics_of(from_files)
     assert from_path["source"] == {"model": "tiny-test", "model_argument": str(path)}
