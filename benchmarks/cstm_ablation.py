@@ -142,6 +142,7 @@ def run_config(args, variant: str, seed: int, sets: dict[str, Path]) -> dict:
         "checkpoint_every": max(1, args.steps // 4),
         "log_every": 10,
         "progress": False,
+        "precision": args.precision,
         "threads": 1,
         "device": "cpu",
     }
@@ -622,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wall-height", type=float, default=5.0)
     parser.add_argument("--canonical-focal", type=float, default=250.0)
     parser.add_argument("--resize-range", type=float, nargs=2, default=[1.0, 1.0])
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--model-kwargs", default="{}", help="small_unet kwargs as JSON")
     parser.add_argument(
         "--work-dir",

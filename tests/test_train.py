@@ -108,6 +108,7 @@ def test_yaml_config_loads_with_defaults_and_resolves_paths(tmp_path):
         ({"warmup_steps": 6}, "warmup_steps: must be < steps"),
         ({"loss_l1_log": 0, "loss_silog": 0}, "cannot both be 0"),
         ({"name": "a/b"}, "name: must be"),
+        ({"precision": "fp16"}, "precision: must be one of fp32, bf16"),
     ],
 )
 def test_config_errors_are_one_line_value_errors(tmp_path, change, message):
@@ -334,6 +335,21 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     # checkpoints are weights-only loadable (plain types and tensors)
     state = torch.load(latest_checkpoint(resumed), map_location="cpu", weights_only=True)
     assert state["step"] == 6 and isinstance(state["torch_rng"], torch.Tensor)
+
+
+def test_bf16_training_runs_under_autocast_resumes_exactly_and_is_not_fp32(tmp_path):
+    whole = train(tiny(tmp_path, name="bf16", precision="bf16"))
+    cut = tiny(tmp_path, name="bf16-cut", precision="bf16")
+    train(cut, stop_at_step=3)
+    resumed = train(cut)
+    a, b = _state(whole), _state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit, like fp32
+    assert all(v.dtype != torch.bfloat16 for v in a.values())  # weights stay float32
+    fp32 = _state(train(tiny(tmp_path, name="fp32")))
+    # the forward really ran in bfloat16: same seed and data, different weights
+    assert any(not torch.equal(a[k], fp32[k]) for k in a if a[k].is_floating_point())
+    with pytest.raises(ValueError, match="'precision' changed"):
+        train(tiny(tmp_path, name="bf16-cut", precision="fp32", steps=6))
 
 
 def test_resume_refuses_a_changed_config_and_resume_false(tmp_path):

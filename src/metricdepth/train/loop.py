@@ -370,6 +370,7 @@ def _train(
     log_lines = _read_log(run_dir, start) if ctx.rank == 0 else []
 
     images_per_step = config.batch_size * ctx.world_size
+    bf16 = config.precision == "bf16"
     started = time.perf_counter()
     ips = 0.0
     loss_value = float("nan")
@@ -382,9 +383,10 @@ def _train(
             image = batch["image"].to(device, memory_format=torch.channels_last)
             depth_c = batch["depth_c"].to(device, non_blocking=True)
             mask = batch["mask"].to(device, non_blocking=True)
-            out = model(image)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                out = model(image)
             loss = depth_loss(
-                out["log_depth_c"],
+                out["log_depth_c"].float(),
                 depth_c,
                 mask,
                 l1_log=config.loss_l1_log,
