@@ -350,7 +350,14 @@ def create_app(
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         parts = []
         for item in error.errors():
-            where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
+            if item.get("type") == "json_invalid":
+                parts.append(f"request body: not valid JSON ({item.get('ctx', {}).get('error')})")
+                continue
+            where = ""
+            for part in item.get("loc", ()):
+                if part in ("body", "query", "path"):
+                    continue
+                where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else part
             parts.append(f"{where or 'request'}: {item.get('msg', 'invalid')}")
         return _error(422, "; ".join(parts) or "invalid request")
 

@@ -157,7 +157,7 @@
     }
     const unique = [...new Set(ticks.map((d) => round(d, 2)))].sort((a, b) => b - a);
     return unique.map((d) => ({ depth: d, at: inverse(d) }))
-      .filter((t, i, all) => i === 0 || i === all.length - 1 || (t.at > 0.12 && t.at < 0.88));
+      .filter((t, i, all) => i === 0 || i === all.length - 1 || (t.at > 0.15 && t.at < 0.85));
   }
 
   function drawTicks(colormap) {

@@ -131,9 +131,10 @@
       // Start near the photo's camera (the origin), turned a little to the right and up so that
       // the relief shows, looking at the centre of the points.
       const c = this.centre || [0, 0, -1];
-      this.distance = Math.hypot(c[0], c[1], c[2]) || this.radius * 2;
-      this.yaw = Math.atan2(-c[0], -c[2]) + 0.45;
-      this.pitch = Math.asin(Math.max(-1, Math.min(1, -c[1] / this.distance))) + 0.2;
+      const fromCamera = Math.hypot(c[0], c[1], c[2]) || this.radius * 2;
+      this.yaw = Math.atan2(-c[0], -c[2]) + 0.35;
+      this.pitch = Math.asin(Math.max(-1, Math.min(1, -c[1] / fromCamera))) + 0.15;
+      this.distance = fromCamera * 1.3;
       this.draw();
     }
 
