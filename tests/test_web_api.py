@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 import threading
 import time
@@ -165,11 +166,13 @@ def test_health(client, model):
 def test_page_and_openapi_are_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "metricdepth" in page.text
+    links = re.findall(r'(?:src|href)="([^"]*)"', page.text)
+    assert links and all(link.startswith("/") or link == "data:," for link in links), links
     for asset in ("app.js", "viewer.js", "style.css"):
-        assert f"/static/{asset}" in page.text
+        assert f"/static/{asset}" in links
         served = client.get(f"/static/{asset}")
         assert served.status_code == 200 and len(served.content) > 500
-    assert "//" not in page.text.replace("http://", "").split("<body>")[0].replace("data:,", "")
+        assert "http://" not in served.text and "https://" not in served.text  # nothing fetched
     schema = client.get("/openapi.json").json()
     for path in ("/api/predict", "/api/measure", "/api/health", "/api/camera"):
         assert path in schema["paths"]

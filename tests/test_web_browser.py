@@ -229,6 +229,19 @@ def _use_the_page(page, base: str, tmp_path: Path) -> None:
         shutil.copyfile(screenshot, target)
     print(f"3-D view: {mode}; distance {shown} m; screenshot {screenshot}")
 
+    # edit the field of view: fx follows, and a new run uses it as a given camera
+    page.fill("#fov", "70")
+    page.dispatch_event("#fov", "input")
+    focal = 640 / (2 * math.tan(math.radians(35)))
+    assert float(page.input_value("#fx")) == pytest.approx(focal, abs=1e-3)
+    assert page.get_attribute("#camera-source", "data-source") == "given"
+    page.click("#run")
+    page.wait_for_function(f"document.body.dataset.resultId !== '{result_id}'", timeout=30_000)
+    rerun = httpx.get(f"{base}/api/results/{page.evaluate('document.body.dataset.resultId')}")
+    assert rerun.json()["camera_source"] == "given"
+    assert rerun.json()["camera"]["fx"] == pytest.approx(focal, abs=1e-3)
+    assert rerun.json()["fov_x_deg"] == pytest.approx(70.0, abs=1e-4)
+
 
 def _cloud_pixels(page) -> np.ndarray:
     """The 3-D view as the browser shows it: which pixels differ from the empty background."""
