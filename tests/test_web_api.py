@@ -435,6 +435,21 @@ def test_default_upload_limit_is_25_mb(client):
 
 
 # ---------------------------------------------------------------- queueing and cleanup
+def test_a_real_server_refuses_big_uploads_with_the_message_and_goes_on(work_dir, model):
+    """Through uvicorn and a socket: the client reads the 413 and its message (the server
+    answers before reading the body, or cuts a body that streams past the limit)."""
+    with running(create_app(model, max_upload_bytes=200_000, work_dir=work_dir)) as url:
+        for size in (300_000, 30_000_000):
+            files = image_field(jpeg_bytes() + b"\0" * size)
+            answer = httpx.post(f"{url}/api/predict", files=files, timeout=60)
+            assert answer.status_code == 413 and "upload too large" in answer.json()["error"]
+        body, headers = _chunked(jpeg_bytes() + b"\0" * 5_000_000)
+        answer = httpx.post(f"{url}/api/predict", content=body, headers=headers, timeout=60)
+        assert answer.status_code == 413 and "upload too large" in answer.json()["error"]
+        answer = httpx.post(f"{url}/api/predict", files=image_field(jpeg_bytes()), timeout=60)
+        assert answer.status_code == 200 and answer.json()["points"]["count"] == 64 * 48
+
+
 def test_concurrent_predictions_are_queued_not_crashed(work_dir):
     gauge = Gauge()
     net = DepthModel(TINY_SPEC, gauge).eval()

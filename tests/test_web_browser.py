@@ -126,6 +126,11 @@ def test_page_in_a_real_browser(tmp_path):
                 assert not outside, f"the page fetched from elsewhere: {outside}"
             finally:
                 browser.close()
+        bad = [("notes.txt", b"plain text", 415), ("cut.jpg", _cut_jpeg(), 400)]
+        for name, data, status in bad:
+            answer = httpx.post(f"{base}/api/predict", files={"image": (name, data)}, timeout=30)
+            assert answer.status_code == status and name in answer.json()["error"]
+        assert httpx.get(f"{base}/api/health", timeout=5).json()["status"] == "ok"
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -134,7 +139,7 @@ def test_page_in_a_real_browser(tmp_path):
             server.kill()
             raise
     assert server.returncode == 0, stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr  # not for the bad requests either
     # the server deleted its temporary results when it stopped
     assert not list(server_tmp.glob("metricdepth-web-*")), list(server_tmp.iterdir())
     with pytest.raises(httpx.TransportError):
@@ -265,3 +270,8 @@ def _without_webgl(page, base: str) -> None:
     assert page.get_attribute("#cloud", "data-mode") == "2d"
     assert "2-D canvas" in page.text_content("#cloud-info")
     assert _cloud_pixels(page).mean() > 0.2
+
+
+def _cut_jpeg() -> bytes:
+    data = EXAMPLE.read_bytes()
+    return data[: len(data) // 3]
