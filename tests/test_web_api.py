@@ -194,6 +194,8 @@ def test_predict_matches_the_python_api_and_writes_every_artefact(client, model,
     assert body["depth_m"]["max"] == pytest.approx(float(valid.max()), rel=1e-6)
     near, far = body["colormap"]["near_m"], body["colormap"]["far_m"]
     assert valid.min() <= near < far <= valid.max()
+    low, high = np.percentile(1.0 / valid, [2, 98])  # the colour map's ends, linear in 1/m
+    assert (near, far) == pytest.approx((1.0 / high, 1.0 / low), rel=1e-5)
 
     depth_file = tmp_path / "d.npy"
     depth_file.write_bytes(client.get(body["urls"]["depth"]).content)
@@ -504,6 +506,26 @@ def test_serve_without_the_web_extra_says_what_to_install(monkeypatch):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "pip install 'metricdepth[web]'" in lines[0]
+
+
+@pytest.mark.parametrize("host", [None, "0.0.0.0"])
+def test_serve_binds_localhost_unless_told(monkeypatch, host):
+    from typer.testing import CliRunner
+
+    from metricdepth.cli import app
+
+    calls = []
+    fake = SimpleNamespace(run=lambda web, **kwargs: calls.append((web, kwargs)))
+    monkeypatch.setitem(__import__("sys").modules, "uvicorn", fake)
+    args = ["serve", "--port", "8123", "--max-upload-mb", "2"]
+    result = CliRunner().invoke(app, args + (["--host", host] if host else []))
+    assert result.exit_code == 0, result.output
+    ((web, kwargs),) = calls
+    assert kwargs["host"] == (host or "127.0.0.1") and kwargs["port"] == 8123
+    assert web.state.model.spec.name == "metricdepth-small"
+    with TestClient(web) as client:
+        assert client.get("/api/health").json()["max_upload_bytes"] == 2_000_000
+    assert ("warning: serving on 0.0.0.0" in result.output) == (host is not None)
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ import re
 import shutil
 import threading
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -248,8 +249,7 @@ def _write_result(
     from metricdepth.outputs import colorize_depth, inverse_depth_range, write_prediction
 
     written = write_prediction(prediction, rgb, folder, stem, SAVED_KINDS)
-    names = {kind: path.name for kind, path in written.items()}
-    files = {kind: (path, names[kind]) for kind, path in written.items()}
+    files = {kind: (path, path.name) for kind, path in written.items()}
     views = folder / "views"
     views.mkdir()
     files["image"] = (_encode(views / "image.jpg", rgb), f"{stem}.jpg")
@@ -301,7 +301,9 @@ def _write_result(
         "points": {"count": count, "stride": stride},
         "urls": {kind: f"/api/results/{result_id}/{kind}" for kind in files},
     }
-    return Result(result_id, folder, prediction, files, summary)
+    # Measuring needs only the depth and the camera: the rest stays on disk, not in memory.
+    slim = replace(prediction, normal=None, confidence=None)
+    return Result(result_id, folder, slim, files, summary)
 
 
 def create_app(

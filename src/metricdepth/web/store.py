@@ -31,7 +31,8 @@ class Result:
     Attributes:
         id: 16 hex digits, the key in the store and in the artefact URLs.
         folder: where its files are.
-        prediction: the ``Prediction`` (its ``depth_m`` and ``camera`` serve ``/api/measure``).
+        prediction: the ``Prediction`` without normals and confidence (those stay on disk):
+            its ``depth_m`` and ``camera`` serve ``/api/measure``.
         files: kind -> (path, download name), e.g. ``"ply" -> (folder/x.ply, "photo.ply")``.
         summary: the JSON answer of ``/api/predict``.
     """
