@@ -270,6 +270,14 @@ def _without_webgl(page, base: str) -> None:
     assert page.get_attribute("#cloud", "data-mode") == "2d"
     assert "2-D canvas" in page.text_content("#cloud-info")
     assert _cloud_pixels(page).mean() > 0.2
+    # a file that is not an image: the page says so in one line and keeps the last result
+    page.set_input_files(
+        "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}]
+    )
+    page.wait_for_selector("#error:not([hidden])")
+    message = page.text_content("#error")
+    assert message.startswith("error: image notes.txt: not an image"), message
+    assert page.get_attribute("#cloud", "data-mode") == "2d"
 
 
 def _cut_jpeg() -> bytes:
