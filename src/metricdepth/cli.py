@@ -373,6 +373,45 @@ def evaluate(
     typer.echo(eval_report(result))
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Registered name or model file; default: metricdepth-small.")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Checkpoint of a registered official model (.pth).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (localhost only by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, MB.")] = 25.0,
+) -> None:
+    """Serve the local web page: drop a photo, see metric depth and 3-D points, measure."""
+    try:
+        import uvicorn
+
+        from metricdepth.web.app import create_app
+    except ImportError as error:
+        fail(f"the web page needs the web extra ({error}): pip install 'metricdepth[web]'")
+    try:
+        if not 0 < max_upload_mb < float("inf"):
+            raise ValueError(f"--max-upload-mb must be a number > 0, got {max_upload_mb}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"--port must be 0..65535, got {port}")
+        from metricdepth.models.registry import load_model
+
+        net = load_model(model, weights=weights, device=device)
+        web = create_app(net, max_upload_bytes=int(max_upload_mb * 1_000_000))
+    except ValueError as error:
+        fail(str(error))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: serving on {host}: other machines can reach this page", err=True)
+    typer.echo(f"metricdepth: serving {net.spec.name} on http://{host}:{port}/ (Ctrl-C stops)")
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
 @app.command("models")
 def models_command() -> None:
     """List the registered models."""

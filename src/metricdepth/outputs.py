@@ -65,19 +65,29 @@ def parse_save(text: str) -> set[str]:
     return kinds | {"depth"}
 
 
+def inverse_depth_range(depth_m: np.ndarray) -> tuple[float, float]:
+    """``(low, high)`` in 1/m: the 2nd and 98th percentile of valid inverse depth.
+
+    ``colorize_depth`` maps ``low`` (far, ``1 / low`` metres) to the cold end of the colour map
+    and ``high`` (near) to the warm end; ``(0, 1)`` when no pixel is valid.
+    """
+    valid = depth_m > 0
+    if not valid.any():
+        return 0.0, 1.0
+    low, high = np.percentile(1.0 / depth_m[valid].astype(np.float32), [2, 98])
+    return float(low), float(high)
+
+
 def colorize_depth(depth_m: np.ndarray) -> np.ndarray:
     """(H, W) metres -> (H, W, 3) RGB uint8: inverse depth through OpenCV's turbo map.
 
-    Near is warm, far is cold; the range is the 2nd-98th percentile of valid inverse depth;
-    invalid pixels are black.
+    Near is warm, far is cold; the range is ``inverse_depth_range`` (the 2nd-98th percentile of
+    valid inverse depth), linear in 1/m; invalid pixels are black.
     """
     valid = depth_m > 0
     inverse = np.zeros_like(depth_m, dtype=np.float32)
     inverse[valid] = 1.0 / depth_m[valid]
-    if valid.any():
-        low, high = np.percentile(inverse[valid], [2, 98])
-    else:
-        low, high = 0.0, 1.0
+    low, high = inverse_depth_range(depth_m)
     scaled = np.clip((inverse - low) / max(high - low, 1e-12), 0, 1)
     bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
     bgr[~valid] = 0
