@@ -19,6 +19,7 @@ import io
 import json
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -847,3 +848,186 @@ def test_real_entry_point_prints_one_line_and_no_traceback(work):
     error_line(real_cli("predict", work / "in", "--intrinsics", "nan,1,2,3", "--out", out),
                "fx must be a finite number > 0, got nan")  # fmt: skip
     assert not marker.exists() and tree(out) == before
+
+
+# ================================================================== 7. faults
+FAULT_IMAGES = 4
+FAULT_SAVE = {"depth", "png16"}
+#: os functions whose calls are the kill points of the hooked trials (every step of a write).
+HOOKED = ("open", "fsync", "replace", "unlink")
+HOOK_TRIALS = 12
+TIMER_TRIALS = 12
+
+
+@pytest.fixture(scope="module")
+def fault_set(tmp_path_factory):
+    """Four tiny images, their items and the files of an uninterrupted run (``tree``)."""
+    folder = tmp_path_factory.mktemp("faults")
+    for k in range(FAULT_IMAGES):
+        write_png(folder / "in" / f"f{k}.png", random_rgb(12 + 2 * k, 16 + k))
+    items = collect_inputs([folder / "in"])
+    reference = folder / "reference"
+    run_batch(tiny_model(), items, reference, FAULT_SAVE, focal=20.0, progress=False)
+    return folder, items, tree(reference)
+
+
+def forked_batch(items, out: Path, *, kill_at: int | None = None, resume: bool = False) -> int:
+    """Start ``run_batch`` in a forked child (no interpreter start-up); returns its pid.
+
+    With ``kill_at`` the child SIGKILLs itself inside its ``kill_at``-th call of a ``HOOKED``
+    function (temporary created, fsync, rename, deletion), i.e. between any two steps of a write.
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 3
+    try:
+        torch.set_num_threads(1)  # as in DataLoader workers: no OpenMP pool after fork
+        if kill_at is not None:
+            count = [0]
+
+            def hooked(real):
+                def call(*args, **kwargs):
+                    count[0] += 1
+                    if count[0] == kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return real(*args, **kwargs)
+
+                return call
+
+            for name in HOOKED:
+                setattr(os, name, hooked(getattr(os, name)))
+        run_batch(tiny_model(), items, out, FAULT_SAVE, focal=20.0, resume=resume, progress=False)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def reap(pid: int, timeout: float = 60.0) -> int:
+    """Wait for child ``pid``; its wait status (a hung child is killed and fails the test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"child {pid} hung")
+
+
+def assert_consistent_after_kill(out: Path, reference: dict[str, bytes]) -> None:
+    """No final name holds a partial or foreign file; a record means all its files are there."""
+    files = tree(out)
+    finals = {n: d for n, d in files.items() if not Path(n).name.startswith(".")}
+    for name, data in finals.items():
+        assert data == reference[name], f"{name} differs from the uninterrupted run"
+    for name, data in finals.items():
+        if name.endswith(".json"):
+            for file in json.loads(data)["files"].values():
+                assert file in finals, f"{name} lists {file}, which is missing"
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(fault_set):
+    """≥ 20 SIGKILL trials (seeded): each killed run, resumed, equals the uninterrupted run.
+
+    Hooked trials die between two steps of a write (every temporary, fsync, rename and deletion
+    is a candidate); timer trials are killed from outside after a random delay. Odd trials are
+    killed a second time while resuming. Then a resume must finish the rest: every output
+    present exactly once, byte-identical, no temporary left.
+    """
+    folder, items, reference = fault_set
+    rng = np.random.default_rng(2026)
+    probe = folder / "probe"
+    counted = forked_batch(items, probe, kill_at=10**9)  # count nothing, just time a run
+    started = time.monotonic()
+    assert os.WEXITSTATUS(reap(counted)) == 0
+    duration = time.monotonic() - started
+    assert tree(probe) == reference
+    events_per_run = FAULT_IMAGES * 10  # per image: 3 x (create, fsync, rename) + old record
+
+    outcomes = []
+    for trial in range(HOOK_TRIALS + TIMER_TRIALS):
+        out = folder / f"trial{trial}"
+        kills = 2 if trial % 2 else 1
+        for _ in range(kills):
+            resume = out.exists()
+            if trial < HOOK_TRIALS:
+                pid = forked_batch(items, out, kill_at=int(rng.integers(1, events_per_run + 1)),
+                                   resume=resume)  # fmt: skip
+            else:
+                pid = forked_batch(items, out, resume=resume)
+                time.sleep(float(rng.uniform(0.0, duration)))
+                os.kill(pid, signal.SIGKILL)
+            status = reap(pid)
+            outcomes.append(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
+            assert_consistent_after_kill(out, reference)
+        summary = run_batch(
+            tiny_model(), items, out, FAULT_SAVE, focal=20.0, resume=True, progress=False
+        )
+        assert summary.done + summary.skipped == FAULT_IMAGES and not summary.failed
+        assert tree(out) == reference, f"trial {trial}"
+    assert sum(outcomes) >= 20  # at least 20 runs really died by SIGKILL
+
+
+SLOW_MAIN = (  # the console script, with each rename slowed so a signal lands mid-run
+    "import os, sys, time; replace = os.replace; "
+    "os.replace = lambda a, b: (time.sleep(0.1), replace(a, b))[1]; "
+    "from metricdepth.cli import main; main()"
+)
+
+
+def start_slow_cli(*args, folder: Path) -> subprocess.Popen:
+    out, err = open(folder / "cli.out", "w"), open(folder / "cli.err", "w")  # noqa: SIM115
+    with out, err:
+        return subprocess.Popen(
+            [sys.executable, "-c", SLOW_MAIN, *map(str, args)], stdout=out, stderr=err
+        )
+
+
+def wait_for_record(out: Path, child: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if any(not p.name.startswith(".") for p in out.glob("*.json")):
+            return
+        time.sleep(0.01)
+    pytest.fail("the run ended or hung before its first record")
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGKILL"])
+def test_the_real_command_stopped_mid_run_then_resumed(tmp_path, cli_run, stop):
+    """SIGINT: a clean stop with a summary line and exit 130. SIGKILL: nothing to say, but
+    ``--resume`` finishes to the same bytes as an uninterrupted run."""
+    for k in range(8):
+        write_png(tmp_path / "in" / f"s{k}.png", random_rgb(20, 24))
+    options = ["--focal", 30, "--save", "depth,png16"]
+    reference = cli_run("predict", tmp_path / "in", *options, "--out", tmp_path / "ref")
+    assert reference.code == 0
+    out = tmp_path / "out"
+    child = start_slow_cli("predict", tmp_path / "in", *options, "--out", out, folder=tmp_path)
+    try:
+        wait_for_record(out, child)
+        child.send_signal(getattr(signal, stop))
+        returncode = child.wait(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    stdout, stderr = (tmp_path / "cli.out").read_text(), (tmp_path / "cli.err").read_text()
+    finished = {p.stem for p in out.glob("*.json") if not p.name.startswith(".")}
+    if stop == "SIGINT":
+        assert returncode == 130 and "Traceback" not in stderr and "error" not in stderr, stderr
+        line = stdout.strip().splitlines()[-1]
+        assert line.startswith(f"interrupted: {len(finished)} done, ") and "of 8 image(s)" in line
+        assert line.endswith(f"{8 - len(finished)} left (rerun with --resume)")
+        assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    else:
+        assert returncode == -signal.SIGKILL
+    assert 1 <= len(finished) < 8
+    assert_consistent_after_kill(out, tree(tmp_path / "ref"))
+    resumed = cli_run("predict", tmp_path / "in", *options, "--out", out, "--resume")
+    assert resumed.code == 0, resumed.err
+    assert resumed.out.startswith(f"{8 - len(finished)} done, {len(finished)} skipped")
+    assert tree(out) == tree(tmp_path / "ref")
+
+
+# ================================================================== fuzzing the core
