@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import pickle
 import signal
@@ -31,14 +32,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import tiny_model
 from metricdepth import cli
 from metricdepth.camera import Camera
+from metricdepth.canonical import (
+    CanonicalSpace,
+    from_canonical,
+    inference_record,
+    normalize,
+    prepare_input,
+    to_canonical,
+    training_record,
+)
 from metricdepth.data.annotations import read_annotations
 from metricdepth.data.inputs import collect_inputs
 from metricdepth.exif import camera_for_size, parse_intrinsics, resolve_camera
+from metricdepth.frame import Frame
 from metricdepth.io import read_depth, read_image
 from metricdepth.models.registry import ASSETS, SPEC_METADATA_KEY, load_model, read_spec
 from metricdepth.models.weights import read_torch_checkpoint
@@ -46,6 +59,17 @@ from metricdepth.outputs import WriteError, run_batch
 
 RNG = np.random.default_rng(8)
 SMALL = ASSETS / "metricdepth-small.safetensors"
+#: Child interpreters use one thread too (OpenMP threads spin badly on a busy 2-core machine).
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on one thread: far faster than two contended ones, and the same bytes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ================================================================== running the command line
@@ -83,6 +107,7 @@ def real_cli(*args, **kwargs) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=120,
+        env=ONE_THREAD_ENV,
         **kwargs,
     )
 
@@ -981,7 +1006,10 @@ def start_slow_cli(*args, folder: Path) -> subprocess.Popen:
     out, err = open(folder / "cli.out", "w"), open(folder / "cli.err", "w")  # noqa: SIM115
     with out, err:
         return subprocess.Popen(
-            [sys.executable, "-c", SLOW_MAIN, *map(str, args)], stdout=out, stderr=err
+            [sys.executable, "-c", SLOW_MAIN, *map(str, args)],
+            stdout=out,
+            stderr=err,
+            env=ONE_THREAD_ENV,
         )
 
 
@@ -1031,3 +1059,281 @@ def test_the_real_command_stopped_mid_run_then_resumed(tmp_path, cli_run, stop):
 
 
 # ================================================================== fuzzing the core
+#: Every fuzz test: reproducible (derandomized), no deadline; the sum of max_examples is the
+#: number of generated cases (FUZZ_EXAMPLES).
+FUZZ = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+FUZZ_EXAMPLES = {
+    "camera construction": 2000,
+    "camera operations": 3000,
+    "inference record": 2500,
+    "training record": 2000,
+    "canonical round trip": 1500,
+}
+
+anything = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-1e-300, 1e-300),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=4),
+    st.sampled_from([np.float32(2.5), np.int64(7), np.float64("nan"), np.uint8(3), [1.0]]),
+)
+extreme_sizes = st.integers(1, 100_000)
+extreme_focals = st.floats(1e-3, 1e7)
+extreme_cameras = st.builds(
+    Camera,
+    extreme_focals,
+    extreme_focals,
+    st.floats(-1e6, 1e6),
+    st.floats(-1e6, 1e6),
+    extreme_sizes,
+    extreme_sizes,
+)
+
+
+@settings(FUZZ, max_examples=FUZZ_EXAMPLES["camera construction"])
+@given(fx=anything, fy=anything, cx=anything, cy=anything, width=anything, height=anything)
+def test_fuzz_camera_construction_is_valid_or_a_value_error(fx, fy, cx, cy, width, height):
+    try:
+        camera = Camera(fx, fy, cx, cy, width, height)
+    except ValueError as error:
+        assert "\n" not in str(error) and str(error).startswith("Camera.")
+        return
+    assert all(math.isfinite(v) for v in camera.intrinsics)
+    assert camera.fx > 0 and camera.fy > 0 and camera.width >= 1 and camera.height >= 1
+    assert type(camera.width) is int and type(camera.height) is int
+    assert Camera(**camera.to_dict()) == camera
+    assert Camera.from_K(camera.K, *camera.size) == camera
+    assert Camera.from_intrinsics(camera.intrinsics, *camera.size) == camera
+
+
+def project(camera: Camera, point: np.ndarray) -> np.ndarray:
+    x, y, z = point
+    return np.array([camera.fx * x / z + camera.cx, camera.fy * y / z + camera.cy])
+
+
+operations = st.sampled_from(["resized", "cropped", "padded", "flipped", "transposed", "rotated"])
+offsets = st.integers(-3, 200_000)
+
+
+@settings(FUZZ, max_examples=FUZZ_EXAMPLES["camera operations"])
+@given(
+    camera=extreme_cameras,
+    operation=operations,
+    args=st.tuples(offsets, offsets, offsets, offsets),
+    u=st.floats(-2.0, 3.0),
+    v=st.floats(-2.0, 3.0),
+)
+def test_fuzz_camera_operations_keep_every_ray(camera, operation, args, u, v):
+    """Any operation with any arguments: a ValueError, or a camera that sees each 3-D point
+    exactly where the operation moved its pixel (mirrored for flips and transposes)."""
+    a, b, c, d = args
+    W, H = camera.size  # noqa: N806
+    pixel = np.array([u * W, v * H])
+    point = np.array([(pixel[0] - camera.cx) / camera.fx, (pixel[1] - camera.cy) / camera.fy, 1.0])
+    try:
+        if operation == "resized":
+            new = camera.resized(a, b)
+            moved = (pixel + 0.5) * np.array([a / W, b / H]) - 0.5
+            assert new.size == (a, b)
+        elif operation == "cropped":
+            new = camera.cropped(a, b, c, d)
+            moved = pixel - [a, b]
+            assert new.size == (c, d) and a + c <= W and b + d <= H
+        elif operation == "padded":
+            new = camera.padded(a, b, c, d)
+            moved = pixel + [a, b]
+            assert new.size == (W + a + c, H + b + d)
+        elif operation == "flipped":
+            new = camera.flipped(vertical=a % 2 == 1)
+            axis = 1 if a % 2 else 0
+            moved = pixel.copy()
+            moved[axis] = (H if axis else W) - 1 - pixel[axis]
+            point[axis] = -point[axis]
+        elif operation == "transposed":
+            new = camera.transposed()
+            moved, point = pixel[::-1], point[[1, 0, 2]]
+            assert new.size == (H, W)
+        else:
+            orientation = a % 10  # 0 and 9 are not EXIF orientations
+            new = camera.rotated(orientation)
+            back = {5: 5, 6: 8, 7: 7, 8: 6}.get(orientation, orientation)  # the inverse
+            again = new.rotated(back)
+            assert again.size == camera.size
+            assert np.allclose(again.intrinsics, camera.intrinsics, rtol=1e-12, atol=1e-9)
+            return
+    except ValueError as error:
+        assert "\n" not in str(error)
+        return
+    scale = abs(moved).max() + abs(new.cx) + abs(new.cy) + new.fx + new.fy + 1.0
+    assert np.allclose(project(new, point), moved, rtol=0, atol=1e-9 * scale)
+    if operation != "resized":
+        assert (new.fx, new.fy) in ((camera.fx, camera.fy), (camera.fy, camera.fx))
+
+
+def spaces(input_hw, focal_px) -> st.SearchStrategy[CanonicalSpace]:
+    """Canonical spaces of every kind: fit / focal (CSTM_image) / none, any multiple and pad."""
+    return st.builds(
+        lambda hw, f, kind, multiple, placement: CanonicalSpace(
+            focal_px=f,
+            input_hw=hw,
+            variant={"fit": "label", "focal": "image", "none": "none"}[kind],
+            resize=kind,
+            size_multiple=multiple,
+            pad_placement=placement,
+        ),
+        input_hw,
+        focal_px,
+        st.sampled_from(["fit", "focal", "none"]),
+        st.integers(1, 64),
+        st.sampled_from(["center", "bottom_right"]),
+    )
+
+
+def check_record(record, camera: Camera, space: CanonicalSpace, mode: str) -> None:
+    """The invariants of every record (inference or training)."""
+    h, w = record.resized_hw
+    H_in, W_in = record.input_hw  # noqa: N806
+    assert min(h, w) >= 1
+    f_eff = record.f_eff_px
+    assert f_eff == pytest.approx(camera.focal(mode) * record.scale, rel=1e-12)
+    if record.variant != "none":
+        assert record.label_scale * record.metric_scale == pytest.approx(1.0, rel=1e-12)
+        assert record.metric_scale == pytest.approx(f_eff / space.focal_px, rel=1e-12)
+    top, bottom, left, right = record.pad
+    ctop, cbottom, cleft, cright = record.crop
+    assert min(record.pad) >= 0 and min(record.crop) >= 0
+    assert h - ctop - cbottom + top + bottom == H_in and w - cleft - cright + left + right == W_in
+    canvas = record.camera_c
+    assert canvas.size == (W_in, H_in)
+    # the bookkeeping focal f_eff and the realised canvas camera differ by < 1 resized pixel
+    assert abs(canvas.focal(mode) - f_eff) <= f_eff * (1 / min(h, w) + 1e-12)
+
+
+@settings(FUZZ, max_examples=FUZZ_EXAMPLES["inference record"])
+@given(
+    camera=extreme_cameras,
+    space=spaces(st.tuples(st.integers(1, 4096), st.integers(1, 4096)), extreme_focals),
+    mode=st.sampled_from(["mean", "fx"]),
+)
+def test_fuzz_inference_record_invariants(camera, space, mode):
+    try:
+        record = inference_record(camera, space, mode)
+    except ValueError as error:
+        assert "leaves no pixel" in str(error)
+        return
+    check_record(record, camera, space, mode)
+    h, w = record.resized_hw
+    H_in, W_in = record.input_hw  # noqa: N806
+    assert record.crop == (0, 0, 0, 0)  # inference pads, never crops
+    if space.resize == "fit":
+        # one side fits, up to the pixel that Metric3D's int(size * s) can lose to rounding
+        # (int(969 * (4 / 969)) == 3): kept for parity, the canvas gets one more pad column
+        assert (H_in, W_in) == space.input_hw and min(H_in - h, W_in - w) <= 1
+    else:
+        m = space.size_multiple
+        assert H_in % m == 0 and W_in % m == 0 and 0 <= H_in - h < m and 0 <= W_in - w < m
+    if space.resize == "focal":
+        assert record.f_eff_px == pytest.approx(space.focal_px, rel=1e-12)
+    if space.pad_placement == "center":
+        assert record.pad[0] == (H_in - h) // 2 and record.pad[2] == (W_in - w) // 2
+    else:
+        assert record.pad[0] == record.pad[2] == 0
+
+
+@settings(FUZZ, max_examples=FUZZ_EXAMPLES["training record"])
+@given(
+    camera=extreme_cameras,
+    space=spaces(st.tuples(st.integers(1, 2048), st.integers(1, 2048)), extreme_focals),
+    seed=st.integers(0, 2**32 - 1),
+    resize_range=st.tuples(anything, anything),
+    resize_prob=st.floats(0, 1),
+    crop=st.sampled_from(["rand", "center", "middle"]),
+    variant=st.sampled_from([None, "label", "image", "none", "both"]),
+    mode=st.sampled_from(["mean", "fx"]),
+)
+def test_fuzz_training_record_invariants(
+    camera, space, seed, resize_range, resize_prob, crop, variant, mode
+):
+    try:
+        record = training_record(
+            camera, space, np.random.default_rng(seed), variant=variant,
+            resize_range=resize_range, resize_prob=resize_prob, crop=crop, focal_mode=mode,
+        )  # fmt: skip
+    except (ValueError, TypeError) as error:
+        # TypeError only for a resize_range of non-numbers (float(None), float([1.0]))
+        assert isinstance(error, ValueError) or not all(
+            isinstance(v, (int, float, np.number, str)) for v in resize_range
+        )
+        return
+    check_record(record, camera, space, mode)
+    low, high = (float(v) for v in resize_range)
+    t = record.to_scale_ratio
+    assert t == 1.0 or low * (1 - 1e-12) <= t <= high * (1 + 1e-12)
+    if record.variant == "image":
+        assert record.f_eff_px == pytest.approx(space.focal_px * t, rel=1e-9)
+    else:
+        assert record.scale == t
+
+
+@settings(FUZZ, max_examples=FUZZ_EXAMPLES["canonical round trip"])
+@given(
+    size=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    focal=st.floats(1e-2, 1e5),
+    aspect=st.floats(0.5, 2.0),
+    centre=st.tuples(st.floats(-0.5, 1.5), st.floats(-0.5, 1.5)),
+    input_hw=st.tuples(st.integers(1, 16), st.integers(1, 16)),
+    ratio=st.floats(0.1, 4.0),
+    kind=st.sampled_from(["fit", "focal", "none"]),
+    multiple=st.integers(1, 8),
+    depth_m=st.floats(1e-3, 1e4),
+    seed=st.integers(0, 2**16),
+    mode=st.sampled_from(["mean", "fx"]),
+)
+def test_fuzz_tiny_images_round_trip_through_canonical_space(
+    size, focal, aspect, centre, input_hw, ratio, kind, multiple, depth_m, seed, mode
+):
+    """prepare_input / to_canonical / from_canonical on 1-12 px images: the canvas, labels,
+    mask and padding are right, and a constant canonical prediction comes back as the depth."""
+    W, H = size  # noqa: N806
+    camera = Camera(focal, focal * aspect, centre[0] * W, centre[1] * H, W, H)
+    space = CanonicalSpace(
+        focal_px=camera.focal(mode) * ratio,  # a focal resize stays within 0.1-4x
+        input_hw=input_hw,
+        variant={"fit": "label", "focal": "image", "none": "none"}[kind],
+        resize=kind,
+        size_multiple=multiple,
+    )
+    rgb = np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    depth = np.full((H, W), depth_m, np.float32)
+    try:
+        x, record = prepare_input(rgb, camera, space, mode)
+    except ValueError as error:
+        assert "leaves no pixel" in str(error)
+        return
+    check_record(record, camera, space, mode)
+    canvas = to_canonical(Frame(rgb, camera, depth), record, pad_rgb=space.pad_rgb)
+    H_in, W_in = record.input_hw  # noqa: N806
+    assert canvas.image.shape == (H_in, W_in, 3) and tuple(x.shape) == (1, 3, H_in, W_in)
+    assert torch.equal(x, normalize(canvas.image, space)) and bool(torch.isfinite(x).all())
+    assert np.allclose(canvas.camera.intrinsics, record.camera_c.intrinsics, rtol=1e-12)
+    h, w = record.resized_hw
+    top, left = record.offset
+    inside = np.zeros((H_in, W_in), bool)
+    inside[top : top + h, left : left + w] = True
+    assert np.array_equal(canvas.mask, inside)  # every image pixel valid, padding not
+    assert np.all(canvas.image[~inside] == space.pad_rgb)
+    label = np.float32(depth_m) * np.float32(record.label_scale)
+    assert np.allclose(canvas.depth[inside], label, rtol=1e-6)
+    back = from_canonical(np.full((H_in, W_in), label, np.float32), record)
+    assert back.shape == (H, W) and np.allclose(back, depth_m, rtol=1e-5)
+
+
+def test_fuzz_case_count():
+    assert sum(FUZZ_EXAMPLES.values()) >= 10_000
