@@ -63,13 +63,7 @@ SMALL = ASSETS / "metricdepth-small.safetensors"
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on one thread: far faster than two contended ones, and the same bytes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 # ================================================================== running the command line
@@ -1020,6 +1014,16 @@ def wait_for_record(out: Path, child: subprocess.Popen) -> None:
             return
         time.sleep(0.01)
     pytest.fail("the run ended or hung before its first record")
+
+
+def test_a_second_ctrl_c_is_one_line_and_exit_130(cli_run, monkeypatch):
+    """The first Ctrl-C ends a batch cleanly (below); one that reaches main is one line."""
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    error_line(cli_run("predict"), "error: interrupted", code=130)
 
 
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGKILL"])
