@@ -551,7 +551,9 @@ def resolve_camera(
     ``camera`` (``Camera.to_dict()``), ``fov_x_deg``, ``fov_y_deg``, ``exif`` (the EXIF report
     whenever a file was given, even when not used; else None) and ``warning`` (a sentence when
     the default was assumed, else None). Raises ValueError for both ``intrinsics`` and ``focal``,
-    malformed values, a ``Camera`` of another size, or an unreadable file.
+    malformed values, a principal point outside the image (``camera_for_size``; intrinsics
+    measured on another size are given as ``"fx,fy,cx,cy@WxH"`` and rescaled), a ``Camera`` of
+    another size, or an unreadable file.
     """
     if intrinsics is not None and focal is not None:
         raise ValueError("give either intrinsics or focal, not both")
