@@ -90,6 +90,16 @@ def convnext_tiny_weights() -> dict[str, torch.Tensor]:
     return synthetic_weights("convnext_tiny")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    much faster than two OpenMP threads contending on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- a tiny deterministic model
 class TinyNet(nn.Module):
     """Two seeded 3x3 convolutions -> positive canonical depth that depends on the pixels."""

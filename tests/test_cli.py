@@ -57,7 +57,7 @@ def test_no_intrinsics_announces_the_default(tmp_path):
     ("args", "message"),
     [
         (["--intrinsics", "1,2,3"], "intrinsics must be 4 comma-separated numbers fx,fy,cx,cy"),
-        (["--intrinsics", "0,500,320,240"], "Camera.fx must be a finite number > 0, got 0.0"),
+        (["--intrinsics", "0,500,320,240"], "fx must be a finite number > 0, got 0.0"),
         (["--focal", "nan"], "focal must be a finite number of pixels > 0, got nan"),
         (["--input-size", "616"], "--input-size must be HEIGHTxWIDTH"),
         (["--focal-mode", "fy"], "focal mode must be one of mean, fx"),

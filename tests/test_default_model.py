@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from metricdepth.data.synthetic import render_view, sample_scene, scene_seed
 from metricdepth.evaluate.metrics import depth_metrics
@@ -28,12 +27,7 @@ CONFIG = REPO / "configs" / f"{DEFAULT_MODEL}.yaml"
 UNSEEN_SEED = 4242
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

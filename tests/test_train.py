@@ -33,12 +33,7 @@ from metricdepth.train.losses import depth_loss, l1_log_loss, silog_loss
 TINY_SYNTH = {"height": 32, "width": 48, "sizes": [[32, 48]], "focal_range": [40.0, 160.0]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def tiny(tmp_path: Path, **overrides) -> TrainConfig:

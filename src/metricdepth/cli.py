@@ -24,8 +24,8 @@ EXAMPLE_INTRINSICS = (518.8579, 519.46961, 325.58245, 253.73617)
 
 
 def fail(message: str) -> None:
-    """Print one error line and exit with code 2."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one error line (whitespace collapsed) and exit with code 2."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
     raise typer.Exit(2)
 
 
@@ -148,7 +148,11 @@ def predict(
         Path | None, typer.Option(help="Checkpoint of a registered official model (.pth).")
     ] = None,
     intrinsics: Annotated[
-        str | None, typer.Option(help="fx,fy,cx,cy in pixels of the image as displayed.")
+        str | None,
+        typer.Option(
+            help="fx,fy,cx,cy in pixels of the image as displayed; fx,fy,cx,cy@WxH if measured "
+            "on a WxH image (rescaled to each image of the same aspect ratio)."
+        ),
     ] = None,
     focal: Annotated[float | None, typer.Option(help="Focal length in pixels.")] = None,
     focal_mode: Annotated[
@@ -202,6 +206,8 @@ def run_predict(
     workers=0, resume=False, shard=None, keep_going=False,
 ):  # fmt: skip
     """The work of ``metricdepth predict``; returns the batch summary."""
+    import math
+
     from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
     from metricdepth.exif import parse_intrinsics
@@ -212,6 +218,8 @@ def run_predict(
     if intrinsics is not None and focal is not None:
         raise ValueError("give either --intrinsics or --focal, not both")
     values = parse_intrinsics(intrinsics) if intrinsics is not None else None
+    if focal is not None and not (math.isfinite(focal) and focal > 0):
+        raise ValueError(f"--focal must be a finite number of pixels > 0, got {focal!r}")
     if focal_mode is not None:
         check_focal_mode(focal_mode)
     if inputs:
@@ -427,5 +435,8 @@ def main() -> None:
     try:
         app()
     except OSError as error:  # unwritable output folder, disk full, ...
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {' '.join(str(error).split())}", err=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one ends a batch run cleanly)
+        typer.echo("error: interrupted", err=True)
+        raise SystemExit(130) from None

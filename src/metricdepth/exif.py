@@ -73,7 +73,9 @@ __all__ = [
     "DIGITAL_ZOOM_MODES",
     "FILM_DIAGONAL_MM",
     "camera_from_exif",
+    "camera_for_size",
     "camera_report",
+    "parse_intrinsics",
     "resolve_camera",
 ]
 
@@ -459,14 +461,75 @@ def _zoom_for_f35(
 
 # ---------------------------------------------------------------------- the policy
 def parse_intrinsics(text: str) -> tuple[float, ...]:
-    """``"fx,fy,cx,cy"`` -> four floats, or one ValueError line quoting the text."""
+    """``"fx,fy,cx,cy"`` -> four floats; ``"fx,fy,cx,cy@WxH"`` -> six (the calibrated size).
+
+    ``fx`` and ``fy`` must be finite and > 0, ``cx`` and ``cy`` finite; anything else is one
+    ValueError line quoting the text. ``@WxH`` says which image size the intrinsics were
+    measured on; ``camera_for_size`` then rescales them to each image (same aspect ratio only).
+    """
+    body, _, size = text.partition("@")
     try:
-        values = tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in body.split(","))
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise ValueError(f"intrinsics must be 4 comma-separated numbers fx,fy,cx,cy, got {text!r}")
+        raise ValueError(
+            f"intrinsics must be 4 comma-separated numbers fx,fy,cx,cy (optionally @WIDTHxHEIGHT),"
+            f" got {text!r}"
+        )
+    if size:
+        parts = size.lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(
+                f"intrinsics: the size after '@' must be WIDTHxHEIGHT in pixels, got {text!r}"
+            )
+        values += (float(parts[0]), float(parts[1]))
+    _check_intrinsics(values, f"intrinsics {text!r}")
     return values
+
+
+def _check_intrinsics(values: Sequence[float], where: str) -> None:
+    for name, value in zip(("fx", "fy"), values[:2], strict=True):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{where}: {name} must be a finite number > 0, got {value!r}")
+    for name, value in zip(("cx", "cy"), values[2:4], strict=True):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {name} must be finite, got {value!r}")
+
+
+def camera_for_size(
+    intrinsics: Sequence[float], width: int, height: int, where: str = "intrinsics"
+) -> Camera:
+    """The camera of a ``width x height`` image (as displayed) from user-given intrinsics.
+
+    ``intrinsics`` is ``[fx, fy, cx, cy]`` for this image size, or ``[fx, fy, cx, cy, W, H]``
+    measured on a ``W x H`` image: those are rescaled exactly (``Camera.resized``) when the
+    aspect ratio agrees to within one pixel, and refused otherwise (a crop cannot be undone).
+    A principal point outside the image is refused: it is the mark of intrinsics written for
+    another image size. (``Camera`` itself accepts any principal point: crops make them.)
+    ``where`` names the source in the one-line ValueError (e.g. ``"--intrinsics"``).
+    """
+    values = [float(v) for v in intrinsics]
+    if len(values) not in (4, 6):
+        raise ValueError(f"{where}: expected [fx, fy, cx, cy] (+ [width, height]), got {values}")
+    _check_intrinsics(values, where)
+    if len(values) == 6 and (values[4], values[5]) != (width, height):
+        cal_w, cal_h = int(values[4]), int(values[5])
+        if abs(cal_w * height - cal_h * width) > max(width, height, cal_w, cal_h):
+            raise ValueError(
+                f"{where}: the intrinsics are for {cal_w}x{cal_h} pixels but the image is "
+                f"{width}x{height}, another aspect ratio (cropped?), so they cannot be rescaled"
+            )
+        camera = Camera(*values[:4], cal_w, cal_h).resized(width, height)
+    else:
+        camera = Camera(*values[:4], width, height)
+    if not (-0.5 <= camera.cx <= width - 0.5 and -0.5 <= camera.cy <= height - 0.5):
+        raise ValueError(
+            f"{where}: principal point ({camera.cx:g}, {camera.cy:g}) lies outside the "
+            f"{width}x{height} image; intrinsics for another image size? "
+            "give fx,fy,cx,cy@WIDTHxHEIGHT to rescale them"
+        )
+    return camera
 
 
 def resolve_camera(
@@ -488,7 +551,9 @@ def resolve_camera(
     ``camera`` (``Camera.to_dict()``), ``fov_x_deg``, ``fov_y_deg``, ``exif`` (the EXIF report
     whenever a file was given, even when not used; else None) and ``warning`` (a sentence when
     the default was assumed, else None). Raises ValueError for both ``intrinsics`` and ``focal``,
-    malformed values, a ``Camera`` of another size, or an unreadable file.
+    malformed values, a principal point outside the image (``camera_for_size``; intrinsics
+    measured on another size are given as ``"fx,fy,cx,cy@WxH"`` and rescaled), a ``Camera`` of
+    another size, or an unreadable file.
     """
     if intrinsics is not None and focal is not None:
         raise ValueError("give either intrinsics or focal, not both")
@@ -518,7 +583,7 @@ def resolve_camera(
             camera = intrinsics
         else:
             values = parse_intrinsics(intrinsics) if isinstance(intrinsics, str) else intrinsics
-            camera = Camera.from_intrinsics(values, width, height)
+            camera = camera_for_size(values, width, height)
         source, rule = "given", "intrinsics given"
     elif focal is not None:
         focal_px = _number(focal)

@@ -16,7 +16,8 @@ Depth maps are ``float32`` arrays of shape ``(H, W)`` in metres (``depth_m``), 0
 On disk: 16-bit PNG (stored = round(depth_m * depth_scale)), ``.npy`` and float TIFF.
 
 Every writer goes through ``atomic_write``: a file appears under its final name complete or not
-at all. Every problem with a file is a ``ValueError`` with one line naming the file.
+at all; ``atomic_group`` extends that to several files (all or none, the last one last).
+Every problem with a file is a ``ValueError`` with one line naming the file.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import secrets
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +40,8 @@ from metricdepth.camera import EXIF_ORIENTATIONS, Camera, exif_steps
 _EXIF_ORIENTATION_TAG = 0x0112
 _DEPTH_FORMATS = (".png", ".npy", ".tif", ".tiff")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+#: The renames an open ``atomic_group`` holds back (None: rename at once).
+_GROUP: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("atomic_group", default=None)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -68,9 +72,44 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        group = _GROUP.get()
+        if group is None:
+            os.replace(tmp, path)
+        else:
+            group.append((tmp, path))
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_group() -> Iterator[None]:
+    """Files written with ``atomic_write`` inside the block appear together, or not at all.
+
+    Each file is written and fsync'ed under its temporary name; the renames wait for the end
+    of the block. On success the *last* file's old version is deleted first, then every file
+    is renamed in the order written, so the last one (a manifest, such as a prediction's
+    record) appears after all the others. On any error every temporary is deleted and the
+    files under their final names are left exactly as they were. (Per thread and task.)
+    """
+    pending: list[tuple[Path, Path]] = []
+    token = _GROUP.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _GROUP.reset(token)
+    try:
+        if pending:
+            pending[-1][1].unlink(missing_ok=True)
+        for tmp, path in pending:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -4,8 +4,11 @@ Per image ``S`` (its output stem): ``S.depth.npy`` and the record ``S.json`` alw
 request PNG16, normals, confidence, PLY and a picture (``SAVE_KINDS``).
 
 Every file is written atomically (temporary name, then rename), so an interrupted run never
-leaves a half-written file under a final name. The record ``S.json`` is written last: its
-presence means every requested file of that image is complete, and it is what ``resume`` checks.
+leaves a half-written file under a final name. An image's files are renamed together once all
+are written (``io.atomic_group``), its old record deleted first and the new record ``S.json``
+renamed last: its presence means every requested file of that image is complete, and it is what
+``resume`` checks. A file that cannot be written (``WriteError``) changes none of its image's
+files and stops the run, ``keep_going`` or not.
 
 ``run_batch`` is the engine of ``metricdepth predict``:
 
@@ -47,7 +50,7 @@ import torch
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalRecord, CanonicalSpace
 from metricdepth.data.inputs import InputItem, check_shard, shard_items
-from metricdepth.io import atomic_write, write_depth, write_ply
+from metricdepth.io import atomic_group, atomic_write, write_depth, write_ply
 from metricdepth.predict import Prediction
 
 #: What ``--save`` accepts; ``depth`` (S.depth.npy) and the record (S.json) are always written.
@@ -137,6 +140,14 @@ def output_paths(out_dir: Path, stem: str, save: set[str]) -> dict[str, Path]:
     return paths
 
 
+class WriteError(ValueError):
+    """An output could not be written (folder not writable, disk full, ...): one line naming it.
+
+    Unlike a bad input, it stops a batch run even with ``keep_going``: the next image would
+    fail the same way.
+    """
+
+
 def write_prediction(
     prediction: Prediction, image: np.ndarray | None, out_dir: Path, stem: str, save: set[str]
 ) -> dict[str, Path]:
@@ -145,10 +156,26 @@ def write_prediction(
     ``image`` (the RGB the prediction was made from) is needed only for ``ply`` and ``vis``.
     The record holds ``files`` (what was written) and ``save`` (what was requested; a model
     without normals or confidence writes no such file); empty ``timings_s`` are left out.
+    The files appear together (``io.atomic_group``): if any cannot be written, none of this
+    image's files changes and a ``WriteError`` names the image and the problem.
     """
     paths = output_paths(out_dir, stem, save)
     if image is None and save & {"ply", "vis"}:
         raise ValueError(f"{stem}: saving ply or vis needs the image")
+    try:
+        with atomic_group():
+            return _write_files(prediction, image, paths, save)
+    except OSError as error:
+        reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+        where = f" ({error.filename})" if error.filename else ""
+        raise WriteError(
+            f"{Path(out_dir) / stem}: cannot write the outputs: {reason}{where}"
+        ) from None
+
+
+def _write_files(
+    prediction: Prediction, image: np.ndarray | None, paths: dict[str, Path], save: set[str]
+) -> dict[str, Path]:
     _write_npy(paths["depth"], prediction.depth_m.astype(np.float32))
     written = {"depth": paths["depth"]}
     if "png16" in save:
@@ -189,14 +216,17 @@ def camera_for_item(
     """The camera of one input and its source: command line, then annotation, else None.
 
     (``None`` leaves the choice to the caller: ``run_batch`` then tries the file's EXIF focal
-    and falls back to the default camera.)
+    and falls back to the default camera.) Intrinsics go through ``exif.camera_for_size``:
+    ``[fx, fy, cx, cy, W, H]`` is rescaled to the image, a principal point outside it refused.
     """
+    from metricdepth.exif import camera_for_size
+
     if intrinsics is not None:
-        return Camera.from_intrinsics(intrinsics, width, height), "given"
+        return camera_for_size(intrinsics, width, height, "intrinsics"), "given"
     if focal is not None:
         return Camera(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height), "given"
     if item.intrinsics is not None:
-        return Camera.from_intrinsics(item.intrinsics, width, height), "annotation"
+        return camera_for_size(item.intrinsics, width, height, "annotation cam_in"), "annotation"
     return None, None
 
 
@@ -280,6 +310,8 @@ class PredictionInputs(torch.utils.data.Dataset):
             x = normalize(canvas.image, self.space).numpy()
         except (ValueError, cv2.error) as error:
             return PreparedInput(index, error=problem_line(item.image, error))
+        except MemoryError:
+            return PreparedInput(index, error=problem_line(item.image, "too large for memory"))
         return PreparedInput(index, x, camera, source, record, rgb if self.keep_image else None)
 
 
@@ -637,6 +669,7 @@ def run_batch(
         shard: ``(i, n)``: process only items ``i, i + n, ...`` (0-based) of ``items``.
         keep_going: a bad image is reported (``"failed: PATH: problem"`` on stderr), counted
             in ``failed``, and the run goes on; without it, the first one raises ValueError.
+            An output that cannot be written raises ``WriteError`` (a ValueError) either way.
         progress: show a progress bar with images/s and ETA on stderr (terminals only).
         on_done: called as ``on_done(item, prediction, written_paths)`` after each image.
 
@@ -669,6 +702,8 @@ def run_batch(
     def settle(item: InputItem, future: Future) -> None:
         try:
             prediction, written = future.result()
+        except WriteError:
+            raise  # the output folder is the problem, not this image: stop the run
         except ValueError as error:
             fail(problem_line(item.image, error))
         else:

@@ -191,7 +191,10 @@ def _load_safetensors(path: Path, device: torch.device | str | None) -> DepthMod
         state = load_file(str(path))
     except Exception as error:
         raise ValueError(f"{path}: cannot read weights ({error})") from None
-    load_strict(model.net, state, f"{spec.name} ({spec.arch})")
+    try:
+        load_strict(model.net, state, f"{spec.name} ({spec.arch})")
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return model.to(device) if device is not None else model
 
 
@@ -221,7 +224,10 @@ def _load_official(name: str, path: Path, device) -> DepthModel:
     spec = MODELS[name][0]
     state = read_torch_checkpoint(path)
     model = build_model(spec)
-    OFFICIAL_LOADERS[spec.arch](model.net, state)
+    try:
+        OFFICIAL_LOADERS[spec.arch](model.net, state)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return model.to(device) if device is not None else model
 
 
@@ -287,7 +293,12 @@ def load_model(
     if path.suffix == ".safetensors":
         return _load_safetensors(path, device)
     if path.suffix in (".pth", ".pt", ".bin"):
-        return _load_official(_guess_official(read_torch_checkpoint(path)), path, device)
+        try:
+            name = _guess_official(read_torch_checkpoint(path))
+        except ValueError as error:
+            message = str(error)
+            raise ValueError(message if str(path) in message else f"{path}: {message}") from None
+        return _load_official(name, path, device)
     raise ValueError(f"{path}: unsupported model file type {path.suffix!r} (.safetensors or .pth)")
 
 

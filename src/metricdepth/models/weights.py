@@ -8,12 +8,19 @@ never run code.
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+
+def _first_line(error: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
 
 
 def _short_list(items: list[str], limit: int = 3) -> str:
@@ -90,10 +97,16 @@ def read_torch_checkpoint(path: str | Path) -> Mapping[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"weights file not found: {path}") from None
-    except Exception as error:  # truncated files, pickles that would run code, other files
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except pickle.UnpicklingError as error:  # a pickle that would import or call anything
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f"it would load {found.group(1)}" if found else _first_line(error)
         raise ValueError(
-            f"{path}: cannot load as a weights-only torch checkpoint ({message})"
+            f"{path}: refused: not plain weights ({what}); unpickling it could run code, and "
+            "checkpoints are only read weights-only"
+        ) from None
+    except Exception as error:  # truncated files, other files
+        raise ValueError(
+            f"{path}: cannot load as a weights-only torch checkpoint ({_first_line(error)})"
         ) from None
     if isinstance(data, Mapping) and isinstance(data.get("model_state_dict"), Mapping):
         data = data["model_state_dict"]
