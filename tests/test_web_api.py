@@ -176,7 +176,37 @@ def test_page_and_openapi_are_served(client):
     schema = client.get("/openapi.json").json()
     for path in ("/api/predict", "/api/measure", "/api/health", "/api/camera"):
         assert path in schema["paths"]
-    assert client.get("/docs").status_code == 200
+
+
+def test_openapi_page_loads_nothing_from_elsewhere(client):
+    """/docs is Swagger UI with its script, style and icon served by the app (no CDN)."""
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    assert "SwaggerUIBundle(" in docs.text and "url: '/openapi.json'" in docs.text
+    hosts = re.findall(r"https?://([^/\"'\s]+)", docs.text)
+    assert not [h for h in hosts if h.split(":")[0] not in ("localhost", "127.0.0.1")], hosts
+    links = re.findall(r'(?:src|href)="([^"]*)"', docs.text)
+    assert {link.rsplit("/", 1)[-1] for link in links} >= {"swagger-ui-bundle.js", "swagger-ui.css"}
+    for link in links:
+        assert link.startswith("/") and not link.startswith("//"), link
+        served = client.get(link)
+        assert served.status_code == 200 and len(served.content) > 100, link
+    script = client.get(next(link for link in links if link.endswith(".js"))).text
+    assert "SwaggerUIBundle" in script and len(script) > 500_000  # the real bundle
+    schema = client.get("/openapi.json").json()
+    assert {"/api/predict", "/api/measure", "/api/health"} <= set(schema["paths"])
+    assert client.get("/redoc").status_code == 404  # ReDoc would fetch its logo from a CDN
+
+
+def test_openapi_page_without_its_package_says_what_to_install(monkeypatch, model, work_dir):
+    monkeypatch.setitem(__import__("sys").modules, "fastapi_offline", None)
+    with TestClient(create_app(model, work_dir=work_dir)) as bare:
+        docs = bare.get("/docs")
+        assert docs.status_code == 503 and "https://" not in docs.text
+        assert "fastapi-offline" in docs.text and "pip install 'metricdepth[web]'" in docs.text
+        assert "/api/predict" in bare.get("/openapi.json").json()["paths"]
+        assert bare.get("/docs-assets/swagger-ui-bundle.js").status_code == 404
+        assert bare.get("/api/health").json()["status"] == "ok"
 
 
 def test_predict_matches_the_python_api_and_writes_every_artefact(client, model, tmp_path):

@@ -122,6 +122,7 @@ def test_page_in_a_real_browser(tmp_path):
                 )
                 _use_the_page(page, base, tmp_path)
                 _without_webgl(browser.new_page(viewport={"width": 1400, "height": 1000}), base)
+                _api_page_offline(browser.new_page(), base)
                 assert not errors, errors
                 assert not outside, f"the page fetched from elsewhere: {outside}"
             finally:
@@ -278,6 +279,31 @@ def _without_webgl(page, base: str) -> None:
     message = page.text_content("#error")
     assert message.startswith("error: image notes.txt: not an image"), message
     assert page.get_attribute("#cloud", "data-mode") == "2d"
+
+
+def _api_page_offline(page, base: str) -> None:
+    """/docs renders its operations with the network cut off to all but this server."""
+    elsewhere: list[str] = []
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    def only_this_server(route) -> None:
+        url = route.request.url
+        if url.startswith((base + "/", "data:", "blob:")):
+            route.continue_()
+        else:
+            elsewhere.append(url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(base + "/docs")
+    operation = page.locator('.opblock[id$="api_predict_post"] [data-path="/api/predict"]')
+    operation.wait_for(timeout=10_000)
+    assert page.locator('[data-path="/api/measure"]').count() == 1
+    assert "Unable to render" not in page.text_content("body")
+    assert not elsewhere, f"/docs fetched from elsewhere: {elsewhere}"
+    assert not errors, errors
+    page.close()
 
 
 def _cut_jpeg() -> bytes:

@@ -14,7 +14,10 @@
   ``ply``, ``record`` (JSON), ``normal``/``confidence`` (.npy) when the model has them, and the
   pictures the page shows (``image``, ``depth_vis``, ``normal_vis``, ``confidence_vis``,
   ``colorbar``, ``points``: the viewer's subsampled point cloud);
-* ``GET /docs`` FastAPI's OpenAPI page (``/openapi.json``).
+* ``GET /docs`` FastAPI's OpenAPI page (Swagger UI) of ``/openapi.json``, its JavaScript and
+  CSS served by this app from the installed ``fastapi-offline`` package (the web extra) under
+  ``/docs-assets/``, nothing from a CDN; without that package ``/docs`` answers 503 saying
+  what to install. No ``/redoc``: ReDoc always fetches its logo from a CDN.
 
 Bad requests get a 4xx answer ``{"error": "one line"}`` and the server goes on: an upload over
 ``max_upload_bytes`` (413, refused from its Content-Length before it is read, or while it
@@ -41,7 +44,7 @@ import cv2
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -58,6 +61,8 @@ VIEWER_POINTS = 120_000
 SAVED_KINDS = {"depth", "png16", "normal", "confidence", "ply"}
 
 STATIC = Path(__file__).parent / "static"
+#: Where the API page's own files (Swagger UI, from fastapi-offline) are served from.
+DOCS_ASSETS = "/docs-assets"
 
 _MEDIA_TYPES = {
     ".npy": "application/octet-stream",
@@ -163,6 +168,40 @@ class UploadLimit:
                 raise
             if not state["started"]:
                 await _error(413, message)(scope, receive, send)
+
+
+def _fastapi_app(**settings) -> FastAPI:
+    """A FastAPI app whose ``/docs`` loads nothing from a CDN.
+
+    ``fastapi-offline`` ships Swagger UI and serves it from the app itself (FastAPI's own page
+    would fetch it from a CDN and stay blank offline). Without that package ``/docs`` answers
+    503 saying what to install (``/openapi.json`` is still served). ReDoc is left out: even
+    served locally it fetches its logo from a CDN. (``swagger-ui-bundle`` is no substitute: it
+    ships Swagger UI 4, which refuses FastAPI's OpenAPI 3.1 schema.)
+    """
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        pass
+    else:  # no validator badge: Swagger UI would ask an online validator for it
+        return FastAPIOffline(
+            redoc_url=None,
+            static_url=DOCS_ASSETS,
+            swagger_ui_parameters={"validatorUrl": None},
+            **settings,
+        )
+    app = FastAPI(docs_url=None, redoc_url=None, **settings)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(
+            "<!DOCTYPE html><title>metricdepth API</title><p>error: the API page needs the "
+            "fastapi-offline package: pip install 'metricdepth[web]'. The schema is at "
+            f'<a href="{app.openapi_url}">{app.openapi_url}</a>.</p>',
+            status_code=503,
+        )
+
+    return app
 
 
 def _safe_stem(filename: str | None) -> str:
@@ -334,7 +373,7 @@ def create_app(
         finally:
             store.close()
 
-    app = FastAPI(
+    app = _fastapi_app(
         title="metricdepth",
         summary="Metric depth from one photo of any camera.",
         version=_version(),
