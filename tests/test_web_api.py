@@ -360,7 +360,7 @@ def _bad_requests():
          {"files": image_field(jpg), "data": {"intrinsics": "a,b,c,d"}}, 400, ["intrinsics"]),
         ("intrinsics: zero fx", "post", "/api/predict",
          {"files": image_field(jpg), "data": {"intrinsics": "0,500,32,24"}}, 400,
-         ["intrinsics", "fx, fy > 0"]),
+         ["intrinsics", "fx must be a finite number > 0"]),
         ("intrinsics: negative fy", "post", "/api/predict",
          {"files": image_field(jpg), "data": {"intrinsics": "500,-5,32,24"}}, 400,
          ["intrinsics"]),

@@ -234,20 +234,15 @@ def _parse_focal(text: str | None) -> float | None:
 
 
 def _parse_intrinsics(text: str | None) -> tuple[float, ...] | None:
+    """The form's ``"fx,fy,cx,cy"`` (or ``"...@WxH"``) checked like the CLI's ``--intrinsics``."""
     from metricdepth.exif import parse_intrinsics
 
     if text is None or not text.strip():
         return None
     try:
-        values = parse_intrinsics(text)
+        return parse_intrinsics(text)
     except ValueError as error:
         raise HTTPException(400, str(error)) from None
-    fx, fy, cx, cy = values
-    if not all(math.isfinite(v) for v in values) or fx <= 0 or fy <= 0:
-        raise HTTPException(
-            400, f"intrinsics must be finite with fx, fy > 0 (pixels), got {text!r}"
-        )
-    return values
 
 
 def _encode(path: Path, rgb: np.ndarray) -> Path:
