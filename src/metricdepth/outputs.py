@@ -47,6 +47,7 @@ import torch
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalRecord, CanonicalSpace
 from metricdepth.data.inputs import InputItem, check_shard, shard_items
+from metricdepth.distortion import Distortion
 from metricdepth.io import atomic_write, write_depth, write_ply
 from metricdepth.predict import Prediction
 
@@ -211,6 +212,8 @@ class PreparedInput:
         record: the canonical record (resize, padding, f_eff).
         image: the (H, W, 3) uint8 RGB when kept (``ply``/``vis`` outputs), else None.
         error: one line naming the file and the problem when the image could not be prepared.
+        distortion, alpha: the lens of ``camera`` (the network input is the undistorted
+            pinhole image; ``to_prediction`` maps the outputs back), or None.
     """
 
     index: int
@@ -220,6 +223,8 @@ class PreparedInput:
     record: CanonicalRecord | None = None
     image: np.ndarray | None = None
     error: str | None = None
+    distortion: Distortion | None = None
+    alpha: float | None = None
 
 
 class PredictionInputs(torch.utils.data.Dataset):
@@ -241,8 +246,11 @@ class PredictionInputs(torch.utils.data.Dataset):
         intrinsics: Sequence[float] | None = None,
         focal: float | None = None,
         keep_image: bool = False,
+        distortion: Distortion | None = None,
+        alpha: float | None = None,
     ) -> None:
         self.items = list(items)
+        self.distortion, self.alpha = distortion, alpha
         self.space = space
         self.focal_mode = focal_mode
         self.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
@@ -257,6 +265,7 @@ class PredictionInputs(torch.utils.data.Dataset):
         from metricdepth.exif import resolve_camera
         from metricdepth.frame import Frame
         from metricdepth.io import read_image
+        from metricdepth.predict import undistorted
 
         item = self.items[index]
         try:
@@ -265,12 +274,18 @@ class PredictionInputs(torch.utils.data.Dataset):
             camera, source = camera_for_item(item, width, height, self.intrinsics, self.focal)
             if camera is None:  # the file's EXIF focal, else the default camera (as predict)
                 camera, source, _ = resolve_camera(item.image)
-            record = inference_record(camera, self.space, self.focal_mode)
-            canvas = to_canonical(Frame(rgb, camera), record, pad_rgb=self.space.pad_rgb)
+            pad = self.space.pad_rgb
+            seen, lens = undistorted(rgb, camera, self.distortion, self.alpha, pad)
+            net_camera = camera if lens is None else lens.pinhole
+            record = inference_record(net_camera, self.space, self.focal_mode)
+            canvas = to_canonical(Frame(seen, net_camera), record, pad_rgb=pad)
             x = normalize(canvas.image, self.space).numpy()
         except (ValueError, cv2.error) as error:
             return PreparedInput(index, error=problem_line(item.image, error))
-        return PreparedInput(index, x, camera, source, record, rgb if self.keep_image else None)
+        kept = rgb if self.keep_image else None
+        return PreparedInput(
+            index, x, camera, source, record, kept, distortion=self.distortion, alpha=self.alpha
+        )
 
 
 def _as_is(sample: PreparedInput) -> PreparedInput:
@@ -311,9 +326,13 @@ def run_network(model, sample: PreparedInput) -> dict[str, torch.Tensor]:
 
 def to_prediction(model, sample: PreparedInput, out: dict[str, torch.Tensor]) -> Prediction:
     """Network outputs -> metric ``Prediction`` at the image's size (``predict``'s own step)."""
+    from metricdepth.distortion import pinhole_view
     from metricdepth.predict import postprocess
 
-    return postprocess(out, 0, sample.camera, sample.source, sample.record, model)
+    lens = None
+    if sample.distortion is not None:  # cached: computed once per camera and lens
+        lens = pinhole_view(sample.camera, sample.distortion, sample.alpha)
+    return postprocess(out, 0, sample.camera, sample.source, sample.record, model, lens)
 
 
 def predict_prepared(model, sample: PreparedInput) -> Prediction:
@@ -341,6 +360,8 @@ def prepared_inputs(
     focal_mode: str | None = None,
     workers: int = 0,
     keep_images: bool = False,
+    distortion: Distortion | None = None,
+    alpha: float | None = None,
 ) -> Iterator[tuple[InputItem, PreparedInput]]:
     """``(item, PreparedInput)`` in input order, decoded by ``workers`` loader processes.
 
@@ -350,8 +371,9 @@ def prepared_inputs(
     """
     mode = _check_arguments(model, workers, intrinsics, focal, focal_mode)
     dataset = PredictionInputs(
-        items, model.spec.space, mode, intrinsics=intrinsics, focal=focal, keep_image=keep_images
-    )
+        items, model.spec.space, mode, intrinsics=intrinsics, focal=focal,
+        keep_image=keep_images, distortion=distortion, alpha=alpha,
+    )  # fmt: skip
     if workers == 0 or len(dataset) < 2:
         stream: Iterator[PreparedInput] = (dataset[k] for k in range(len(dataset)))
     else:  # the workers start here, not at the first next()
@@ -389,6 +411,8 @@ def iter_predictions(
     focal_mode: str | None = None,
     workers: int = 0,
     keep_images: bool = False,
+    distortion: Distortion | None = None,
+    alpha: float | None = None,
 ) -> Iterator[tuple[InputItem, Prediction | str, np.ndarray | None]]:
     """Predict ``items`` in order: yields ``(item, prediction, image)``.
 
@@ -406,6 +430,8 @@ def iter_predictions(
         focal_mode=focal_mode,
         workers=workers,
         keep_images=keep_images,
+        distortion=distortion,
+        alpha=alpha,
     )
     return _predict_all(model, samples)
 
@@ -613,6 +639,8 @@ def run_batch(
     keep_going: bool = False,
     progress: bool = True,
     on_done: Callable[[InputItem, Prediction, dict[str, Path]], None] | None = None,
+    distortion: Distortion | None = None,
+    alpha: float | None = None,
 ) -> BatchSummary:
     """Predict every item and write its files (see the module docstring); returns a summary.
 
@@ -629,6 +657,8 @@ def run_batch(
             in ``failed``, and the run goes on; without it, the first one raises ValueError.
         progress: show a progress bar with images/s and ETA on stderr (terminals only).
         on_done: called as ``on_done(item, prediction, written_paths)`` after each image.
+        distortion / alpha: one lens for every image (``metricdepth.distortion``): predicted
+            on the undistorted pinhole image, written on the original pixel grid.
 
     Raises:
         ValueError: a bad argument, or (without ``keep_going``) the first bad image, naming it.
@@ -677,6 +707,8 @@ def run_batch(
             focal_mode=focal_mode,
             workers=workers,
             keep_images=keep_images,
+            distortion=distortion,
+            alpha=alpha,
         )
         # The network and the metric post-processing run here; the (fsync'ed) writes of an
         # image run on one writer thread (no torch there) while the network does the next one.
