@@ -164,7 +164,9 @@ def write_prediction(
     record["depth_png_scale"] = 1000.0 if "png16" in written else None
     if not record.get("timings_s"):
         record.pop("timings_s", None)
-    with atomic_write(paths["record"]) as tmp:
+    # The data files above are fsync'ed before this rename; the record itself need not be:
+    # after a power loss it is missing or unreadable, and resume redoes the image.
+    with atomic_write(paths["record"], sync=False) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     written["record"] = paths["record"]
     return written
@@ -351,6 +353,10 @@ def _check_arguments(model, workers, intrinsics, focal, focal_mode) -> str:
     return check_focal_mode(focal_mode or model.spec.focal_mode)
 
 
+#: Images each loader worker prepares ahead of the network.
+_PREFETCH = 4
+
+
 def prepared_inputs(
     model,
     items: Sequence[InputItem],
@@ -365,7 +371,8 @@ def prepared_inputs(
 ) -> Iterator[tuple[InputItem, PreparedInput]]:
     """``(item, PreparedInput)`` in input order, decoded by ``workers`` loader processes.
 
-    With ``workers > 0`` the processes start at this call and work ahead (two images each)
+    With ``workers > 0`` the processes start at this call and work ahead (``_PREFETCH`` images
+    each, so a worker delayed by a busy machine does not stall the network at once)
     while the caller runs the model; with 0 each image is prepared here when asked for. Close
     the generator (or exhaust it) to stop the workers.
     """
@@ -385,6 +392,7 @@ def prepared_inputs(
                 num_workers=min(workers, len(dataset)),
                 collate_fn=_as_is,
                 worker_init_fn=_init_worker,
+                prefetch_factor=_PREFETCH,
             )
         )
     return _in_order(dataset, stream)
@@ -614,8 +622,11 @@ def _progress(
         yield (lambda: bar.advance(task)), report
 
 
+#: Writer threads: an fsync waits on the disk (milliseconds) without using the CPU, and
+#: concurrent fsyncs share one journal commit, so several images are written at once.
+_WRITER_THREADS = 4
 #: Images whose writes may still be under way while the network runs.
-_MAX_WRITES_AHEAD = 2
+_MAX_WRITES_AHEAD = 8
 
 
 def _write(
@@ -710,9 +721,10 @@ def run_batch(
             distortion=distortion,
             alpha=alpha,
         )
-        # The network and the metric post-processing run here; the (fsync'ed) writes of an
-        # image run on one writer thread (no torch there) while the network does the next one.
-        writer = ThreadPoolExecutor(1, thread_name_prefix="metricdepth-writer")
+        # The network and the metric post-processing run here; the (fsync'ed) writes of
+        # images run on writer threads (no torch there) while the network does the next ones;
+        # results are settled (on_done, counts) in input order.
+        writer = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="metricdepth-writer")
         with closing(samples), writer, _progress(progress, len(pending)) as (advance, report):
             queue: deque[tuple[InputItem, Future]] = deque()
             for item, sample in samples:
