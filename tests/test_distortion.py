@@ -276,6 +276,11 @@ def test_cli_predict_and_measure_with_a_lens(tmp_path):
     depth = np.load(out / "photo.depth.npy")
     expected = predict(load_model("metricdepth-small"), image, camera, distortion=lens)
     assert np.array_equal(depth, expected.depth_m)  # the batch path is the API's
+    data = (out / "photo.ply").read_bytes()  # the point cloud follows the distorted rays
+    body = data[data.index(b"end_header\n") + len(b"end_header\n") :]
+    vertex = np.dtype([("xyz", "<f4", 3), ("rgb", "u1", 3)])
+    cloud = np.frombuffer(body, vertex)["xyz"]
+    assert np.array_equal(cloud, expected.points()[depth > 0])
     measured = run("measure", str(path), "--intrinsics", intrinsics, "--distortion", coeffs,
                    "--points", "10,10,100,80", "--window", "0")  # fmt: skip
     assert measured.returncode == 0, measured.stderr
