@@ -12,8 +12,8 @@ presence means every requested file of that image is complete, and it is what ``
 * a ``torch.utils.data.DataLoader`` decodes images and builds the canonical network input in
   ``workers`` processes while the model runs (``workers=0``: in the calling process), the
   network's torch threads lowered so that threads and workers fit the cores
-  (``network_threads``), and writer threads post-process the outputs and write the files
-  (an fsync waits on the disk) while the network runs on the next images;
+  (``network_threads``), and writer threads write the files (an fsync waits on the disk)
+  while the network runs on the next images;
 * one image per forward pass, so an image's output never depends on which other images ran
   with it: a resumed or sharded run writes the same bytes as one uninterrupted run (records hold
   no wall-clock timings for the same reason; throughput is in the ``BatchSummary``);
@@ -666,17 +666,10 @@ def _torch_threads(count: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def _finish(
-    model,
-    sample: PreparedInput,
-    out: dict[str, torch.Tensor],
-    out_dir: Path,
-    stem: str,
-    save: set[str],
+def _write(
+    prediction: Prediction, image: np.ndarray | None, out_dir: Path, stem: str, save: set[str]
 ) -> tuple[Prediction, dict[str, Path]]:
-    """On a writer thread: the metric post-processing and the writes of one image."""
-    prediction = to_prediction(model, sample, out)
-    return prediction, write_prediction(prediction, sample.image, out_dir, stem, save)
+    return prediction, write_prediction(prediction, image, out_dir, stem, save)
 
 
 def run_batch(
@@ -766,9 +759,9 @@ def run_batch(
             distortion=distortion,
             alpha=alpha,
         )
-        # The network runs here; the metric post-processing (a resize) and the (fsync'ed)
-        # writes of images run on writer threads while the network does the next ones, so the
-        # network's thread does nothing else; results are settled (on_done, counts) in order.
+        # The network and the metric post-processing (torch: kept on this thread, whose torch
+        # threads are set) run here; the (fsync'ed) writes of images run on writer threads
+        # while the network does the next ones; results are settled (on_done, counts) in order.
         writer = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="metricdepth-writer")
         threads = _torch_threads(network_threads(workers))
         with (
@@ -786,8 +779,8 @@ def run_batch(
                     fail(sample.error)
                     advance()
                 else:
-                    out = run_network(model, sample)
-                    job = writer.submit(_finish, model, sample, out, out_dir, item.stem, save)
+                    prediction = predict_prepared(model, sample)
+                    job = writer.submit(_write, prediction, sample.image, out_dir, item.stem, save)
                     queue.append((item, job))
                 while queue and (len(queue) > _MAX_WRITES_AHEAD or queue[0][1].done()):
                     settle(*queue.popleft())
