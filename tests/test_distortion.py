@@ -121,6 +121,12 @@ def test_parse_distortion_and_its_errors():
     with pytest.raises(ValueError, match="model"):
         Distortion("kb", (0, 0, 0, 0))
     assert Distortion.from_dict(FISHEYE.to_dict()) == FISHEYE
+    camera = Camera(100.0, 100.0, 63.5, 47.5, W, H)
+    for lens in (Distortion("opencv", (5, 5, 0, 0)), Distortion("opencv", (1e6, 0, 0, 0))):
+        with pytest.raises(ValueError, match="keeps only"):  # garbage coefficients
+            pinhole_view(camera, lens)
+    with pytest.raises(ValueError, match="alpha"):
+        pinhole_view(camera, OPENCV, alpha=1.5)
 
 
 # ------------------------------------------------------------------ the pipeline, model-free

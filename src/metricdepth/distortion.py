@@ -78,6 +78,9 @@ COEFFICIENT_NAMES: dict[tuple[str, int], tuple[str, ...]] = {
 #: edge midpoints: 94-98 % kept, 2-9 % padding at 60-90 degrees half field of view).
 DEFAULT_ALPHA: dict[str, float] = {"opencv": 0.5, "fisheye": 1.0}
 
+#: Fewest original pixels (a fraction) that must keep a depth, else the lens is refused.
+MIN_COVERAGE = 0.2
+
 #: Undistortion iterations (OpenCV's default of 5 is too few for strong distortion).
 _CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 200, 1e-12)
 #: A pixel whose undistorted ray does not project back within this many pixels has no ray
@@ -309,8 +312,9 @@ def pinhole_view(camera: Camera, distortion: Distortion, alpha: float | None = N
 
     ``alpha``: OpenCV's alpha (opencv) or balance (fisheye), default ``DEFAULT_ALPHA`` of the
     model. Cached (the last 2; the maps of a 12 MP photo take about 200 MB): a batch of photos
-    from one camera computes it once. Raises ValueError for an ``alpha`` outside [0, 1] or a
-    lens OpenCV finds no pinhole camera for.
+    from one camera computes it once. Raises ValueError for an ``alpha`` outside [0, 1], a lens
+    OpenCV finds no pinhole camera for, or one whose pinhole image keeps less than
+    ``MIN_COVERAGE`` of the photo (implausible coefficients).
     """
     alpha = DEFAULT_ALPHA[distortion.model] if alpha is None else float(alpha)
     if not 0.0 <= alpha <= 1.0:
@@ -342,6 +346,12 @@ def _pinhole_view(camera: Camera, distortion: Distortion, alpha: float) -> Pinho
     inside = ok & _inside(source, width, height)
     source[~inside] = -1.0
     landed = valid & _inside(np.nan_to_num(target, nan=-1.0), width, height)
+    if landed.mean() < MIN_COVERAGE:
+        raise ValueError(
+            f"{distortion.model} distortion {list(distortion.coeffs)}: the pinhole image keeps "
+            f"only {landed.mean():.0%} of the {width}x{height} photo (coefficients of another "
+            "camera or image size?)"
+        )
     return PinholeView(
         camera=camera,
         distortion=distortion,
