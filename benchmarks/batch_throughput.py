@@ -18,7 +18,10 @@ It writes ``--images`` JPEGs of ``--size`` (HEIGHTxWIDTH) into a temporary folde
   transform, forward, metric post-processing, atomic writes of ``S.depth.npy`` and ``S.json``),
   start-up of the workers included.
 
-It prints the median images/s of each and their ratio (goal: batch >= 0.9 x forward-only).
+and once more forward-only after the last batch run (the batch runs are sandwiched). It prints
+the median images/s of each and their ratio (goal: batch >= 0.9 x forward-only), and with
+``--profile`` the CPU and wall time per image of each stage run one after the other in this
+process (decode, canonical pre-processing, forward, metric post-processing, writes).
 """
 
 from __future__ import annotations
@@ -75,6 +78,15 @@ def make_images(folder: Path, count: int, height: int, width: int) -> None:
         cv2.imwrite(str(folder / f"img_{k:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its waited-for children (the loader workers)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def forward_only(model, inputs) -> float:
     """Images/s of the bare forward pass over prepared inputs, one image per pass."""
     import torch
@@ -88,27 +100,76 @@ def forward_only(model, inputs) -> float:
     return len(inputs) / (time.perf_counter() - started)
 
 
+def profile(model, items, out: Path, save: set[str]) -> None:
+    """Print CPU and wall ms per image of each stage of the batch path, run serially here."""
+    import torch
+
+    from metricdepth.io import read_image
+    from metricdepth.outputs import (
+        PredictionInputs,
+        run_network,
+        to_prediction,
+        write_prediction,
+    )
+
+    dataset = PredictionInputs(
+        items, model.spec.space, model.spec.focal_mode, focal=300.0, keep_image=True
+    )
+    results: dict[str, list] = {}
+
+    def timed(name, function, values):
+        wall, cpu = time.perf_counter(), time.process_time()
+        outputs = [function(value) for value in values]
+        count = len(values)
+        results[name] = [
+            (time.process_time() - cpu) / count * 1e3,
+            (time.perf_counter() - wall) / count * 1e3,
+        ]
+        return outputs
+
+    timed("decode (read_image)", lambda item: read_image(item.image), items)
+    samples = timed("decode + canonical input (worker)", dataset.__getitem__, range(len(items)))
+    with torch.inference_mode():
+        outs = timed("forward", lambda sample: run_network(model, sample), samples)
+    pairs = list(zip(samples, outs, strict=True))
+    predictions = timed("metric post-processing", lambda pair: to_prediction(model, *pair), pairs)
+    timed(
+        "writes (" + ",".join(sorted(save)) + ", fsync'ed)",
+        lambda k: write_prediction(predictions[k], samples[k].image, out, items[k].stem, save),
+        range(len(items)),
+    )
+    print("profile, per image, serially in one process (CPU ms / wall ms):")
+    for name, (cpu, wall) in results.items():
+        print(f"  {name:38s} {cpu:6.2f} / {wall:6.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=240, help="number of images (>= 200)")
     parser.add_argument("--size", default="240x320", help="image HEIGHTxWIDTH in pixels")
     parser.add_argument("--workers", type=int, default=2, help="loader processes of run_batch")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each path")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads before run_batch lowers them"
+    )
     parser.add_argument("--save", default="depth", help="--save kinds of the batch path")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     parser.add_argument(
         "--canvas", default=None, help="override the model's network input HEIGHTxWIDTH"
     )
+    parser.add_argument("--profile", action="store_true", help="time each stage serially")
     args = parser.parse_args(argv)
 
     import torch
 
     from metricdepth.data.inputs import collect_inputs
-    from metricdepth.outputs import PredictionInputs, parse_save, run_batch
+    from metricdepth.outputs import PredictionInputs, network_threads, parse_save, run_batch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    # run_batch lowers the threads so that threads + loader workers fit the cores; the
+    # forward-only runs use the same count, so both paths run the same network the same way
+    torch.set_num_threads(network_threads(args.workers))
     model, label = load_benchmark_model()
     if model is None:
         print(
@@ -141,8 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         inputs = [torch.from_numpy(dataset[k].x) for k in range(len(dataset))]
         forward_only(model, inputs[:10])  # warm-up
         forward_rates, batch_rates = [], []
+        forward_cpu, batch_cpu = [], []
         for repeat in range(args.repeats):
+            cpu = cpu_seconds()
             forward_rates.append(forward_only(model, inputs))
+            forward_cpu.append((cpu_seconds() - cpu) / len(inputs) * 1e3)
+            cpu = cpu_seconds()
             summary = run_batch(
                 model,
                 items,
@@ -155,18 +220,30 @@ def main(argv: list[str] | None = None) -> int:
             if summary.done != len(items):
                 print(f"batch run failed: {summary.line()}", file=sys.stderr)
                 return 1
+            batch_cpu.append((cpu_seconds() - cpu) / len(items) * 1e3)
             batch_rates.append(summary.images_per_s)
             print(
-                f"  run {repeat + 1}: forward-only {forward_rates[-1]:.1f} images/s, "
-                f"batch {batch_rates[-1]:.1f} images/s"
+                f"  run {repeat + 1}: forward-only {forward_rates[-1]:.1f} images/s "
+                f"({forward_cpu[-1]:.2f} CPU ms/image), batch {batch_rates[-1]:.1f} images/s "
+                f"({batch_cpu[-1]:.2f} CPU ms/image, loader workers included)"
             )
+        forward_rates.append(forward_only(model, inputs))
+        print(f"  forward-only after the last batch run: {forward_rates[-1]:.1f} images/s")
+        if args.profile:
+            profile(model, items, Path(tmp) / "profile", save)
     forward, batch = statistics.median(forward_rates), statistics.median(batch_rates)
     ratio = batch / forward
     verdict = "meets" if ratio >= GOAL_RATIO else "below"
     print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-    print(f"forward-only: {forward:.1f} images/s (median of {args.repeats})")
+    print(f"forward-only: {forward:.1f} images/s (median of {len(forward_rates)})")
     print(f"batch:        {batch:.1f} images/s (median of {args.repeats})")
     print(f"ratio:        {ratio:.3f} ({verdict} the {GOAL_RATIO:g}x goal)")
+    cpu_ratio = statistics.median(forward_cpu) / statistics.median(batch_cpu)
+    print(
+        f"CPU per image: forward-only {statistics.median(forward_cpu):.2f} ms, batch "
+        f"{statistics.median(batch_cpu):.2f} ms (medians); ratio {cpu_ratio:.3f}: the most the "
+        "batch path can reach when every core is busy anyway"
+    )
     return 0
 
 

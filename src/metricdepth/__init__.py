@@ -26,6 +26,7 @@ _LAZY = {
     "points_to_depth": "metricdepth.geometry",
     "normals_from_depth": "metricdepth.geometry",
     "pixel_distance": "metricdepth.geometry",
+    "Distortion": "metricdepth.distortion",
     "load_image": "metricdepth.io",
     "read_depth": "metricdepth.io",
     "write_depth": "metricdepth.io",

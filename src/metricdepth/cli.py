@@ -21,6 +21,11 @@ app = typer.Typer(
 EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example_nyu.jpg"
 #: NYU Depth v2 calibration of the bundled example (Metric3D's demo annotation).
 EXAMPLE_INTRINSICS = (518.8579, 519.46961, 325.58245, 253.73617)
+DISTORTION_HELP = (
+    "Lens distortion (OpenCV): k1,k2,p1,p2[,k3] or the 8 rational k1,k2,p1,p2,k3,k4,k5,k6; "
+    "predicted on the undistorted image, written on the original pixel grid."
+)
+FISHEYE_HELP = "Fisheye lens (OpenCV equidistant / Kannala-Brandt): k1,k2,k3,k4."
 
 
 def fail(message: str) -> None:
@@ -185,12 +190,14 @@ def predict(
             "--keep-going", help="Report a bad image in one line and go on (exit code 1)."
         ),
     ] = False,
+    distortion: Annotated[str | None, typer.Option(help=DISTORTION_HELP)] = None,
+    fisheye: Annotated[str | None, typer.Option(help=FISHEYE_HELP)] = None,
 ) -> None:
     """Predict metric depth; writes S.depth.npy and S.json (+ --save extras) per image."""
     try:
         summary = run_predict(
             inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
-            workers, resume, shard, keep_going,
+            workers, resume, shard, keep_going, distortion, fisheye,
         )  # fmt: skip
     except ValueError as error:
         fail(str(error))
@@ -203,18 +210,20 @@ def predict(
 
 def run_predict(
     inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
-    workers=0, resume=False, shard=None, keep_going=False,
+    workers=0, resume=False, shard=None, keep_going=False, distortion=None, fisheye=None,
 ):  # fmt: skip
     """The work of ``metricdepth predict``; returns the batch summary."""
     import math
 
     from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
+    from metricdepth.distortion import lens_from_options
     from metricdepth.exif import parse_intrinsics
     from metricdepth.models.registry import load_model
     from metricdepth.outputs import parse_save, run_batch
 
     kinds = parse_save(save)
+    lens = lens_from_options(distortion, fisheye)
     if intrinsics is not None and focal is not None:
         raise ValueError("give either --intrinsics or --focal, not both")
     values = parse_intrinsics(intrinsics) if intrinsics is not None else None
@@ -235,6 +244,7 @@ def run_predict(
     summary = run_batch(
         net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
         workers=workers, resume=resume, shard=shard_range, keep_going=keep_going,
+        distortion=lens,
     )  # fmt: skip
     if summary.default_camera:
         typer.echo(
@@ -289,21 +299,24 @@ def measure(
     focal: Annotated[float | None, typer.Option(help="Focal length in pixels.")] = None,
     window: Annotated[int, typer.Option(help="Median window radius in pixels.")] = 2,
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    distortion: Annotated[str | None, typer.Option(help=DISTORTION_HELP)] = None,
+    fisheye: Annotated[str | None, typer.Option(help=FISHEYE_HELP)] = None,
 ) -> None:
     """Distance in metres between the 3-D points under pixel pairs, and each point's depth."""
     try:
+        from metricdepth.distortion import lens_from_options
         from metricdepth.io import read_image
         from metricdepth.measure import measure as measure_pair
         from metricdepth.measure import measure_report, parse_points
         from metricdepth.models.registry import load_model
         from metricdepth.predict import predict as run_model
 
+        lens = lens_from_options(distortion, fisheye)
         rgb, _ = read_image(image)
         pairs = parse_points(points, (rgb.shape[1], rgb.shape[0]))
         cam, source = resolve_camera(image, intrinsics, focal)
-        prediction = run_model(
-            load_model(model, weights=weights, device=device), rgb, cam, camera_source=source
-        )
+        net = load_model(model, weights=weights, device=device)
+        prediction = run_model(net, rgb, cam, camera_source=source, distortion=lens)
         results = [measure_pair(prediction, p1, p2, window=window) for p1, p2 in pairs]
         typer.echo(measure_report(results, camera=prediction.camera, camera_source=source))
     except ValueError as error:

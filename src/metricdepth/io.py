@@ -51,13 +51,15 @@ def _one_line(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------ atomic writes
 @contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike, *, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only on success.
 
     The temporary file is created empty in the same directory (so ``os.replace`` is atomic),
     its name starts with ``.`` and ends with ``path``'s suffix (writers that choose the format
     from the extension work). On any exception it is removed and ``path`` is left as it was.
-    Missing parent directories are created.
+    Missing parent directories are created. The file is fsync'ed before the rename; with
+    ``sync=False`` it is not (still atomic for a killed process, but after a power loss the
+    file may be missing or empty: only for a file whose loss is detected and redone).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,8 +72,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             continue
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if sync:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         group = _GROUP.get()
         if group is None:
             os.replace(tmp, path)

@@ -86,10 +86,12 @@ def measure(
     """Measure the distance between the 3-D points under pixels ``p1`` and ``p2``.
 
     ``prediction`` is a :class:`metricdepth.predict.Prediction` (or anything with an ``(H, W)``
-    ``depth_m`` in metres and the ``camera`` of that grid). Each depth is the median of the valid
-    depths (finite, > 0) in the ``(2 * window + 1)^2`` neighbourhood of the pixel (``window=0``:
-    the pixel alone). Raises ValueError naming ``p1`` or ``p2`` for a pixel that is not integer
-    coordinates inside the image, and when a neighbourhood holds no valid depth.
+    ``depth_m`` in metres and the ``camera`` of that grid); a prediction with a ``distortion``
+    back-projects each pixel along its distorted ray (``metricdepth.distortion.pixel_rays``).
+    Each depth is the median of the valid depths (finite, > 0) in the ``(2 * window + 1)^2``
+    neighbourhood of the pixel (``window=0``: the pixel alone). Raises ValueError naming ``p1``
+    or ``p2`` for a pixel that is not integer coordinates inside the image, and when a
+    neighbourhood holds no valid depth.
     """
     depth = _depth_map(prediction)
     camera = prediction.camera
@@ -99,6 +101,11 @@ def measure(
     point2 = point_at(depth, camera, p2, window)
     u1, v1 = (int(c) for c in p1)
     u2, v2 = (int(c) for c in p2)
+    distortion = getattr(prediction, "distortion", None)
+    if distortion is not None:  # a distorted image: each pixel's own ray, not the pinhole one
+        point1 = _along_ray(camera, distortion, (u1, v1), point1[2])
+        point2 = _along_ray(camera, distortion, (u2, v2), point2[2])
+        distance_m = math.dist(point1, point2)
     return Measurement(
         distance_m=distance_m,
         point1_m=point1,
@@ -108,6 +115,16 @@ def measure(
         pixels=((u1, v1), (u2, v2)),
         window=int(window),
     )
+
+
+def _along_ray(camera: Camera, distortion, pixel: Pixel, z: float) -> Point:
+    """The point at z-depth ``z`` on the ray of distorted pixel ``(u, v)``."""
+    from metricdepth.distortion import pixel_rays
+
+    xy, valid = pixel_rays(camera, distortion, np.array([pixel], dtype=np.float64))
+    if not valid[0]:
+        raise ValueError(f"pixel {pixel} has no ray under the lens distortion")
+    return (float(xy[0, 0]) * z, float(xy[0, 1]) * z, z)
 
 
 _INTEGER = re.compile(r"[+-]?\d+")

@@ -13,7 +13,10 @@ files and stops the run, ``keep_going`` or not.
 ``run_batch`` is the engine of ``metricdepth predict``:
 
 * a ``torch.utils.data.DataLoader`` decodes images and builds the canonical network input in
-  ``workers`` processes while the model runs (``workers=0``: in the calling process);
+  ``workers`` processes while the model runs (``workers=0``: in the calling process), the
+  network's torch threads lowered so that threads and workers fit the cores
+  (``network_threads``), and writer threads write the files (an fsync waits on the disk)
+  while the network runs on the next images;
 * one image per forward pass, so an image's output never depends on which other images ran
   with it: a resumed or sharded run writes the same bytes as one uninterrupted run (records hold
   no wall-clock timings for the same reason; throughput is in the ``BatchSummary``);
@@ -50,6 +53,7 @@ import torch
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalRecord, CanonicalSpace
 from metricdepth.data.inputs import InputItem, check_shard, shard_items
+from metricdepth.distortion import Distortion
 from metricdepth.io import atomic_group, atomic_write, write_depth, write_ply
 from metricdepth.predict import Prediction
 
@@ -200,7 +204,9 @@ def _write_files(
     record["depth_png_scale"] = 1000.0 if "png16" in written else None
     if not record.get("timings_s"):
         record.pop("timings_s", None)
-    with atomic_write(paths["record"]) as tmp:
+    # The data files above are fsync'ed before this rename; the record itself need not be:
+    # after a power loss it is missing or unreadable, and resume redoes the image.
+    with atomic_write(paths["record"], sync=False) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     written["record"] = paths["record"]
     return written
@@ -251,6 +257,8 @@ class PreparedInput:
         record: the canonical record (resize, padding, f_eff).
         image: the (H, W, 3) uint8 RGB when kept (``ply``/``vis`` outputs), else None.
         error: one line naming the file and the problem when the image could not be prepared.
+        distortion, alpha: the lens of ``camera`` (the network input is the undistorted
+            pinhole image; ``to_prediction`` maps the outputs back), or None.
     """
 
     index: int
@@ -260,6 +268,8 @@ class PreparedInput:
     record: CanonicalRecord | None = None
     image: np.ndarray | None = None
     error: str | None = None
+    distortion: Distortion | None = None
+    alpha: float | None = None
 
 
 class PredictionInputs(torch.utils.data.Dataset):
@@ -281,8 +291,11 @@ class PredictionInputs(torch.utils.data.Dataset):
         intrinsics: Sequence[float] | None = None,
         focal: float | None = None,
         keep_image: bool = False,
+        distortion: Distortion | None = None,
+        alpha: float | None = None,
     ) -> None:
         self.items = list(items)
+        self.distortion, self.alpha = distortion, alpha
         self.space = space
         self.focal_mode = focal_mode
         self.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
@@ -297,6 +310,7 @@ class PredictionInputs(torch.utils.data.Dataset):
         from metricdepth.exif import resolve_camera
         from metricdepth.frame import Frame
         from metricdepth.io import read_image
+        from metricdepth.predict import undistorted
 
         item = self.items[index]
         try:
@@ -305,14 +319,20 @@ class PredictionInputs(torch.utils.data.Dataset):
             camera, source = camera_for_item(item, width, height, self.intrinsics, self.focal)
             if camera is None:  # the file's EXIF focal, else the default camera (as predict)
                 camera, source, _ = resolve_camera(item.image)
-            record = inference_record(camera, self.space, self.focal_mode)
-            canvas = to_canonical(Frame(rgb, camera), record, pad_rgb=self.space.pad_rgb)
+            pad = self.space.pad_rgb
+            seen, lens = undistorted(rgb, camera, self.distortion, self.alpha, pad)
+            net_camera = camera if lens is None else lens.pinhole
+            record = inference_record(net_camera, self.space, self.focal_mode)
+            canvas = to_canonical(Frame(seen, net_camera), record, pad_rgb=pad)
             x = normalize(canvas.image, self.space).numpy()
         except (ValueError, cv2.error) as error:
             return PreparedInput(index, error=problem_line(item.image, error))
         except MemoryError:
             return PreparedInput(index, error=problem_line(item.image, "too large for memory"))
-        return PreparedInput(index, x, camera, source, record, rgb if self.keep_image else None)
+        kept = rgb if self.keep_image else None
+        return PreparedInput(
+            index, x, camera, source, record, kept, distortion=self.distortion, alpha=self.alpha
+        )
 
 
 def _as_is(sample: PreparedInput) -> PreparedInput:
@@ -353,9 +373,13 @@ def run_network(model, sample: PreparedInput) -> dict[str, torch.Tensor]:
 
 def to_prediction(model, sample: PreparedInput, out: dict[str, torch.Tensor]) -> Prediction:
     """Network outputs -> metric ``Prediction`` at the image's size (``predict``'s own step)."""
+    from metricdepth.distortion import pinhole_view
     from metricdepth.predict import postprocess
 
-    return postprocess(out, 0, sample.camera, sample.source, sample.record, model)
+    lens = None
+    if sample.distortion is not None:  # cached: computed once per camera and lens
+        lens = pinhole_view(sample.camera, sample.distortion, sample.alpha)
+    return postprocess(out, 0, sample.camera, sample.source, sample.record, model, lens)
 
 
 def predict_prepared(model, sample: PreparedInput) -> Prediction:
@@ -374,6 +398,10 @@ def _check_arguments(model, workers, intrinsics, focal, focal_mode) -> str:
     return check_focal_mode(focal_mode or model.spec.focal_mode)
 
 
+#: Images each loader worker prepares ahead of the network.
+_PREFETCH = 4
+
+
 def prepared_inputs(
     model,
     items: Sequence[InputItem],
@@ -383,17 +411,21 @@ def prepared_inputs(
     focal_mode: str | None = None,
     workers: int = 0,
     keep_images: bool = False,
+    distortion: Distortion | None = None,
+    alpha: float | None = None,
 ) -> Iterator[tuple[InputItem, PreparedInput]]:
     """``(item, PreparedInput)`` in input order, decoded by ``workers`` loader processes.
 
-    With ``workers > 0`` the processes start at this call and work ahead (two images each)
+    With ``workers > 0`` the processes start at this call and work ahead (``_PREFETCH`` images
+    each, so a worker delayed by a busy machine does not stall the network at once)
     while the caller runs the model; with 0 each image is prepared here when asked for. Close
     the generator (or exhaust it) to stop the workers.
     """
     mode = _check_arguments(model, workers, intrinsics, focal, focal_mode)
     dataset = PredictionInputs(
-        items, model.spec.space, mode, intrinsics=intrinsics, focal=focal, keep_image=keep_images
-    )
+        items, model.spec.space, mode, intrinsics=intrinsics, focal=focal,
+        keep_image=keep_images, distortion=distortion, alpha=alpha,
+    )  # fmt: skip
     if workers == 0 or len(dataset) < 2:
         stream: Iterator[PreparedInput] = (dataset[k] for k in range(len(dataset)))
     else:  # the workers start here, not at the first next()
@@ -405,6 +437,7 @@ def prepared_inputs(
                 num_workers=min(workers, len(dataset)),
                 collate_fn=_as_is,
                 worker_init_fn=_init_worker,
+                prefetch_factor=_PREFETCH,
             )
         )
     return _in_order(dataset, stream)
@@ -431,6 +464,8 @@ def iter_predictions(
     focal_mode: str | None = None,
     workers: int = 0,
     keep_images: bool = False,
+    distortion: Distortion | None = None,
+    alpha: float | None = None,
 ) -> Iterator[tuple[InputItem, Prediction | str, np.ndarray | None]]:
     """Predict ``items`` in order: yields ``(item, prediction, image)``.
 
@@ -448,6 +483,8 @@ def iter_predictions(
         focal_mode=focal_mode,
         workers=workers,
         keep_images=keep_images,
+        distortion=distortion,
+        alpha=alpha,
     )
     return _predict_all(model, samples)
 
@@ -630,8 +667,45 @@ def _progress(
         yield (lambda: bar.advance(task)), report
 
 
-#: Images whose writes may still be under way while the network runs.
-_MAX_WRITES_AHEAD = 2
+#: Writer threads: an fsync waits on the disk (milliseconds) without using the CPU, and
+#: concurrent fsyncs share one journal commit, so several images are written at once.
+_WRITER_THREADS = 4
+#: Images whose writes may still be under way while the network runs (a stop signal waits for
+#: them: they are already predicted).
+_MAX_WRITES_AHEAD = 4
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def network_threads(workers: int) -> int:
+    """Torch threads for the network while ``workers`` loader processes run.
+
+    The current ``torch.get_num_threads()``, lowered so that threads and workers together do not
+    exceed ``usable_cores()`` (at least 1). More would oversubscribe the cores: torch's threads
+    spin while they wait for each other, and a run on 2 cores with 2 workers and 2 threads was
+    measured 10x slower than with 1 thread.
+    """
+    current = torch.get_num_threads()
+    if workers <= 0:
+        return current
+    return max(1, min(current, usable_cores() - workers))
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def _write(
@@ -655,6 +729,8 @@ def run_batch(
     keep_going: bool = False,
     progress: bool = True,
     on_done: Callable[[InputItem, Prediction, dict[str, Path]], None] | None = None,
+    distortion: Distortion | None = None,
+    alpha: float | None = None,
 ) -> BatchSummary:
     """Predict every item and write its files (see the module docstring); returns a summary.
 
@@ -664,7 +740,8 @@ def run_batch(
         save: kinds of ``SAVE_KINDS`` (``depth`` and the record are always written).
         intrinsics / focal: one camera for every image (else each item's annotation, else the
             default camera); ``focal_mode``: ``mean`` or ``fx`` (default: the model's).
-        workers: loader processes decoding images while the model runs (0: in this process).
+        workers: loader processes decoding images while the model runs (0: in this process);
+            the network's torch threads are lowered meanwhile to ``network_threads(workers)``.
         resume: skip items whose record exists and lists every kind of ``save``.
         shard: ``(i, n)``: process only items ``i, i + n, ...`` (0-based) of ``items``.
         keep_going: a bad image is reported (``"failed: PATH: problem"`` on stderr), counted
@@ -672,6 +749,8 @@ def run_batch(
             An output that cannot be written raises ``WriteError`` (a ValueError) either way.
         progress: show a progress bar with images/s and ETA on stderr (terminals only).
         on_done: called as ``on_done(item, prediction, written_paths)`` after each image.
+        distortion / alpha: one lens for every image (``metricdepth.distortion``): predicted
+            on the undistorted pinhole image, written on the original pixel grid.
 
     Raises:
         ValueError: a bad argument, or (without ``keep_going``) the first bad image, naming it.
@@ -722,11 +801,23 @@ def run_batch(
             focal_mode=focal_mode,
             workers=workers,
             keep_images=keep_images,
+            distortion=distortion,
+            alpha=alpha,
         )
-        # The network and the metric post-processing run here; the (fsync'ed) writes of an
-        # image run on one writer thread (no torch there) while the network does the next one.
-        writer = ThreadPoolExecutor(1, thread_name_prefix="metricdepth-writer")
-        with closing(samples), writer, _progress(progress, len(pending)) as (advance, report):
+        # The network and the metric post-processing (torch: kept on this thread, whose torch
+        # threads are set) run here; the (fsync'ed) writes of images run on writer threads
+        # while the network does the next ones; results are settled (on_done, counts) in order.
+        writer = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="metricdepth-writer")
+        threads = _torch_threads(network_threads(workers))
+        with (
+            closing(samples),
+            writer,
+            threads,
+            _progress(progress, len(pending)) as (
+                advance,
+                report,
+            ),
+        ):
             queue: deque[tuple[InputItem, Future]] = deque()
             for item, sample in samples:
                 if sample.error is not None:

@@ -26,6 +26,7 @@ from metricdepth.canonical import (
     to_canonical,
     unpad,
 )
+from metricdepth.distortion import Distortion, PinholeView
 from metricdepth.frame import Frame
 from metricdepth.models.registry import DepthModel
 
@@ -44,6 +45,9 @@ class Prediction:
         confidence: (H, W) float32 raw confidence, or None.
         normal: (H, W, 3) float32 unit normals in the camera frame (towards the camera), or None.
         timings_s: wall time of ``preprocess``, ``forward`` and ``postprocess`` in seconds.
+        lens: for a distorted image, the ``PinholeView`` the network saw (distortion, pinhole
+            camera, alpha); every map above is on the ORIGINAL (distorted) pixel grid and
+            ``camera`` is the original camera. None for a pinhole image.
     """
 
     depth_m: np.ndarray
@@ -54,9 +58,19 @@ class Prediction:
     confidence: np.ndarray | None = None
     normal: np.ndarray | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    lens: PinholeView | None = None
+
+    @property
+    def distortion(self) -> Distortion | None:
+        """The lens distortion the prediction was made with (``lens.distortion``), or None."""
+        return None if self.lens is None else self.lens.distortion
 
     def points(self) -> np.ndarray:
-        """(H, W, 3) points in the camera frame, metres."""
+        """(H, W, 3) points in the camera frame, metres (along the distorted rays if any)."""
+        if self.lens is not None:
+            from metricdepth.distortion import points_from_depth
+
+            return points_from_depth(self.depth_m, self.camera, self.lens.distortion)
         from metricdepth.geometry import depth_to_points
 
         return depth_to_points(self.depth_m, self.camera)
@@ -68,6 +82,7 @@ class Prediction:
             "model": self.model,
             "camera": self.camera.to_dict(),
             "camera_source": self.camera_source,
+            **({} if self.lens is None else {"lens": self.lens.to_dict()}),
             "canonical": self.record.to_dict(),
             "depth_m": {
                 "min": float(valid.min()) if valid.size else None,
@@ -97,6 +112,8 @@ def predict(
     *,
     camera_source: str | None = None,
     focal_mode: str | None = None,
+    distortion: Distortion | None = None,
+    alpha: float | None = None,
 ) -> Prediction:
     """Metric depth for one image.
 
@@ -108,10 +125,16 @@ def predict(
             and records ``camera_source="default"``.
         camera_source: where ``camera`` came from (default ``"given"``).
         focal_mode: ``"mean"`` or ``"fx"``; default: the model's.
+        distortion: the lens of ``camera`` (``metricdepth.distortion``): the image is
+            undistorted to a pinhole image, predicted there, and every output mapped back onto
+            the original pixel grid (``Prediction.lens`` records how).
+        alpha: how much of a distorted photo the pinhole image keeps (0..1; default
+            ``metricdepth.distortion.DEFAULT_ALPHA`` of the lens model).
     """
     return predict_batch(
-        model, [image], [camera], camera_sources=[camera_source], focal_mode=focal_mode
-    )[0]
+        model, [image], [camera], camera_sources=[camera_source], focal_mode=focal_mode,
+        distortion=distortion, alpha=alpha,
+    )[0]  # fmt: skip
 
 
 def predict_batch(
@@ -121,8 +144,13 @@ def predict_batch(
     *,
     camera_sources: Sequence[str | None] | None = None,
     focal_mode: str | None = None,
+    distortion: Distortion | None = None,
+    alpha: float | None = None,
 ) -> list[Prediction]:
-    """Metric depth for several images of any sizes; images sharing a canvas run as one batch."""
+    """Metric depth for several images of any sizes; images sharing a canvas run as one batch.
+
+    ``distortion`` (one lens for every image) and ``alpha``: as ``predict``.
+    """
     from metricdepth.exif import resolve_camera
     from metricdepth.io import load_image
 
@@ -150,14 +178,16 @@ def predict_batch(
             raise ValueError(
                 f"camera_source must be one of {', '.join(CAMERA_SOURCES)}, got {source!r}"
             )
-        record = inference_record(camera, spec.space, mode)
-        canvas = to_canonical(Frame(image, camera), record, pad_rgb=spec.space.pad_rgb)
-        items.append((camera, source, record, normalize(canvas.image, spec.space)))
+        image, lens = undistorted(image, camera, distortion, alpha, spec.space.pad_rgb)
+        seen = camera if lens is None else lens.pinhole  # the camera the network sees
+        record = inference_record(seen, spec.space, mode)
+        canvas = to_canonical(Frame(image, seen), record, pad_rgb=spec.space.pad_rgb)
+        items.append((camera, source, record, normalize(canvas.image, spec.space), lens))
     preprocess = (time.perf_counter() - started) / max(n, 1)
 
     results: list[Prediction | None] = [None] * n
     groups: dict[tuple[int, int], list[int]] = {}
-    for index, (_, _, record, _) in enumerate(items):
+    for index, (_, _, record, _, _) in enumerate(items):
         groups.setdefault(record.input_hw, []).append(index)
     device = model.device
     for indices in groups.values():
@@ -168,8 +198,8 @@ def predict_batch(
         forward = (time.perf_counter() - started) / len(indices)
         for row, index in enumerate(indices):
             started = time.perf_counter()
-            camera, source, record, _ = items[index]
-            prediction = postprocess(out, row, camera, source, record, model)
+            camera, source, record, _, lens = items[index]
+            prediction = postprocess(out, row, camera, source, record, model, lens)
             timings = {
                 "preprocess": preprocess,
                 "forward": forward,
@@ -179,8 +209,34 @@ def predict_batch(
     return results  # type: ignore[return-value]
 
 
-def postprocess(out, row, camera, source, record, model: DepthModel) -> Prediction:
-    """Network output row ``row`` -> a ``Prediction`` at the original resolution."""
+def undistorted(
+    image: np.ndarray,
+    camera: Camera,
+    distortion: Distortion | None,
+    alpha: float | None = None,
+    fill: tuple[int, int, int] = (0, 0, 0),
+) -> tuple[np.ndarray, PinholeView | None]:
+    """``(pinhole image, PinholeView)`` of a distorted image; ``(image, None)`` without a lens."""
+    if distortion is None:
+        return image, None
+    from metricdepth.distortion import pinhole_view, undistort_image
+
+    lens = pinhole_view(camera, distortion, alpha)
+    return undistort_image(image, lens, fill), lens
+
+
+def postprocess(
+    out, row, camera, source, record, model: DepthModel, lens: PinholeView | None = None
+) -> Prediction:
+    """Network output row ``row`` -> a ``Prediction`` at the original resolution.
+
+    With ``lens`` the network saw ``lens.pinhole``; the maps are moved back onto the grid of
+    the distorted ``camera`` (``metricdepth.distortion.to_original``).
+    """
+    if lens is not None:
+        return _on_original_grid(
+            postprocess(out, row, lens.pinhole, source, record, model), camera, lens
+        )
     spec = model.spec
     depth_m = from_canonical(out["depth_c"][row, 0].float().cpu(), record)
     if spec.max_depth_m is not None:
@@ -204,4 +260,30 @@ def postprocess(out, row, camera, source, record, model: DepthModel) -> Predicti
         model=spec.name,
         confidence=confidence,
         normal=normal,
+    )
+
+
+def _on_original_grid(prediction: Prediction, camera: Camera, lens: PinholeView) -> Prediction:
+    """A prediction on ``lens.pinhole``'s grid -> the same on the distorted ``camera``'s grid.
+
+    z-depth is the same along a ray and both cameras share their axes, so values are sampled,
+    not changed; normals are re-normalised after the blend. Invalid pixels: depth 0, normal 0.
+    """
+    from metricdepth.distortion import to_original
+
+    depth_m, valid = to_original(prediction.depth_m, lens)
+    confidence = normal = None
+    if prediction.confidence is not None:
+        confidence, _ = to_original(prediction.confidence, lens, valid=prediction.depth_m > 0)
+    if prediction.normal is not None:
+        normal, _ = to_original(prediction.normal, lens, valid=prediction.depth_m > 0)
+        norm = np.linalg.norm(normal, axis=-1, keepdims=True)
+        normal = np.where(norm > 0, normal / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+    return replace(
+        prediction,
+        depth_m=np.where(valid, depth_m, 0.0).astype(np.float32),
+        camera=camera,
+        confidence=confidence,
+        normal=normal,
+        lens=lens,
     )

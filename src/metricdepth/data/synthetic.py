@@ -319,9 +319,9 @@ def _box_windows(
 
 
 def _cast(
-    scene: dict[str, Any], camera: Camera
+    scene: dict[str, Any], camera: Camera, rays_xy: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cast one ray per pixel centre.
+    """Cast one ray per pixel centre (``rays_xy``: per-pixel ``(x, y)`` instead of the pinhole's).
 
     Returns ``rays (3, H, W)`` (world, unnormalised: camera-frame z component 1), ``origin
     (3,)``, ``rot (3, 3)``, ``t (H, W)`` (z-depth in metres, inf for sky), ``surface (H, W)``
@@ -331,9 +331,12 @@ def _cast(
     pose = scene["pose"]
     rot = camera_rotation(pose["yaw_deg"], pose["pitch_deg"], pose["roll_deg"])
     origin = np.asarray(pose["position_m"], dtype=np.float64)
-    x = (np.arange(camera.width) - camera.cx) / camera.fx
-    y = (np.arange(camera.height) - camera.cy) / camera.fy
-    rays = rot[:, 0, None, None] * x + rot[:, 1, None, None] * y[:, None] + rot[:, 2, None, None]
+    if rays_xy is None:
+        x = (np.arange(camera.width) - camera.cx) / camera.fx
+        y = (np.arange(camera.height)[:, None] - camera.cy) / camera.fy
+    else:
+        x, y = rays_xy[..., 0], rays_xy[..., 1]
+    rays = rot[:, 0, None, None] * x + rot[:, 1, None, None] * y + rot[:, 2, None, None]
     dx, dy, dz = rays
     room = scene["room"]
     (x0, y0), (x1, y1) = room["min_m"], room["max_m"]
@@ -358,7 +361,11 @@ def _cast(
     lows = np.array([b["min_m"] for b in boxes], dtype=np.float64)
     highs = lows + np.array([b["size_m"] for b in boxes], dtype=np.float64)
     inverse = 1.0 / np.where(rays == 0, 1e-300, rays)
-    for index, window in enumerate(_box_windows(lows, highs, origin, rot, camera)):
+    if rays_xy is None:
+        windows = _box_windows(lows, highs, origin, rot, camera)
+    else:  # the pinhole bounds do not hold for other rays: test every pixel
+        windows = [(slice(None), slice(None))] * len(boxes)
+    for index, window in enumerate(windows):
         if window is None:
             continue
         inv = inverse[(slice(None), *window)]
@@ -442,9 +449,10 @@ def _render(
     *,
     noise: bool = True,
     texture_filter: TextureFilter = "box",
+    rays_xy: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(image (H, W, 3) uint8, depth_m (H, W) float32, surface (H, W) int)``."""
-    rays, origin, rot, t, surface, axis = _cast(scene, camera)
+    rays, origin, rot, t, surface, axis = _cast(scene, camera, rays_xy)
     sky = surface == SKY
     t_hit = np.where(sky, 1.0, t)
     px, py, pz = origin[:, None, None] + t_hit * rays  # float64; shading runs in float32
@@ -492,6 +500,7 @@ def render_view(
     *,
     noise: bool = True,
     texture_filter: TextureFilter = "box",
+    rays_xy: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render ``scene`` (see ``sample_scene``) seen by ``camera`` from the scene's pose.
 
@@ -502,10 +511,25 @@ def render_view(
     footprint (default; closest to the pixel-area integral), ``"tent"`` over the footprint
     convolved with itself (softer, < 5 % moire side lobes instead of < 22 %), ``"point"``
     samples it at the pixel centre (an ablation: it aliases).
+
+    ``rays_xy``: ``(H, W, 2)`` per-pixel normalised rays ``(x, y)`` (pixel ``(u, v)`` looks
+    along ``(x, y, 1)`` in the camera frame) in place of the pinhole rays of ``camera``, e.g.
+    ``metricdepth.distortion.pixel_rays`` of a distorted lens: the depth is then the exact
+    z-depth along each distorted ray (the texture filter's footprint still uses ``camera``'s
+    pinhole derivatives, an approximation that only softens textures).
     """
     if texture_filter not in TEXTURE_FILTERS:
         raise ValueError(f"texture_filter must be one of {TEXTURE_FILTERS}, got {texture_filter!r}")
-    image, depth_m, _ = _render(scene, camera, noise=noise, texture_filter=texture_filter)
+    if rays_xy is not None:
+        rays_xy = np.asarray(rays_xy, dtype=np.float64)
+        if rays_xy.shape != (camera.height, camera.width, 2):
+            raise ValueError(
+                f"rays_xy must have shape (H, W, 2) = {(camera.height, camera.width, 2)}, "
+                f"got {rays_xy.shape}"
+            )
+    image, depth_m, _ = _render(
+        scene, camera, noise=noise, texture_filter=texture_filter, rays_xy=rays_xy
+    )
     return image, depth_m
 
 
