@@ -181,12 +181,20 @@ def predict(
             "--keep-going", help="Report a bad image in one line and go on (exit code 1)."
         ),
     ] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="torch or onnxruntime (default: onnxruntime for a .onnx --model)."),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="torch backend: fp32 (optimised, same results) or bf16 (autocast)."),
+    ] = None,
 ) -> None:
     """Predict metric depth; writes S.depth.npy and S.json (+ --save extras) per image."""
     try:
         summary = run_predict(
             inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
-            workers, resume, shard, keep_going,
+            workers, resume, shard, keep_going, backend, precision,
         )  # fmt: skip
     except ValueError as error:
         fail(str(error))
@@ -199,13 +207,12 @@ def predict(
 
 def run_predict(
     inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
-    workers=0, resume=False, shard=None, keep_going=False,
+    workers=0, resume=False, shard=None, keep_going=False, backend=None, precision=None,
 ):  # fmt: skip
     """The work of ``metricdepth predict``; returns the batch summary."""
     from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
     from metricdepth.exif import parse_intrinsics
-    from metricdepth.models.registry import load_model
     from metricdepth.outputs import parse_save, run_batch
 
     kinds = parse_save(save)
@@ -223,7 +230,7 @@ def run_predict(
     if workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {workers}")
     shard_range = parse_shard(shard) if shard is not None else None
-    net = load_model(model, weights=weights, device=device)
+    net = load_predictor(model, weights, device, backend, precision)
     summary = run_batch(
         net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
         workers=workers, resume=resume, shard=shard_range, keep_going=keep_going,
@@ -236,6 +243,75 @@ def run_predict(
             err=True,
         )
     return summary
+
+
+def load_predictor(model, weights, device, backend, precision):
+    """The model ``predict`` runs: a ``DepthModel`` (optimised with ``precision``) or ONNX."""
+    from metricdepth.models.registry import load_model
+    from metricdepth.runtime import BACKENDS, PRECISIONS, load_onnx, optimize
+
+    if backend is None:
+        backend = "onnxruntime" if str(model or "").endswith(".onnx") else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend == "onnxruntime":
+        if model is None:
+            raise ValueError("--backend onnxruntime needs --model FILE.onnx (metricdepth export)")
+        if weights is not None or device != "cpu" or precision is not None:
+            raise ValueError("--backend onnxruntime takes no --weights, --device or --precision")
+        return load_onnx(model)
+    if str(model or "").endswith(".onnx"):
+        raise ValueError(f"{model} is an ONNX file: run it with --backend onnxruntime")
+    net = load_model(model, weights=weights, device=device)
+    return net if precision is None else optimize(net, precision)
+
+
+@app.command()
+def export(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Registered name or model file; default: metricdepth-small."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output file (.onnx).")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Checkpoint of a registered official model (.pth).")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="Only onnx.")] = "onnx",
+    camera_input: Annotated[
+        str, typer.Option(help="focal: input focal_px (1,); intrinsics: fx,fy,cx,cy (4,).")
+    ] = "focal",
+    image_dtype: Annotated[str, typer.Option(help="uint8 or float32 (0-255 RGB).")] = "uint8",
+) -> None:
+    """Export image + focal -> metric depth (whole pipeline) as one self-describing graph."""
+    import os
+
+    try:
+        from metricdepth.models.registry import MODELS, load_model
+
+        if format != "onnx":
+            raise ValueError(f"--format must be onnx, got {format!r}")
+        if out is None:
+            raise ValueError("--out FILE.onnx is required")
+        if out.suffix != ".onnx":
+            raise ValueError(f"--out must end in .onnx, got {out}")
+        if model in MODELS and weights is None:
+            raise ValueError(f"{model} needs its checkpoint: pass --weights FILE")
+        parent = out.resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ValueError(f"--out {out}: folder {parent} does not exist or is not writable")
+        from metricdepth.export import export_onnx
+
+        path = export_onnx(
+            load_model(model, weights=weights),
+            out,
+            camera_input=camera_input,
+            image_dtype=image_dtype,
+        )
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(f"wrote {path}")
 
 
 @app.command()

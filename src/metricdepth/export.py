@@ -108,10 +108,9 @@ def _opencv_linear_canvas(
     sy0 = torch.clamp(torch.minimum(sy, shape_in[0] - 1), min=0)
     sy1 = torch.clamp(torch.minimum(sy + 1, shape_in[0] - 1), min=0)
     b0, b1 = _fixed(1.0 - fy), _fixed(fy)
-    horizontal = (
-        a0[None, :, None] * torch.index_select(src, 1, sx)
-        + a1[None, :, None] * torch.index_select(src, 1, sx1)
-    )  # (H, W_in, 3), weights x 2048
+    horizontal = a0[None, :, None] * torch.index_select(src, 1, sx) + a1[
+        None, :, None
+    ] * torch.index_select(src, 1, sx1)  # (H, W_in, 3), weights x 2048
     s0 = torch.div(torch.index_select(horizontal, 0, sy0), 16, rounding_mode="trunc")
     s1 = torch.div(torch.index_select(horizontal, 0, sy1), 16, rounding_mode="trunc")
     v0 = torch.div(b0[:, None, None] * s0, 65536, rounding_mode="trunc")
@@ -177,7 +176,9 @@ class PredictionGraph(nn.Module):
         self.net = model.net
         self.camera_input = camera_input
         space = spec.space
-        self.register_buffer("mean", torch.tensor(space.mean_rgb, dtype=torch.float32).view(3, 1, 1))
+        self.register_buffer(
+            "mean", torch.tensor(space.mean_rgb, dtype=torch.float32).view(3, 1, 1)
+        )
         self.register_buffer("std", torch.tensor(space.std_rgb, dtype=torch.float32).view(3, 1, 1))
         self.register_buffer("pad", torch.tensor(space.pad_rgb, dtype=torch.int32))
 
@@ -214,7 +215,9 @@ class PredictionGraph(nn.Module):
         out = self.net(x[None])
         out_hw = (image.shape[0], image.shape[1])
         metric_scale = (
-            self.focal(camera) * scale / space.focal_px if space.variant != "none" else scale * 0 + 1
+            self.focal(camera) * scale / space.focal_px
+            if space.variant != "none"
+            else scale * 0 + 1
         ).float()
         depth = _unpad_resize(out["depth_c"][0].float(), size_hw, offset, out_hw)[0]
         depth = depth * metric_scale
@@ -283,7 +286,10 @@ def export_onnx(
             input_names=["image", camera_name],
             output_names=graph.output_names,
             dynamic_shapes={
-                "image": {0: torch.export.Dim("height", min=2), 1: torch.export.Dim("width", min=2)},
+                "image": {
+                    0: torch.export.Dim("height", min=2),
+                    1: torch.export.Dim("width", min=2),
+                },
                 "camera": None,
             },
             opset_version=OPSET,
