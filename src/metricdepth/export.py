@@ -176,10 +176,8 @@ class PredictionGraph(nn.Module):
         self.net = model.net
         self.camera_input = camera_input
         space = spec.space
-        self.register_buffer(
-            "mean", torch.tensor(space.mean_rgb, dtype=torch.float32).view(3, 1, 1)
-        )
-        self.register_buffer("std", torch.tensor(space.std_rgb, dtype=torch.float32).view(3, 1, 1))
+        self.register_buffer("mean", _channels(space.mean_rgb))
+        self.register_buffer("std", _channels(space.std_rgb))
         self.register_buffer("pad", torch.tensor(space.pad_rgb, dtype=torch.int32))
 
     @property
@@ -232,6 +230,10 @@ class PredictionGraph(nn.Module):
             normal = normal / torch.clamp(torch.linalg.vector_norm(normal, dim=0), min=1e-12)
             results.append(normal.permute(1, 2, 0))
         return tuple(results)
+
+
+def _channels(values: tuple[float, float, float]) -> Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(3, 1, 1)
 
 
 def _example_inputs(graph: PredictionGraph, image_dtype: str) -> tuple[Tensor, Tensor]:

@@ -145,7 +145,9 @@ class OnnxModel:
         else:  # a focal mode other than the file's is honoured by fx = fy = focal
             camera_array = np.array([focal, focal, camera.cx, camera.cy], dtype=np.float32)
         pixels = image if self.image_dtype == "uint8" else image.astype(np.float32)
-        feed = dict(zip(self.input_names, (np.ascontiguousarray(pixels), camera_array)))
+        feed = dict(
+            zip(self.input_names, (np.ascontiguousarray(pixels), camera_array), strict=True)
+        )
         return dict(zip(self.output_names, self.session.run(None, feed), strict=True))
 
     def predict(
