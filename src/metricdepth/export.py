@@ -36,7 +36,12 @@ version), so ``metricdepth.runtime.load_onnx`` needs nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -281,7 +286,12 @@ def export_onnx(
     graph = PredictionGraph(model, camera_input).eval()
     camera_name = "focal_px" if camera_input == "focal" else "intrinsics"
     example = _example_inputs(graph, image_dtype)
-    with _constant_position_embedding(model), torch.inference_mode(False), torch.no_grad():
+    with (
+        _quiet_exporter(),
+        _constant_position_embedding(model),
+        torch.inference_mode(False),
+        torch.no_grad(),
+    ):
         program = torch.onnx.export(
             graph,
             example,
@@ -326,6 +336,22 @@ def describe_export(spec: ModelSpec, camera_input: str, image_dtype: str, versio
         "metricdepth.max_depth_m": json.dumps(spec.max_depth_m),
         "metricdepth.outputs": json.dumps(["depth", *spec.outputs]),
     }
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's progress lines and warnings (torchvision absent, deprecations)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 class _constant_position_embedding:  # noqa: N801 (a context manager used like a function)

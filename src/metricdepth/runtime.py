@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,10 @@ class OnnxModel:
         """``outputs.predict_prepared`` for this backend (``sample.image`` must be kept)."""
         if sample.error is not None or sample.image is None:
             raise ValueError(sample.error or "the ONNX backend needs the decoded image")
-        return self.predict(sample.image, sample.camera, sample.source, sample.record.focal_mode)
+        prediction = self.predict(
+            sample.image, sample.camera, sample.source, sample.record.focal_mode
+        )
+        return replace(prediction, timings_s={})  # as the torch batch path: no timings
 
     def describe(self) -> dict:
         return json.loads(self.spec.to_json())
