@@ -248,7 +248,7 @@ def run_predict(
 def load_predictor(model, weights, device, backend, precision):
     """The model ``predict`` runs: a ``DepthModel`` (optimised with ``precision``) or ONNX."""
     from metricdepth.models.registry import load_model
-    from metricdepth.runtime import BACKENDS, PRECISIONS, load_onnx, optimize
+    from metricdepth.runtime import BACKENDS, PRECISIONS, load_onnx, optimize, set_threads
 
     if backend is None:
         backend = "onnxruntime" if str(model or "").endswith(".onnx") else "torch"
@@ -264,6 +264,7 @@ def load_predictor(model, weights, device, backend, precision):
         return load_onnx(model)
     if str(model or "").endswith(".onnx"):
         raise ValueError(f"{model} is an ONNX file: run it with --backend onnxruntime")
+    set_threads()  # the CPUs this process may use, not the machine's count
     net = load_model(model, weights=weights, device=device)
     return net if precision is None else optimize(net, precision)
 
