@@ -91,6 +91,13 @@ def _peak_mb() -> float:
     return float("nan")
 
 
+def _current_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def matmul_peak(dtype_name: str, size: int = 2048, reps: int = 5) -> float:
     """GFLOP/s of the best of ``reps`` ``size``-square matrix products in ``dtype_name``."""
     import torch
@@ -169,6 +176,9 @@ def measure(key: str, runs: int, threads: int, profile: bool) -> dict:
 
     runners = {name: run_torch for name in models} | {"onnxruntime": run_onnx}
     times = {name: {"pre": [], "forward": [], "post": []} for name in runners}
+    loaded_mb = _current_mb()
+    if key == "default":  # milliseconds per run: more runs for a stable median
+        runs *= 4
     peak = dict.fromkeys(runners, 0.0)
     depth = {}
     for run in range(runs + 1):  # run 0 is each path's warm-up
@@ -201,6 +211,7 @@ def measure(key: str, runs: int, threads: int, profile: bool) -> dict:
         "errors": errors,
         "gflop": flops / 1e9,
         "export_s": export_s,
+        "loaded_rss_mb": loaded_mb,
         "load": [load_before, load_after],
         "matmul_gflops": {"fp32": matmul_peak("fp32"), "bf16": matmul_peak("bf16")},
         "threads": torch.get_num_threads(),
@@ -276,8 +287,10 @@ def report(result: dict) -> list[str]:
         "",
         f"load average before {_load_text(result['load'][0])}, after "
         f"{_load_text(result['load'][1])}; {result['threads']} threads; forward "
-        f"{result['gflop']:.0f} GFLOP; 2048² matmul here: {peak32:.0f} GFLOP/s fp32, "
-        f"{peak16:.0f} GFLOP/s bf16; ONNX export took {result['export_s']:.1f} s",
+        f"{result['gflop']:.3g} GFLOP; 2048² matmul here: {peak32:.0f} GFLOP/s fp32, "
+        f"{peak16:.0f} GFLOP/s bf16; ONNX export took {result['export_s']:.1f} s; RSS with "
+        f"all four paths loaded {result['loaded_rss_mb']:.0f} MB (peak RSS below is the "
+        "process's peak while that path ran)",
         "",
         "| path | pre s | forward s | post s | total s | ratio to eager | (pre+post)/fwd "
         "| fwd GFLOP/s (% of matmul peak) | peak RSS MB | rel. diff to eager: median / p99 / max "
@@ -295,7 +308,7 @@ def report(result: dict) -> list[str]:
         lines.append(
             f"| {path} | {_cell(times['pre'])} | {_cell(times['forward'])} | "
             f"{_cell(times['post'])} | {total[path]:.3f} | {total[path] / total['eager']:.2f} | "
-            f"{pre_post / forward:.1%} | {rate:.0f} ({rate / peak:.0%}) | "
+            f"{pre_post / forward:.1%} | {rate:.3g} ({rate / peak:.0%}) | "
             f"{result['peak_rss_mb'][path]:.0f} | {err['median']:.1e} / {err['p99']:.1e} / "
             f"{err['max']:.1e} | {vs_ref} |"
         )
