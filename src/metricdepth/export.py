@@ -18,10 +18,12 @@ by one grey level at about 11 % of pixels. The graph therefore re-computes OpenC
 scheme with integer tensor ops (``_opencv_linear_canvas``): the source coordinates and the
 rounding of the weights as OpenCV computes them, the horizontal integer sum, and the vertical
 ``((b0 (S0 >> 4)) >> 16 + (b1 (S1 >> 4)) >> 16 + 2) >> 2`` of its SIMD kernel. OpenCV's
-scalar tail of each row rounds as ``(v + 2^21) >> 22`` instead, and exact 2x reductions are
-taken over by ``INTER_AREA``; both can differ by one grey level, so the in-graph canvas equals
-OpenCV's at almost every pixel, not by construction at all of them (``benchmarks/speed.py``
-and ``tests/test_onnx.py`` measure the difference).
+scalar tail of each row rounds as ``(v + 2^21) >> 22`` instead, which can differ by one grey
+level, and exact 2x reductions are taken over by ``INTER_AREA`` (same values as this scheme).
+Measured: the in-graph canvas equals ``cv2.resize`` + padding bit for bit on all nine fixture
+image / canvas pairs (kitti, nyu, wild onto 616x1064, 544x1216 and 96x128) and on the cases
+of ``tests/test_onnx.py`` (up-scaling, 2x reduction, identity); equality is tested, not
+guaranteed for every size and OpenCV build.
 
 Inputs: ``image`` (H, W, 3) uint8 RGB (or float32 0-255 RGB, rounded to uint8 first, with
 ``image_dtype="float32"``), and ``focal_px`` (1,) float32: the focal length under the model's
