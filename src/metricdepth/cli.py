@@ -192,12 +192,20 @@ def predict(
     ] = False,
     distortion: Annotated[str | None, typer.Option(help=DISTORTION_HELP)] = None,
     fisheye: Annotated[str | None, typer.Option(help=FISHEYE_HELP)] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="torch or onnxruntime (default: onnxruntime for a .onnx --model)."),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="torch backend: fp32 (optimised, same results) or bf16 (autocast)."),
+    ] = None,
 ) -> None:
     """Predict metric depth; writes S.depth.npy and S.json (+ --save extras) per image."""
     try:
         summary = run_predict(
             inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
-            workers, resume, shard, keep_going, distortion, fisheye,
+            workers, resume, shard, keep_going, distortion, fisheye, backend, precision,
         )  # fmt: skip
     except ValueError as error:
         fail(str(error))
@@ -211,6 +219,7 @@ def predict(
 def run_predict(
     inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
     workers=0, resume=False, shard=None, keep_going=False, distortion=None, fisheye=None,
+    backend=None, precision=None,
 ):  # fmt: skip
     """The work of ``metricdepth predict``; returns the batch summary."""
     import math
@@ -219,7 +228,6 @@ def run_predict(
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
     from metricdepth.distortion import lens_from_options
     from metricdepth.exif import parse_intrinsics
-    from metricdepth.models.registry import load_model
     from metricdepth.outputs import parse_save, run_batch
 
     kinds = parse_save(save)
@@ -240,7 +248,9 @@ def run_predict(
     if workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {workers}")
     shard_range = parse_shard(shard) if shard is not None else None
-    net = load_model(model, weights=weights, device=device)
+    net = load_predictor(model, weights, device, backend, precision)
+    if lens is not None and getattr(net, "needs_image", False):
+        raise ValueError("--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)")
     summary = run_batch(
         net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
         workers=workers, resume=resume, shard=shard_range, keep_going=keep_going,
@@ -254,6 +264,76 @@ def run_predict(
             err=True,
         )
     return summary
+
+
+def load_predictor(model, weights, device, backend, precision):
+    """The model ``predict`` runs: a ``DepthModel`` (optimised with ``precision``) or ONNX."""
+    from metricdepth.models.registry import load_model
+    from metricdepth.runtime import BACKENDS, PRECISIONS, load_onnx, optimize, set_threads
+
+    if backend is None:
+        backend = "onnxruntime" if str(model or "").endswith(".onnx") else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend == "onnxruntime":
+        if model is None:
+            raise ValueError("--backend onnxruntime needs --model FILE.onnx (metricdepth export)")
+        if weights is not None or device != "cpu" or precision is not None:
+            raise ValueError("--backend onnxruntime takes no --weights, --device or --precision")
+        return load_onnx(model)
+    if str(model or "").endswith(".onnx"):
+        raise ValueError(f"{model} is an ONNX file: run it with --backend onnxruntime")
+    set_threads()  # the CPUs this process may use, not the machine's count
+    net = load_model(model, weights=weights, device=device)
+    return net if precision is None else optimize(net, precision)
+
+
+@app.command()
+def export(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Registered name or model file; default: metricdepth-small."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output file (.onnx).")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Checkpoint of a registered official model (.pth).")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="Only onnx.")] = "onnx",
+    camera_input: Annotated[
+        str, typer.Option(help="focal: input focal_px (1,); intrinsics: fx,fy,cx,cy (4,).")
+    ] = "focal",
+    image_dtype: Annotated[str, typer.Option(help="uint8 or float32 (0-255 RGB).")] = "uint8",
+) -> None:
+    """Export image + focal -> metric depth (whole pipeline) as one self-describing graph."""
+    import os
+
+    try:
+        from metricdepth.models.registry import MODELS, load_model
+
+        if format != "onnx":
+            raise ValueError(f"--format must be onnx, got {format!r}")
+        if out is None:
+            raise ValueError("--out FILE.onnx is required")
+        if out.suffix != ".onnx":
+            raise ValueError(f"--out must end in .onnx, got {out}")
+        if model in MODELS and weights is None:
+            raise ValueError(f"{model} needs its checkpoint: pass --weights FILE")
+        parent = out.resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ValueError(f"--out {out}: folder {parent} does not exist or is not writable")
+        from metricdepth.export import export_onnx
+
+        path = export_onnx(
+            load_model(model, weights=weights),
+            out,
+            camera_input=camera_input,
+            image_dtype=image_dtype,
+        )
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(f"wrote {path}")
 
 
 @app.command()

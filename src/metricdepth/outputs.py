@@ -384,6 +384,8 @@ def to_prediction(model, sample: PreparedInput, out: dict[str, torch.Tensor]) ->
 
 def predict_prepared(model, sample: PreparedInput) -> Prediction:
     """Run the network on one ``PreparedInput`` and return the metric ``Prediction``."""
+    if hasattr(model, "predict_prepared"):  # a backend with its own pipeline (runtime.OnnxModel)
+        return model.predict_prepared(sample)
     return to_prediction(model, sample, run_network(model, sample))
 
 
@@ -482,7 +484,7 @@ def iter_predictions(
         focal=focal,
         focal_mode=focal_mode,
         workers=workers,
-        keep_images=keep_images,
+        keep_images=keep_images or getattr(model, "needs_image", False),
         distortion=distortion,
         alpha=alpha,
     )
@@ -770,7 +772,7 @@ def run_batch(
     remove_stale_temporaries(out_dir, (item.stem for item in items))
     pending = [item for item in items if not (resume and is_finished(out_dir, item.stem, save))]
     summary.skipped = len(items) - len(pending)
-    keep_images = bool(save & {"ply", "vis"})
+    keep_images = bool(save & {"ply", "vis"}) or getattr(model, "needs_image", False)
 
     def fail(message: str) -> None:
         if not keep_going:

@@ -1,0 +1,221 @@
+"""How a model runs: the optimised PyTorch path and the ONNX Runtime backend.
+
+``optimize(model, precision)`` wraps a loaded ``DepthModel`` for fast CPU inference without
+changing its maths: channels-last activations where they help (convolutional models),
+``inference_mode``, and optionally bfloat16 autocast (``precision="bf16"``; outputs are
+returned in float32). The reference-faithful path is the plain ``DepthModel`` (what the
+parity tests check); ``tests/test_speed_paths.py`` checks that the float32 optimised path
+stays within 1e-4 of it.
+
+``load_onnx(path)`` opens a file written by ``metricdepth.export.export_onnx`` and returns an
+``OnnxModel``: its ``spec`` comes from the file's metadata, and ``predict(image, camera)``
+returns the same ``Prediction`` (same record, same camera source) as ``predict.predict``, so
+``outputs.run_batch`` writes the same files with either backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metricdepth.camera import Camera
+from metricdepth.models.registry import DepthModel
+from metricdepth.models.spec import ModelSpec
+from metricdepth.predict import Prediction
+
+PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("torch", "onnxruntime")
+
+
+def default_threads() -> int:
+    """Intra-op threads: the CPUs this process may use (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads (default ``default_threads()``); returns the number."""
+    threads = default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    return threads
+
+
+class OptimizedModel(DepthModel):
+    """A ``DepthModel`` run for speed: see ``optimize``. ``forward(x)`` as ``DepthModel``."""
+
+    def __init__(self, model: DepthModel, precision: str, channels_last: bool) -> None:
+        super().__init__(model.spec, model.net)
+        self.precision = precision
+        self.channels_last = channels_last
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        bf16 = self.precision == "bf16"
+        with torch.inference_mode():
+            if bf16 and self.spec.arch == "metric3d_vit":
+                out = self._vit_bf16_encoder(x)
+            else:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = self.net(x)
+        return {k: v.float().contiguous() for k, v in out.items()}
+
+    def _vit_bf16_encoder(self, x: Tensor) -> dict[str, Tensor]:
+        """bfloat16 backbone, float32 decoder.
+
+        The RAFT decoder keeps depth as ``(d - 200) / 100`` in its GRU state; with bfloat16's
+        8-bit mantissa there, the final depth moved by a median 3 % (measured on the KITTI
+        fixture), so only the encoder (most of the matrix products) runs in bfloat16.
+        """
+        model = self.net.depth_model
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features, grid = model.encoder(x)
+        return model.decoder([f.float() for f in features], grid)
+
+
+def optimize(model: DepthModel, precision: str = "fp32", channels_last: bool | None = None):
+    """``model`` prepared for fast inference (same parameters, shared, not copied).
+
+    Args:
+        model: a loaded ``DepthModel`` in eval mode.
+        precision: ``"fp32"`` (results within float32 rounding of the plain model) or
+            ``"bf16"`` (bfloat16 autocast on the matrix products and convolutions; for the
+            ViT models on the encoder only, see ``_vit_bf16_encoder``; the error is measured
+            by ``benchmarks/speed.py``).
+        channels_last: store convolution weights and activations channels-last; default: on
+            for the convolutional models (ConvNeXt, ``small_unet``), off for the ViT, where
+            an interleaved measurement on a busy 2-core machine showed no clear gain
+            (23.4 s vs 25.3 s, within that machine's run-to-run spread).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if isinstance(model, OptimizedModel):
+        model = DepthModel(model.spec, model.net)
+    if channels_last is None:
+        channels_last = model.spec.arch != "metric3d_vit"
+    if channels_last:
+        model.net.to(memory_format=torch.channels_last)
+    return OptimizedModel(model, precision, channels_last).eval()
+
+
+# ---------------------------------------------------------------------------------- ONNX
+
+
+class OnnxModel:
+    """An exported prediction graph run by ONNX Runtime (CPU).
+
+    Attributes:
+        spec: the ``ModelSpec`` stored in the file.
+        meta: the file's ``metadata_props``.
+        path: the file.
+    """
+
+    needs_image = True  # outputs.run_batch hands over the decoded image, not a canvas
+    device = torch.device("cpu")
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        from metricdepth.export import FORMAT, META_FORMAT, META_SPEC
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f"model file not found: {self.path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = default_threads() if threads is None else int(threads)
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own exception types
+            first = str(error).strip().splitlines()[0] if str(error).strip() else error
+            raise ValueError(f"{self.path}: not a loadable ONNX model ({first})") from None
+        self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        if self.meta.get(META_FORMAT) != FORMAT:
+            raise ValueError(
+                f"{self.path}: not a metricdepth export (no {META_FORMAT}={FORMAT} metadata); "
+                "write one with 'metricdepth export'"
+            )
+        self.spec = ModelSpec.from_json(self.meta[META_SPEC])
+        self.camera_input = self.meta.get("metricdepth.camera_input", "focal")
+        self.image_dtype = self.meta.get("metricdepth.image_dtype", "uint8")
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, image: np.ndarray, camera: Camera, focal_mode: str) -> dict[str, np.ndarray]:
+        """Raw graph outputs (``depth`` metres, ``confidence``, ``normal``) for one image."""
+        focal = camera.focal(focal_mode)
+        if self.camera_input == "focal":
+            camera_array = np.array([focal], dtype=np.float32)
+        else:  # a focal mode other than the file's is honoured by fx = fy = focal
+            camera_array = np.array([focal, focal, camera.cx, camera.cy], dtype=np.float32)
+        pixels = image if self.image_dtype == "uint8" else image.astype(np.float32)
+        feed = dict(
+            zip(self.input_names, (np.ascontiguousarray(pixels), camera_array), strict=True)
+        )
+        return dict(zip(self.output_names, self.session.run(None, feed), strict=True))
+
+    def predict(
+        self,
+        image: np.ndarray,
+        camera: Camera,
+        camera_source: str = "given",
+        focal_mode: str | None = None,
+    ) -> Prediction:
+        """The ``Prediction`` of ``predict.predict`` for (H, W, 3) uint8 RGB ``image``."""
+        from metricdepth.canonical import inference_record
+        from metricdepth.predict import _check_image
+
+        started = time.perf_counter()
+        image = _check_image(image)
+        mode = focal_mode or self.spec.focal_mode
+        record = inference_record(camera, self.spec.space, mode)
+        prepared = time.perf_counter()
+        out = self.run(image, camera, mode)
+        done = time.perf_counter()
+        return Prediction(
+            depth_m=out["depth"],
+            camera=camera,
+            camera_source=camera_source,
+            record=record,
+            model=self.spec.name,
+            confidence=out.get("confidence"),
+            normal=out.get("normal"),
+            timings_s={
+                "preprocess": prepared - started,
+                "forward": done - prepared,
+                "postprocess": time.perf_counter() - done,
+            },
+        )
+
+    def predict_prepared(self, sample) -> Prediction:
+        """``outputs.predict_prepared`` for this backend (``sample.image`` must be kept)."""
+        if sample.error is not None or sample.image is None:
+            raise ValueError(sample.error or "the ONNX backend needs the decoded image")
+        prediction = self.predict(
+            sample.image, sample.camera, sample.source, sample.record.focal_mode
+        )
+        return replace(prediction, timings_s={})  # as the torch batch path: no timings
+
+    def describe(self) -> dict:
+        return json.loads(self.spec.to_json())
+
+
+def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
+    """Open an exported ``.onnx`` file (``metricdepth export``) for the ONNX Runtime backend."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"--backend onnxruntime needs an exported .onnx file, got {path}")
+    return OnnxModel(path, threads)
