@@ -250,7 +250,9 @@ def run_predict(
     shard_range = parse_shard(shard) if shard is not None else None
     net = load_predictor(model, weights, device, backend, precision)
     if lens is not None and getattr(net, "needs_image", False):
-        raise ValueError("--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)")
+        raise ValueError(
+            "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
+        )
     summary = run_batch(
         net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
         workers=workers, resume=resume, shard=shard_range, keep_going=keep_going,
