@@ -21,6 +21,15 @@ app = typer.Typer(
 EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example_nyu.jpg"
 #: NYU Depth v2 calibration of the bundled example (Metric3D's demo annotation).
 EXAMPLE_INTRINSICS = (518.8579, 519.46961, 325.58245, 253.73617)
+
+#: Options shared by the commands that run a model (one declaration, one help text).
+ModelOption = Annotated[
+    str | None, typer.Option(help="Registered name or model file; default: metricdepth-small.")
+]
+WeightsOption = Annotated[
+    Path | None, typer.Option(help="Checkpoint of a registered official model (.pth).")
+]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")]
 DISTORTION_HELP = (
     "Lens distortion (OpenCV): k1,k2,p1,p2[,k3] or the 8 rational k1,k2,p1,p2,k3,k4,k5,k6; "
     "predicted on the undistorted image, written on the original pixel grid."
@@ -146,12 +155,8 @@ def predict(
         list[Path] | None,
         typer.Argument(help="Images, folders or Metric3D annotation JSONs; default: the example."),
     ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Registered name or model file; default: metricdepth-small.")
-    ] = None,
-    weights: Annotated[
-        Path | None, typer.Option(help="Checkpoint of a registered official model (.pth).")
-    ] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
     intrinsics: Annotated[
         str | None,
         typer.Option(
@@ -163,7 +168,7 @@ def predict(
     focal_mode: Annotated[
         str | None, typer.Option(help="mean: (fx+fy)/2; fx: fx only (default: the model's).")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    device: DeviceOption = "cpu",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
     save: Annotated[
         str, typer.Option(help="Extra files: png16,normal,confidence,ply,vis (depth always).")
@@ -299,9 +304,7 @@ def export(
         typer.Argument(help="Registered name or model file; default: metricdepth-small."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output file (.onnx).")] = None,
-    weights: Annotated[
-        Path | None, typer.Option(help="Checkpoint of a registered official model (.pth).")
-    ] = None,
+    weights: WeightsOption = None,
     format: Annotated[str, typer.Option("--format", help="Only onnx.")] = "onnx",
     camera_input: Annotated[
         str, typer.Option(help="focal: input focal_px (1,); intrinsics: fx,fy,cx,cy (4,).")
@@ -375,12 +378,12 @@ def camera(
 def measure(
     image: Annotated[Path, typer.Argument(help="Image file.")],
     points: Annotated[list[str], typer.Option(help="x1,y1,x2,y2 pixel pair (repeatable).")],
-    model: Annotated[str | None, typer.Option(help="Registered name or model file.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Official checkpoint (.pth).")] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
     intrinsics: Annotated[str | None, typer.Option(help="fx,fy,cx,cy in pixels.")] = None,
     focal: Annotated[float | None, typer.Option(help="Focal length in pixels.")] = None,
     window: Annotated[int, typer.Option(help="Median window radius in pixels.")] = 2,
-    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    device: DeviceOption = "cpu",
     distortion: Annotated[str | None, typer.Option(help=DISTORTION_HELP)] = None,
     fisheye: Annotated[str | None, typer.Option(help=FISHEYE_HELP)] = None,
 ) -> None:
@@ -446,7 +449,7 @@ def train(
 def evaluate(
     annotations: Annotated[Path, typer.Argument(help="Metric3D annotation JSON with depth.")],
     model: Annotated[str | None, typer.Option(help="Model name or file (runs it).")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Official checkpoint (.pth).")] = None,
+    weights: WeightsOption = None,
     predictions: Annotated[
         Path | None, typer.Option(help="Folder of S.depth.npy from 'metricdepth predict'.")
     ] = None,
@@ -457,7 +460,7 @@ def evaluate(
     skip_missing: Annotated[bool, typer.Option(help="Skip and count missing files.")] = False,
     csv: Annotated[Path | None, typer.Option(help="Per-image rows to this CSV.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Metrics to this JSON.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Score depth against ground truth under a declared protocol."""
     try:
@@ -478,17 +481,13 @@ def evaluate(
 
 @app.command()
 def serve(
-    model: Annotated[
-        str | None, typer.Option(help="Registered name or model file; default: metricdepth-small.")
-    ] = None,
-    weights: Annotated[
-        Path | None, typer.Option(help="Checkpoint of a registered official model (.pth).")
-    ] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
     host: Annotated[str, typer.Option(help="Address to bind (localhost only by default).")] = (
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    device: DeviceOption = "cpu",
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, MB.")] = 25.0,
 ) -> None:
     """Serve the local web page: drop a photo, see metric depth and 3-D points, measure."""
