@@ -134,6 +134,15 @@ def test_default_model_graph_matches_pytorch(default_model, default_onnx, hw, in
     assert np.std(got.depth_m) > 1e-3  # not a constant map
 
 
+def test_a_camera_for_another_image_size_is_refused_as_by_torch(default_model, default_onnx):
+    image = textured(120, 160, seed=4)
+    camera = Camera.from_intrinsics([100.0, 100.0, 160.0, 120.0], 320, 240)
+    with pytest.raises(ValueError, match="is 160x120 but its camera is for 320x240"):
+        default_onnx.predict(image, camera)
+    with pytest.raises(ValueError, match="160x120 but its camera is for 320x240"):
+        predict(default_model, image, camera)
+
+
 def test_focal_is_a_runtime_input(default_onnx):
     """Twice the focal length is twice the depth (below the clamp): de-canonicalised in-graph."""
     image = textured(120, 160, seed=3)

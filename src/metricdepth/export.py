@@ -39,6 +39,7 @@ version), so ``metricdepth.runtime.load_onnx`` needs nothing else.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -284,7 +285,8 @@ def export_onnx(
         raise ValueError(f"image dtype must be one of {', '.join(IMAGE_DTYPES)}")
     if path.parent.exists() and not path.parent.is_dir():
         raise ValueError(f"{path.parent} is not a folder")
-    model = model.to("cpu").eval()
+    if model.device.type != "cpu" or model.training:  # leave the caller's model as it is
+        model = copy.deepcopy(model).to("cpu").eval()
     graph = PredictionGraph(model, camera_input).eval()
     camera_name = "focal_px" if camera_input == "focal" else "intrinsics"
     example = _example_inputs(graph, image_dtype)

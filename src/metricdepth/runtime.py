@@ -180,6 +180,11 @@ class OnnxModel:
 
         started = time.perf_counter()
         image = _check_image(image)
+        height, width = image.shape[:2]
+        if (camera.width, camera.height) != (width, height):  # as the torch path's Frame
+            raise ValueError(
+                f"image is {width}x{height} but its camera is for {camera.width}x{camera.height}"
+            )
         mode = focal_mode or self.spec.focal_mode
         record = inference_record(camera, self.spec.space, mode)
         prepared = time.perf_counter()

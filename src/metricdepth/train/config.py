@@ -114,8 +114,10 @@ class TrainConfig:
         log_every: write a line to ``log.jsonl`` every N steps.
         progress: show a progress bar (rank 0).
         precision: ``"fp32"`` or ``"bf16"``: the forward pass under bfloat16 autocast (CPU or
-            CUDA; the loss, gradients and weights stay float32). About 1.4x faster steps on a
-            CPU with AVX-512 bf16.
+            CUDA; the loss and the weights stay float32). The network's last layer runs in
+            bfloat16 too, so the log-depth the loss sees is rounded to bfloat16 (steps of
+            1.6-3 % in depth for depths of 7-3000 units); inference is float32 either way.
+            About 1.4x faster steps on a CPU with AVX-512 bf16.
         threads: ``torch.set_num_threads`` per process (1 is fastest on a shared CPU).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         workers: DataLoader worker processes (0: load in the training process).
