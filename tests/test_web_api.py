@@ -538,6 +538,27 @@ def test_serve_without_the_web_extra_says_what_to_install(monkeypatch):
     assert "pip install 'metricdepth[web]'" in lines[0]
 
 
+def test_a_small_upload_of_a_huge_flat_image_is_refused_by_its_pixel_count(work_dir):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (120, 130, 140)).save(buffer, format="PNG")
+    flat = buffer.getvalue()
+    assert len(flat) < 200_000  # far under the byte limit
+    app = create_app(tiny_model(), max_pixels=10_000_000, work_dir=work_dir)
+    with TestClient(app) as client:
+        before = result_folders(client)
+        answer = client.post("/api/predict", files=image_field(flat, "flat.png", "image/png"))
+        assert answer.status_code == 413, answer.text
+        message = answer.json()["error"]
+        assert message.startswith("image flat.png: 4000x3000 pixels is over the limit of")
+        assert "\n" not in message and result_folders(client) == before
+        assert client.get("/api/health").status_code == 200
+        assert post_ok(client, jpeg_bytes((64, 48)))["camera_source"] == "default"
+
+
 @pytest.mark.parametrize("host", [None, "0.0.0.0"])
 def test_serve_binds_localhost_unless_told(monkeypatch, host):
     from typer.testing import CliRunner
@@ -560,7 +581,11 @@ def test_serve_binds_localhost_unless_told(monkeypatch, host):
 
 @pytest.mark.parametrize(
     "args, words",
-    [(["--max-upload-mb", "0"], "--max-upload-mb"), (["--model", "no-such-model"], "no-such")],
+    [
+        (["--max-upload-mb", "0"], "--max-upload-mb"),
+        (["--max-megapixels", "-1"], "--max-megapixels"),
+        (["--model", "no-such-model"], "no-such"),
+    ],
 )
 def test_serve_refuses_bad_options_in_one_line(args, words):
     from typer.testing import CliRunner

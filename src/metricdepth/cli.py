@@ -489,6 +489,9 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     device: DeviceOption = "cpu",
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, MB.")] = 25.0,
+    max_megapixels: Annotated[
+        float, typer.Option(help="Largest accepted image, millions of pixels.")
+    ] = 50.0,
 ) -> None:
     """Serve the local web page: drop a photo, see metric depth and 3-D points, measure."""
     try:
@@ -500,12 +503,18 @@ def serve(
     try:
         if not 0 < max_upload_mb < float("inf"):
             raise ValueError(f"--max-upload-mb must be a number > 0, got {max_upload_mb}")
+        if not 0 < max_megapixels < float("inf"):
+            raise ValueError(f"--max-megapixels must be a number > 0, got {max_megapixels}")
         if not 0 <= port <= 65535:
             raise ValueError(f"--port must be 0..65535, got {port}")
         from metricdepth.models.registry import load_model
 
         net = load_model(model, weights=weights, device=device)
-        web = create_app(net, max_upload_bytes=int(max_upload_mb * 1_000_000))
+        web = create_app(
+            net,
+            max_upload_bytes=int(max_upload_mb * 1_000_000),
+            max_pixels=max(1, int(max_megapixels * 1_000_000)),
+        )
     except ValueError as error:
         fail(str(error))
     if host not in ("127.0.0.1", "localhost", "::1"):

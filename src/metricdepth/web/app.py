@@ -35,6 +35,7 @@ import math
 import re
 import shutil
 import threading
+import warnings
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import Annotated, Any
 
 import cv2
 import numpy as np
+import PIL.Image
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -53,6 +55,8 @@ from metricdepth.web.store import Result, ResultStore
 
 #: Default upload limit: 25 MB.
 DEFAULT_MAX_UPLOAD_BYTES = 25 * 1000 * 1000
+#: Default pixel limit: a flat PNG of this size is tiny, but its depth, points and PLY are not.
+DEFAULT_MAX_PIXELS = 50_000_000
 #: Multipart overhead allowed on top of the image itself (boundaries, the small form fields).
 FORM_OVERHEAD_BYTES = 64 * 1024
 #: At most this many points go to the page's 3-D viewer (the PLY download has them all).
@@ -344,6 +348,7 @@ def create_app(
     model: DepthModel | str | Path | None = None,
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     max_results: int = 8,
     work_dir: Path | None = None,
 ) -> FastAPI:
@@ -352,11 +357,15 @@ def create_app(
 
     Args:
         max_upload_bytes: largest accepted image upload (413 above it).
+        max_pixels: largest accepted image, width x height (413 above it, read from the
+            file's header before decoding: a small upload can hold a huge flat image).
         max_results: predictions kept for measuring and downloads (oldest deleted first).
         work_dir: where the temporary results folder is made (default: the system's temp).
     """
     if max_upload_bytes < 1:
         raise ValueError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
     net = model if isinstance(model, DepthModel) else load_model(model)
     store = ResultStore(max_results, work_dir)
     run_lock = threading.Lock()
@@ -427,6 +436,18 @@ def create_app(
         from metricdepth.io import read_image
 
         name = Path(str(image.filename or "photo")).name or "photo"
+        try:  # the size from the header; an unreadable file gets read_image's message below
+            with warnings.catch_warnings(), PIL.Image.open(path) as header:
+                warnings.simplefilter("ignore")
+                width, height = header.size
+        except Exception:
+            width = height = 0
+        if width * height > max_pixels:
+            raise HTTPException(
+                413,
+                f"image {name}: {width}x{height} pixels is over the limit of {max_pixels} "
+                "pixels (metricdepth serve --max-megapixels)",
+            )
         try:
             rgb, _ = read_image(path)
         except ValueError as error:
