@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from metricdepth import frame as frames
@@ -241,6 +241,11 @@ def _sampled_inside(size_in: int, size_out: int) -> np.ndarray:
 
 @settings(max_examples=1000, deadline=None)
 @given(camera=cameras, chain=chains(allow_rotation=True))
+@example(  # padding mixed in with a weight of 3e-5 by five resizes (a float32 trust of 0.99997)
+    camera=Camera(50.0, 50.0, 0.0, 0.0, 8, 8),
+    chain=[("pad", (0.75, 0.0, 0.4375, 0.0))]
+    + [("resize", (t, 0.0, 0.0, 0.0)) for t in (1.0, 0.0, 0.75, 0.5, 0.0)],
+)
 def test_property_points_are_unchanged_by_any_chain(camera, chain):
     """(b) Back-projecting a pixel with the updated camera gives the same 3-D point.
 
@@ -249,7 +254,9 @@ def test_property_points_are_unchanged_by_any_chain(camera, chain):
     through the new pixel with the new camera must equal the ray through the old pixel with the
     old camera, up to the mirror the flips and transposes apply to the 3-D frame.
     """
-    v, u = np.mgrid[0 : camera.height, 0 : camera.width].astype(np.float32)
+    # float64, so that "trusted" is exactly 1 unless padding was mixed in (with float32, a
+    # padding weight of 3e-5 passed as trusted and moved a coordinate by 30 px)
+    v, u = np.mgrid[0 : camera.height, 0 : camera.width].astype(np.float64)
     frame = Frame(np.stack([u, v, np.ones_like(u)], axis=2), camera)  # (u, v, trusted)
     mirror = np.eye(3)
     for step in chain:
@@ -270,7 +277,7 @@ def test_property_points_are_unchanged_by_any_chain(camera, chain):
             if orientation in (3, 4, 7, 8):
                 mirror = np.diag([1.0, -1, 1]) @ mirror
     src = frame.image[..., :2].reshape(-1, 2).astype(np.float64)
-    inside = frame.image[..., 2].reshape(-1) > 0.9999  # padding or clamped samples mixed in: < 1
+    inside = frame.image[..., 2].reshape(-1) > 1 - 1e-12  # padding or clamped samples: < 1
     if not inside.any():
         return
     new = frame.camera
