@@ -227,12 +227,10 @@ def run_predict(
     backend=None, precision=None,
 ):  # fmt: skip
     """The work of ``metricdepth predict``; returns the batch summary."""
-    import math
-
     from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
     from metricdepth.distortion import lens_from_options
-    from metricdepth.exif import parse_intrinsics
+    from metricdepth.exif import check_focal, parse_intrinsics
     from metricdepth.outputs import parse_save, run_batch
 
     kinds = parse_save(save)
@@ -240,8 +238,8 @@ def run_predict(
     if intrinsics is not None and focal is not None:
         raise ValueError("give either --intrinsics or --focal, not both")
     values = parse_intrinsics(intrinsics) if intrinsics is not None else None
-    if focal is not None and not (math.isfinite(focal) and focal > 0):
-        raise ValueError(f"--focal must be a finite number of pixels > 0, got {focal!r}")
+    if focal is not None:
+        check_focal(focal, "--focal")
     if focal_mode is not None:
         check_focal_mode(focal_mode)
     if inputs:

@@ -460,6 +460,22 @@ def _zoom_for_f35(
 
 
 # ---------------------------------------------------------------------- the policy
+def check_focal(value: Any, name: str = "focal") -> float:
+    """A focal length in pixels (a number or its text) as a float, or one ValueError line naming
+    ``name`` when it is not a finite number > 0 (the CLI's ``--focal``, the web form's ``focal``).
+    """
+    if isinstance(value, str):
+        try:
+            number: float | None = float(value)
+        except ValueError:
+            number = None
+    else:
+        number = _number(value)  # None unless a finite number
+    if number is None or not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number of pixels > 0, got {value!r}")
+    return number
+
+
 def parse_intrinsics(text: str) -> tuple[float, ...]:
     """``"fx,fy,cx,cy"`` -> four floats; ``"fx,fy,cx,cy@WxH"`` -> six (the calibrated size).
 
@@ -586,9 +602,7 @@ def resolve_camera(
             camera = camera_for_size(values, width, height)
         source, rule = "given", "intrinsics given"
     elif focal is not None:
-        focal_px = _number(focal)
-        if focal_px is None or focal_px <= 0:
-            raise ValueError(f"focal must be a finite number of pixels > 0, got {focal!r}")
+        focal_px = check_focal(focal)
         camera = Camera(focal_px, focal_px, (width - 1) / 2.0, (height - 1) / 2.0, width, height)
         source, rule = "given", "focal given, principal point at the image centre"
     elif exif_camera is not None:

@@ -226,15 +226,14 @@ def _image_problem(error: ValueError, path: Path, name: str) -> HTTPException:
 
 
 def _parse_focal(text: str | None) -> float | None:
+    from metricdepth.exif import check_focal
+
     if text is None or not text.strip():
         return None
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise HTTPException(400, f"focal must be a finite number of pixels > 0, got {text!r}")
-    return value
+        return check_focal(text)
+    except ValueError as error:
+        raise HTTPException(400, str(error)) from None
 
 
 def _parse_intrinsics(text: str | None) -> tuple[float, ...] | None:
