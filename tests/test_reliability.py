@@ -890,11 +890,15 @@ def fault_set(tmp_path_factory):
     return folder, items, tree(reference)
 
 
-def forked_batch(items, out: Path, *, kill_at: int | None = None, resume: bool = False) -> int:
+def forked_batch(
+    items, out: Path, *, kill_at: int | None = None, resume: bool = False,
+    count_to: Path | None = None,
+) -> int:  # fmt: skip
     """Start ``run_batch`` in a forked child (no interpreter start-up); returns its pid.
 
     With ``kill_at`` the child SIGKILLs itself inside its ``kill_at``-th call of a ``HOOKED``
     function (temporary created, fsync, rename, deletion), i.e. between any two steps of a write.
+    ``count_to``: the child writes how many such calls it made there (when it finishes).
     """
     pid = os.fork()
     if pid:
@@ -917,6 +921,8 @@ def forked_batch(items, out: Path, *, kill_at: int | None = None, resume: bool =
             for name in HOOKED:
                 setattr(os, name, hooked(getattr(os, name)))
         run_batch(tiny_model(), items, out, FAULT_SAVE, focal=20.0, resume=resume, progress=False)
+        if count_to is not None:
+            count_to.write_text(str(count[0]))
         code = 0
     finally:
         os._exit(code)
@@ -958,12 +964,15 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(faul
     folder, items, reference = fault_set
     rng = np.random.default_rng(2026)
     probe = folder / "probe"
-    counted = forked_batch(items, probe, kill_at=10**9)  # count nothing, just time a run
+    events = folder / "probe_events.txt"
+    counted = forked_batch(items, probe, kill_at=10**9, count_to=events)  # time and count a run
     started = time.monotonic()
     assert os.WEXITSTATUS(reap(counted)) == 0
     duration = time.monotonic() - started
     assert tree(probe) == reference
-    events_per_run = FAULT_IMAGES * 10  # per image: 3 x (create, fsync, rename) + old record
+    # per image: 3 temporaries, 2 fsyncs (not the record's), 3 renames, the old record's deletion
+    events_per_image = int(events.read_text()) / FAULT_IMAGES
+    assert events_per_image == 9
 
     outcomes = []
     for trial in range(HOOK_TRIALS + TIMER_TRIALS):
@@ -971,8 +980,11 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(faul
         kills = 2 if trial % 2 else 1
         for _ in range(kills):
             resume = out.exists()
-            if trial < HOOK_TRIALS:
-                pid = forked_batch(items, out, kill_at=int(rng.integers(1, events_per_run + 1)),
+            if trial < HOOK_TRIALS:  # a step of a write the run will really make
+                finished = [p for p in out.glob("*.json") if not p.name.startswith(".")]
+                unfinished = FAULT_IMAGES - len(finished) if out.exists() else FAULT_IMAGES
+                last = max(1, int(unfinished * events_per_image))
+                pid = forked_batch(items, out, kill_at=int(rng.integers(1, last + 1)),
                                    resume=resume)  # fmt: skip
             else:
                 pid = forked_batch(items, out, resume=resume)
