@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from metricdepth.canonical import normalize
     from metricdepth.data.inputs import collect_inputs
     from metricdepth.outputs import PredictionInputs, network_threads, parse_save, run_batch
 
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         make_images(folder, args.images, height, width)
         items = collect_inputs([folder])
         dataset = PredictionInputs(items, model.spec.space, model.spec.focal_mode, focal=300.0)
-        inputs = [torch.from_numpy(dataset[k].x) for k in range(len(dataset))]
+        space = model.spec.space
+        inputs = [normalize(dataset[k].canvas, space) for k in range(len(dataset))]
         forward_only(model, inputs[:10])  # warm-up
         forward_rates, batch_rates = [], []
         forward_cpu, batch_cpu = [], []

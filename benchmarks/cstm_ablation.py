@@ -124,6 +124,7 @@ def run_config(args, variant: str, seed: int, sets: dict[str, Path]) -> dict:
         "canonical_focal_px": args.canonical_focal,
         "input_hw": [96, REF_WIDTH],
         "resize_range": list(args.resize_range),
+        "resize_base": args.resize_base,
         "flip_prob": 0.5,
         "min_depth_m": 0.05,
         "max_depth_m": 80.0,
@@ -625,6 +626,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wall-height", type=float, default=5.0)
     parser.add_argument("--canonical-focal", type=float, default=250.0)
     parser.add_argument("--resize-range", type=float, nargs=2, default=[1.0, 1.0])
+    parser.add_argument(
+        "--resize-base",
+        choices=("none", "fit"),
+        default="none",
+        help="training resize base of label/none: as stored, or fitted to the canvas as at test",
+    )
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--model-kwargs", default="{}", help="small_unet kwargs as JSON")
     parser.add_argument(

@@ -79,11 +79,11 @@ def test_official_input_bytes_match_the_parity_fixture():
     """The uint8 canvas and the normalised tensor equal the official pipeline's, bit for bit."""
     import hashlib
     import json
-    from pathlib import Path
 
-    parity = Path(__file__).resolve().parents[2] / "shared" / "parity"
+    from conftest import PARITY as parity
+
     if not (parity / "vit_small__nyu.npz").exists():
-        pytest.skip(f"parity fixtures not found in {parity}")
+        pytest.skip(f"parity fixtures not found in {parity} (set METRICDEPTH_SHARED)")
     image = cv2.imread(str(parity / "img_nyu_rgb_00000.jpg"))[:, :, ::-1]
     meta = json.loads(str(np.load(parity / "vit_small__nyu.npz")["meta_json"]))
     record = inference_record(NYU, VIT, "fx")
@@ -451,3 +451,62 @@ def test_bad_inputs_raise_value_errors():
         normalize(np.zeros((4, 4, 3), np.float32), VIT)
     with pytest.raises(ValueError, match="camera"):
         to_canonical(Frame(np.zeros((480, 640, 3), np.uint8), NYU), inference_record(KITTI, VIT))
+
+
+def test_normalize_equals_the_torch_expression_to_the_bit():
+    """The numpy per-channel normalisation gives exactly torch's ``(x - mean) / std``."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image[0, :3] = [[0, 0, 0], [255, 255, 255], [124, 116, 104]]  # extremes and the pad colour
+    for space in (
+        VIT,
+        CanonicalSpace(
+            focal_px=250.0,
+            input_hw=(96, 128),
+            mean_rgb=(1.5, 2.0, 250.25),
+            std_rgb=(0.3, 7.0, 300.0),
+        ),
+    ):
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+        mean = torch.tensor(space.mean_rgb, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(space.std_rgb, dtype=torch.float32)[:, None, None]
+        expected = ((x - mean) / std)[None]
+        got = normalize(image, space)
+        assert got.dtype == torch.float32 and got.shape == (1, 3, 37, 53)
+        assert torch.equal(got, expected)
+    # a non-contiguous view (a crop of a larger image) works the same
+    view = image[5:30, 7:40]
+    x = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))).float()
+    mean = torch.tensor(VIT.mean_rgb, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(VIT.std_rgb, dtype=torch.float32)[:, None, None]
+    assert torch.equal(normalize(view, VIT), ((x - mean) / std)[None])
+
+
+@pytest.mark.parametrize("size", [(112, 84), (128, 96), (144, 108), (160, 90), (50, 70)])
+def test_training_resize_base_fit_matches_the_inference_fit(size):
+    """``resize_base="fit"`` (t = 1): the training record resizes and places the image exactly
+    as inference's ``fit`` does, so both give the same canvas, f_eff and label scale."""
+    width, height = size
+    camera = Camera(0.9 * width, 0.93 * width, 0.52 * width, 0.47 * height, width, height)
+    space = CanonicalSpace(focal_px=250.0, input_hw=(96, 128), variant="label")
+    rng = np.random.default_rng(0)
+    train = training_record(camera, space, rng, resize_base="fit", crop="center")
+    infer = inference_record(camera, space)
+    expected = min(96 / height, 128 / width)
+    assert train.scale == pytest.approx(expected, rel=1e-12) == infer.scale
+    assert train.resized_hw == infer.resized_hw
+    assert train.offset == infer.offset and train.crop == (0, 0, 0, 0)
+    assert train.label_scale == pytest.approx(250.0 / (camera.focal("mean") * expected))
+    assert train.metric_scale == pytest.approx(infer.metric_scale, rel=1e-12)
+    # a random resize t multiplies the fit factor
+    t_record = training_record(camera, space, rng, resize_base="fit", resize_range=(1.5, 1.5))
+    assert t_record.scale == pytest.approx(1.5 * expected, rel=1e-12)
+    # the default keeps the stored size; the image variant keeps its focal resize
+    assert training_record(camera, space, rng).scale == 1.0
+    image_space = CanonicalSpace(
+        focal_px=250.0, input_hw=(96, 128), variant="image", resize="focal"
+    )
+    fitted = training_record(camera, image_space, rng, resize_base="fit")
+    assert fitted.scale == pytest.approx(250.0 / camera.focal("mean"), rel=1e-12)
+    with pytest.raises(ValueError, match="resize_base"):
+        training_record(camera, space, rng, resize_base="crop")

@@ -104,6 +104,7 @@ def test_yaml_config_loads_with_defaults_and_resolves_paths(tmp_path):
         ({"loss_l1_log": 0, "loss_silog": 0}, "cannot both be 0"),
         ({"name": "a/b"}, "name: must be"),
         ({"precision": "fp16"}, "precision: must be one of fp32, bf16"),
+        ({"resize_base": "crop"}, "resize_base: must be one of none, fit"),
     ],
 )
 def test_config_errors_are_one_line_value_errors(tmp_path, change, message):

@@ -255,12 +255,16 @@ def training_record(
     resize_prob: float = 1.0,
     crop: Literal["rand", "center"] = "rand",
     focal_mode: FocalMode = "mean",
+    resize_base: Literal["none", "fit"] = "none",
 ) -> CanonicalRecord:
     """A training sample's record: random resize ``t``, then a crop or pad to ``input_hw``.
 
     With probability ``resize_prob`` ``t ~ U(resize_range)``, else ``t = 1`` (Metric3D:
     ``RandomResize``); ``s`` follows ``variant`` (default ``space.variant``; module docstring);
-    the resized size is
+    ``resize_base="fit"`` multiplies ``t`` (``label``/``none``) by inference's ``fit`` factor
+    ``min(H_in / H, W_in / W)``, so that training sees images resampled to the canvas exactly
+    as ``inference_record`` with ``resize="fit"`` will give them, its truncated size included
+    (``image`` keeps its focal resize). Otherwise the resized size is
     ``(int(H s + 0.5), int(W s + 0.5))``. A side longer than the canvas is cropped at a random
     (``"rand"``) or central offset; a shorter side is padded, floor half before (Metric3D's
     ``RandomCrop``).
@@ -274,13 +278,23 @@ def training_record(
         raise ValueError(f"resize_range must be 0 < low <= high, got {resize_range!r}")
     if crop not in ("rand", "center"):
         raise ValueError(f"crop must be 'rand' or 'center', got {crop!r}")
+    if resize_base not in ("none", "fit"):
+        raise ValueError(f"resize_base must be 'none' or 'fit', got {resize_base!r}")
+    (H_in, W_in) = space.input_hw  # noqa: N806
     t = float(rng.uniform(low, high)) if rng.random() < resize_prob else 1.0
     focal = camera.focal(focal_mode)
-    scale = t * space.focal_px / focal if variant == "image" else t
-    h, w = int(camera.height * scale + 0.5), int(camera.width * scale + 0.5)
+    if variant == "image":
+        scale = t * space.focal_px / focal
+    elif resize_base == "fit":
+        scale = t * min(H_in / camera.height, W_in / camera.width)
+    else:
+        scale = t
+    if resize_base == "fit" and variant != "image":  # inference's fit truncates the size
+        h, w = int(camera.height * scale), int(camera.width * scale)
+    else:
+        h, w = int(camera.height * scale + 0.5), int(camera.width * scale + 0.5)
     if min(h, w) < 1:
         raise ValueError(f"resize by {scale:.4g} leaves no pixel of a {camera.size} image")
-    (H_in, W_in) = space.input_hw  # noqa: N806
     offset = (_axis_offset(h, H_in, rng, crop), _axis_offset(w, W_in, rng, crop))
     return CanonicalRecord(
         camera, space.input_hw, scale, (h, w), offset, focal, focal_mode, space.focal_px, variant
@@ -315,13 +329,21 @@ def to_canonical(
 
 
 def normalize(image: np.ndarray, space: CanonicalSpace) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) -> float32 (1, 3, H, W), ``(x - mean) / std`` in float32."""
+    """uint8 RGB (H, W, 3) -> float32 (1, 3, H, W), ``(x - mean) / std`` in float32.
+
+    Computed per channel in numpy (one pass each, no torch thread pool for a small canvas);
+    float32 subtraction and division are correctly rounded, so the values are those of the
+    same expression in torch, to the bit.
+    """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-    mean = torch.tensor(space.mean_rgb, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(space.std_rgb, dtype=torch.float32)[:, None, None]
-    return ((x - mean) / std)[None]
+    height, width = image.shape[:2]
+    out = np.empty((1, 3, height, width), np.float32)
+    for c in range(3):
+        channel = out[0, c]
+        np.subtract(image[:, :, c], np.float32(space.mean_rgb[c]), out=channel, dtype=np.float32)
+        np.divide(channel, np.float32(space.std_rgb[c]), out=channel)
+    return torch.from_numpy(out)
 
 
 def prepare_input(
@@ -369,7 +391,7 @@ def from_canonical(depth_c, record: CanonicalRecord):
     x = unpad(x, record).reshape(-1, 1, *record.resized_hw).float()
     size = (record.camera.height, record.camera.width)
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    depth_m = (x * record.metric_scale).reshape(*lead, *size)
+    depth_m = x.mul_(record.metric_scale).reshape(*lead, *size)
     return depth_m.numpy() if is_numpy else depth_m
 
 

@@ -249,9 +249,9 @@ class PreparedInput:
 
     Attributes:
         index: position of the item in the list given to ``PredictionInputs``.
-        x: float32 (1, 3, H_in, W_in) normalised network input, a numpy array (it crosses from
-            a worker process as plain bytes, cheaper than a shared-memory tensor for each
-            image); None when ``error``.
+        canvas: (H_in, W_in, 3) uint8 RGB network canvas (resized and padded, not yet
+            normalised: it crosses from a worker process as plain bytes, a quarter of the
+            float32 input; ``run_network`` normalises it); None when ``error``.
         camera: camera of the image as displayed.
         source: where the camera came from (``given``, ``annotation``, ``exif``, ``default``).
         record: the canonical record (resize, padding, f_eff).
@@ -262,7 +262,7 @@ class PreparedInput:
     """
 
     index: int
-    x: np.ndarray | None = None
+    canvas: np.ndarray | None = None
     camera: Camera | None = None
     source: str | None = None
     record: CanonicalRecord | None = None
@@ -306,7 +306,7 @@ class PredictionInputs(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> PreparedInput:
-        from metricdepth.canonical import inference_record, normalize, to_canonical
+        from metricdepth.canonical import inference_record, to_canonical
         from metricdepth.exif import resolve_camera
         from metricdepth.frame import Frame
         from metricdepth.io import read_image
@@ -323,15 +323,21 @@ class PredictionInputs(torch.utils.data.Dataset):
             seen, lens = undistorted(rgb, camera, self.distortion, self.alpha, pad)
             net_camera = camera if lens is None else lens.pinhole
             record = inference_record(net_camera, self.space, self.focal_mode)
-            canvas = to_canonical(Frame(seen, net_camera), record, pad_rgb=pad)
-            x = normalize(canvas.image, self.space).numpy()
+            canvas = to_canonical(Frame(seen, net_camera), record, pad_rgb=pad).image
         except (ValueError, cv2.error) as error:
             return PreparedInput(index, error=problem_line(item.image, error))
         except MemoryError:
             return PreparedInput(index, error=problem_line(item.image, "too large for memory"))
         kept = rgb if self.keep_image else None
         return PreparedInput(
-            index, x, camera, source, record, kept, distortion=self.distortion, alpha=self.alpha
+            index,
+            canvas,
+            camera,
+            source,
+            record,
+            kept,
+            distortion=self.distortion,
+            alpha=self.alpha,
         )
 
 
@@ -364,9 +370,11 @@ def _init_worker(_: int) -> None:
 
 def run_network(model, sample: PreparedInput) -> dict[str, torch.Tensor]:
     """The network's raw outputs for one ``PreparedInput`` (a bad one is a ValueError)."""
-    if sample.error is not None or sample.x is None:
+    from metricdepth.canonical import normalize
+
+    if sample.error is not None or sample.canvas is None:
         raise ValueError(sample.error or "no input")
-    x = torch.from_numpy(sample.x).to(model.device)
+    x = normalize(sample.canvas, model.spec.space).to(model.device)
     with torch.inference_mode():
         return model(x)
 
@@ -716,6 +724,13 @@ def _write(
     return prediction, write_prediction(prediction, image, out_dir, stem, save)
 
 
+def _finish(
+    model, sample: PreparedInput, out: dict[str, torch.Tensor], out_dir: Path, stem: str,
+    save: set[str],
+) -> tuple[Prediction, dict[str, Path]]:  # fmt: skip
+    return _write(to_prediction(model, sample, out), sample.image, out_dir, stem, save)
+
+
 def run_batch(
     model,
     items: Sequence[InputItem],
@@ -806,9 +821,9 @@ def run_batch(
             distortion=distortion,
             alpha=alpha,
         )
-        # The network and the metric post-processing (torch: kept on this thread, whose torch
-        # threads are set) run here; the (fsync'ed) writes of images run on writer threads
-        # while the network does the next ones; results are settled (on_done, counts) in order.
+        # Only the network runs here (with its torch threads set); the metric post-processing
+        # and the (fsync'ed) writes of each image run on writer threads while the network does
+        # the next ones; results are settled (on_done, counts) in input order.
         writer = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="metricdepth-writer")
         threads = _torch_threads(network_threads(workers))
         with (
@@ -825,9 +840,13 @@ def run_batch(
                 if sample.error is not None:
                     fail(sample.error)
                     advance()
-                else:
-                    prediction = predict_prepared(model, sample)
+                elif hasattr(model, "predict_prepared"):  # a backend with its own pipeline
+                    prediction = model.predict_prepared(sample)
                     job = writer.submit(_write, prediction, sample.image, out_dir, item.stem, save)
+                    queue.append((item, job))
+                else:  # only the network on this thread; the rest overlaps the next forward
+                    out = run_network(model, sample)
+                    job = writer.submit(_finish, model, sample, out, out_dir, item.stem, save)
                     queue.append((item, job))
                 while queue and (len(queue) > _MAX_WRITES_AHEAD or queue[0][1].done()):
                     settle(*queue.popleft())

@@ -240,7 +240,7 @@ def postprocess(
     spec = model.spec
     depth_m = from_canonical(out["depth_c"][row, 0].float().cpu(), record)
     if spec.max_depth_m is not None:
-        depth_m = depth_m.clamp(0, spec.max_depth_m)
+        depth_m.clamp_(0, spec.max_depth_m)  # a fresh tensor of from_canonical
     confidence = normal = None
     size = (camera.height, camera.width)
     if "confidence" in spec.outputs and "confidence" in out:

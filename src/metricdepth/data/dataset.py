@@ -178,7 +178,7 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
         sources: the frame sources; ``weights``: their sampling weights (> 0).
         space: training space: ``focal_px`` (f_c), ``input_hw`` (canvas) and normalisation.
         variant: ``"none"``, ``"label"`` or ``"image"`` (see ``metricdepth.canonical``).
-        resize_range, resize_prob, crop, focal_mode: passed to ``training_record``.
+        resize_range, resize_prob, crop, focal_mode, resize_base: passed to ``training_record``.
         flip_prob: chance of a left-right flip (image, depth and camera) before the record.
         seed: the stream's seed.
     """
@@ -195,6 +195,7 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
         crop: str = "rand",
         flip_prob: float = 0.0,
         focal_mode: str = "mean",
+        resize_base: str = "none",
         min_depth_m: float = 0.0,
         max_depth_m: float = math.inf,
         seed: int = 0,
@@ -213,6 +214,7 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
         self.crop = crop
         self.flip_prob = flip_prob
         self.focal_mode = focal_mode
+        self.resize_base = resize_base
         self.min_depth_m, self.max_depth_m = float(min_depth_m), float(max_depth_m)
         self.seed = int(seed)
         self._perms: dict[tuple[int, int], np.ndarray] = {}
@@ -265,6 +267,7 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
             resize_prob=self.resize_prob,
             crop=self.crop,
             focal_mode=self.focal_mode,
+            resize_base=self.resize_base,
         )
         canvas = to_canonical(frame, record, pad_rgb=self.space.pad_rgb)
         return canvas, record, source

@@ -86,6 +86,9 @@ class TrainConfig:
         input_hw: training canvas (H, W) in pixels (crop or pad to it).
         resize_range: random resize ``t ~ U(low, high)`` at fixed focal (to_scale_ratio).
         resize_prob: probability of drawing ``t`` (else ``t = 1``).
+        resize_base: ``"none"``: ``t`` applies to the image as stored; ``"fit"``: to the image
+            already resized as ``infer_resize: fit`` will at inference (``min(H_in / H, W_in /
+            W)``), so that the network trains on what it will be given (label/none variants).
         crop: ``"rand"`` or ``"center"`` crop when the resized image exceeds the canvas.
         flip_prob: probability of a left-right flip (the camera's cx is mirrored with it).
         focal_mode: ``"mean"`` ((fx + fy) / 2) or ``"fx"``: the focal used by the transform.
@@ -132,6 +135,7 @@ class TrainConfig:
     input_hw: tuple[int, int] = (96, 128)
     resize_range: tuple[float, float] = (1.0, 1.0)
     resize_prob: float = 1.0
+    resize_base: str = "none"
     crop: str = "rand"
     flip_prob: float = 0.5
     focal_mode: str = "mean"
@@ -408,6 +412,7 @@ def config_from_dict(
     choices = {
         "variant": ("none", "label", "image"),
         "crop": ("rand", "center"),
+        "resize_base": ("none", "fit"),
         "focal_mode": ("mean", "fx"),
         "infer_resize": ("fit", "none"),
         "schedule": SCHEDULES,

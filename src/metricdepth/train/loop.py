@@ -122,6 +122,7 @@ def build_dataset(config: TrainConfig) -> CanonicalTrainingSet:
         crop=config.crop,
         flip_prob=config.flip_prob,
         focal_mode=config.focal_mode,
+        resize_base=config.resize_base,
         min_depth_m=config.min_depth_m,
         max_depth_m=config.max_depth_m,
         seed=config.seed,
