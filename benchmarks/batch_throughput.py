@@ -87,13 +87,13 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def forward_only(model, inputs) -> float:
+def forward_only(network, inputs, device) -> float:
     """Images/s of the bare forward pass over prepared inputs, one image per pass."""
     import torch
 
-    device = model.device
+    model = network
     started = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.jit.optimized_execution(False):
         for x in inputs:
             out = model(x.to(device))
         out["depth_c"].cpu()  # wait for an accelerator to finish
@@ -164,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from metricdepth.canonical import normalize
     from metricdepth.data.inputs import collect_inputs
-    from metricdepth.outputs import PredictionInputs, network_threads, parse_save, run_batch
+    from metricdepth.outputs import (
+        PredictionInputs,
+        _can_trace,
+        network_threads,
+        parse_save,
+        run_batch,
+        traced_network,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,12 +209,20 @@ def main(argv: list[str] | None = None) -> int:
         dataset = PredictionInputs(items, model.spec.space, model.spec.focal_mode, focal=300.0)
         space = model.spec.space
         inputs = [normalize(dataset[k].canvas, space) for k in range(len(dataset))]
-        forward_only(model, inputs[:10])  # warm-up
+        # run_batch traces a short forward after its first image (kept when bit-identical):
+        # forward-only runs that same network
+        network = model
+        with torch.inference_mode():
+            expected = model(inputs[0].to(args.device))
+        if _can_trace(model, len(items)):
+            network = traced_network(model, dataset[0], expected) or model
+        print("network: " + ("TorchScript trace" if network is not model else "the model"))
+        forward_only(network, inputs[:10], model.device)  # warm-up
         forward_rates, batch_rates = [], []
         forward_cpu, batch_cpu = [], []
         for repeat in range(args.repeats):
             cpu = cpu_seconds()
-            forward_rates.append(forward_only(model, inputs))
+            forward_rates.append(forward_only(network, inputs, model.device))
             forward_cpu.append((cpu_seconds() - cpu) / len(inputs) * 1e3)
             cpu = cpu_seconds()
             summary = run_batch(
@@ -229,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({forward_cpu[-1]:.2f} CPU ms/image), batch {batch_rates[-1]:.1f} images/s "
                 f"({batch_cpu[-1]:.2f} CPU ms/image, loader workers included)"
             )
-        forward_rates.append(forward_only(model, inputs))
+        forward_rates.append(forward_only(network, inputs, model.device))
         print(f"  forward-only after the last batch run: {forward_rates[-1]:.1f} images/s")
         if args.profile:
             profile(model, items, Path(tmp) / "profile", save)

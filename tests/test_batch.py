@@ -384,3 +384,46 @@ def test_network_threads_leave_room_for_the_loader_workers(monkeypatch):
     for cores, workers, expected in ((2, 2, 1), (2, 1, 1), (16, 2, 8), (10, 4, 6), (4, 0, 8)):
         monkeypatch.setattr(outputs, "usable_cores", lambda cores=cores: cores)
         assert outputs.network_threads(workers) == expected, (cores, workers)
+
+
+def test_a_short_forward_is_traced_and_writes_the_same_bytes(tmp_path, monkeypatch):
+    """Past ``TRACE_MIN_IMAGES`` images a quick network is traced after the first image; the
+    files are byte-identical to a run that never traces, and a trace that does not reproduce
+    the first image's outputs is dropped (the model runs on)."""
+    import torch
+
+    import metricdepth.outputs as outputs
+
+    folder = tmp_path / "in"
+    make_images(folder, outputs.TRACE_MIN_IMAGES + 4)
+    items = collect_inputs([folder])
+    made = []
+    real = outputs.traced_network
+
+    def spy(model, sample, expected):
+        made.append(real(model, sample, expected))
+        return made[-1]
+
+    monkeypatch.setattr(outputs, "traced_network", spy)
+    run_batch(tiny_model(), items, tmp_path / "traced", {"depth"}, workers=0, progress=False)
+    assert len(made) == 1 and isinstance(made[0], torch.jit.ScriptModule)
+    monkeypatch.setattr(outputs, "TRACE_BELOW_S", 0.0)  # every forward is "slow": no trace
+    run_batch(tiny_model(), items, tmp_path / "eager", {"depth"}, workers=2, progress=False)
+    assert len(made) == 1
+    traced, eager = tree(tmp_path / "traced"), tree(tmp_path / "eager")
+    assert len(traced) == 2 * len(items) and traced == eager
+
+    class Noisy(torch.nn.Module):  # a forward that never repeats itself: its trace is refused
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return {"depth_c": (x[:, :1].abs() + torch.rand_like(x[:, :1]) + 1) * self.scale}
+
+    from metricdepth.models.registry import DepthModel
+
+    monkeypatch.setattr(outputs, "TRACE_BELOW_S", 0.1)
+    noisy = DepthModel(tiny_model().spec, Noisy()).eval()
+    summary = run_batch(noisy, items, tmp_path / "noisy", {"depth"}, progress=False)
+    assert made[-1] is None and len(made) == 2 and summary.done == len(items)

@@ -19,7 +19,9 @@ files and stops the run, ``keep_going`` or not.
   while the network runs on the next images;
 * one image per forward pass, so an image's output never depends on which other images ran
   with it: a resumed or sharded run writes the same bytes as one uninterrupted run (records hold
-  no wall-clock timings for the same reason; throughput is in the ``BatchSummary``);
+  no wall-clock timings for the same reason; throughput is in the ``BatchSummary``); a network
+  whose forward is short is traced after the first image (``traced_network``), kept only if
+  it gives that image's outputs to the bit;
 * ``resume`` skips images whose record exists and lists every requested kind; temporary files
   left by a killed run of the same images are removed;
 * ``shard=(i, n)`` keeps items ``i, i + n, i + 2n, ...`` (0-based, round robin over the input
@@ -368,15 +370,64 @@ def _init_worker(_: int) -> None:
             pass
 
 
-def run_network(model, sample: PreparedInput) -> dict[str, torch.Tensor]:
-    """The network's raw outputs for one ``PreparedInput`` (a bad one is a ValueError)."""
+def run_network(model, sample: PreparedInput, network=None) -> dict[str, torch.Tensor]:
+    """The network's raw outputs for one ``PreparedInput`` (a bad one is a ValueError).
+
+    ``network`` (default ``model``) is what runs on the normalised canvas, e.g. the trace of
+    ``traced_network``.
+    """
     from metricdepth.canonical import normalize
 
     if sample.error is not None or sample.canvas is None:
         raise ValueError(sample.error or "no input")
     x = normalize(sample.canvas, model.spec.space).to(model.device)
-    with torch.inference_mode():
-        return model(x)
+    with torch.inference_mode(), torch.jit.optimized_execution(False):
+        return (model if network is None else network)(x)
+
+
+#: A forward pass shorter than this is traced for the rest of a batch run (``traced_network``).
+TRACE_BELOW_S = 0.1
+#: ... when at least this many images are left.
+TRACE_MIN_IMAGES = 16
+
+
+def traced_network(model, sample: PreparedInput, expected: dict[str, torch.Tensor]):
+    """A TorchScript trace of ``model`` for ``sample``'s canvas size, or None.
+
+    For a small network the Python side of a forward pass (module calls, and on a busy
+    machine waiting for the GIL after each of its ~100 operators) is a large part of it; the
+    trace runs the same operators from C++ (graph optimisations off), which made the default
+    model's forward 10-20 % faster and halved the batch run's context switches. It is used only
+    if its outputs on ``sample`` equal ``expected`` (the model's own) to the bit, so the
+    written files do not change; any failure to trace returns None (the model is used).
+    """
+    import warnings
+
+    from metricdepth.canonical import normalize
+
+    x = normalize(sample.canvas, model.spec.space).to(model.device)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, x, strict=False, check_trace=False)
+        with torch.inference_mode(), torch.jit.optimized_execution(False):
+            got = traced(x)
+    except Exception:  # noqa: BLE001 - anything a trace can raise: keep the model
+        return None
+    if not isinstance(got, dict) or set(got) != set(expected):
+        return None
+    if not all(torch.equal(got[key], expected[key]) for key in expected):
+        return None
+    return traced
+
+
+def _can_trace(model, remaining: int) -> bool:
+    """Trace only a plain float32 torch model on a fixed canvas (``fit``) with images to go."""
+    from metricdepth.models.registry import DepthModel
+
+    if not isinstance(model, DepthModel) or getattr(model, "precision", "fp32") != "fp32":
+        return False
+    return model.spec.space.resize == "fit" and remaining >= TRACE_MIN_IMAGES
 
 
 def to_prediction(model, sample: PreparedInput, out: dict[str, torch.Tensor]) -> Prediction:
@@ -836,7 +887,8 @@ def run_batch(
             ),
         ):
             queue: deque[tuple[InputItem, Future]] = deque()
-            for item, sample in samples:
+            network, tried_trace = None, False
+            for position, (item, sample) in enumerate(samples):
                 if sample.error is not None:
                     fail(sample.error)
                     advance()
@@ -845,7 +897,14 @@ def run_batch(
                     job = writer.submit(_write, prediction, sample.image, out_dir, item.stem, save)
                     queue.append((item, job))
                 else:  # only the network on this thread; the rest overlaps the next forward
-                    out = run_network(model, sample)
+                    started_forward = time.perf_counter()
+                    out = run_network(model, sample, network)
+                    if not tried_trace:  # after the first good image: trace a fast network
+                        tried_trace = True
+                        quick = time.perf_counter() - started_forward < TRACE_BELOW_S
+                        left = len(pending) - position - 1
+                        if quick and _can_trace(model, left):
+                            network = traced_network(model, sample, out)
                     job = writer.submit(_finish, model, sample, out, out_dir, item.stem, save)
                     queue.append((item, job))
                 while queue and (len(queue) > _MAX_WRITES_AHEAD or queue[0][1].done()):
