@@ -125,6 +125,7 @@ def run_config(args, variant: str, seed: int, sets: dict[str, Path]) -> dict:
         "input_hw": [96, REF_WIDTH],
         "resize_range": list(args.resize_range),
         "resize_base": args.resize_base,
+        "precise_bn_batches": args.precise_bn,
         "flip_prob": 0.5,
         "min_depth_m": 0.05,
         "max_depth_m": 80.0,
@@ -611,7 +612,7 @@ def evaluate_shipped(args, sets: dict[str, Path], settings: dict) -> None:
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=3300)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -629,10 +630,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resize-base",
         choices=("none", "fit"),
-        default="none",
+        default="fit",
         help="training resize base of label/none: as stored, or fitted to the canvas as at test",
     )
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument(
+        "--precise-bn", type=int, default=200, help="batches re-estimating BatchNorm statistics"
+    )
     parser.add_argument("--model-kwargs", default="{}", help="small_unet kwargs as JSON")
     parser.add_argument(
         "--work-dir",

@@ -395,3 +395,39 @@ def test_tiny_run_from_yaml_lowers_the_loss_and_saves_a_loadable_model(tmp_path)
     digest = parameter_digest(model.net)
     assert run_training(path, out_dir=tmp_path / "elsewhere") == run_dir
     assert parameter_digest(load_model(run_dir / "model.safetensors").net) == digest
+
+
+def test_precise_batch_norm_averages_the_statistics_of_later_batches(tmp_path):
+    """``precise_bn_batches``: the stem BatchNorm's running mean and variance become the plain
+    averages of the batch means and (unbiased) variances of its input over the next batches
+    (recomputed here from the saved weights); a resumed run gets the same buffers."""
+    n = 5
+    config = tiny(tmp_path, name="pbn", precise_bn_batches=n)
+    run_dir = train(config)
+    state = _state(run_dir)
+    plain = _state(train(tiny(tmp_path, name="plain")))
+    weights = [k for k in state if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(state[k], plain[k]) for k in weights)  # only the statistics change
+
+    from metricdepth.models.small import build_small_unet
+
+    net = build_small_unet(**config.model_kwargs)
+    net.load_state_dict(state)
+    conv = net.stem[0][0]  # the stem's first convolution feeds its first BatchNorm
+    dataset = build_dataset(config)
+    means, variances = [], []
+    with torch.no_grad():
+        for batch in StepBatchSampler(config.steps, config.steps + n, config.batch_size):
+            x = torch.stack([dataset[g]["image"] for g in batch])
+            y = conv(x).transpose(0, 1).flatten(1).double()  # (C, B*H*W)
+            means.append(y.mean(1))
+            variances.append(y.var(1, unbiased=True))
+    expected_mean = torch.stack(means).mean(0).float()
+    expected_var = torch.stack(variances).mean(0).float()
+    torch.testing.assert_close(state["stem.0.1.running_mean"], expected_mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state["stem.0.1.running_var"], expected_var, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(state["stem.0.1.running_mean"], plain["stem.0.1.running_mean"])
+    cut = tiny(tmp_path, name="pbn-cut", precise_bn_batches=n)
+    train(cut, stop_at_step=3)
+    resumed = _state(train(cut))
+    assert all(torch.equal(state[k], resumed[k]) for k in state)

@@ -110,6 +110,9 @@ class TrainConfig:
         schedule: ``"cosine"`` or ``"poly"`` (power 0.9) decay to ``lr * min_lr_ratio``.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         grad_clip: max gradient norm (0: no clipping).
+        precise_bn_batches: after the last step, re-estimate the BatchNorm statistics as the
+            plain average over this many further training batches (forward only; 0: keep the
+            running averages of the last steps, which follow the last few batches).
         loss_l1_log, loss_silog: weights of the two losses (``metricdepth.train.losses``).
         silog_lambda: the SILog variance focus (0: log-RMSE, 1: fully scale-invariant).
         checkpoint_every: save a resumable checkpoint every N steps (and at the end).
@@ -156,6 +159,7 @@ class TrainConfig:
     schedule: str = "cosine"
     min_lr_ratio: float = 0.02
     grad_clip: float = 1.0
+    precise_bn_batches: int = 0
     loss_l1_log: float = 1.0
     loss_silog: float = 0.0
     silog_lambda: float = 0.85
@@ -379,6 +383,7 @@ def config_from_dict(
         "batch_size": 1,
         "steps": 1,
         "warmup_steps": 0,
+        "precise_bn_batches": 0,
         "checkpoint_every": 1,
         "keep_checkpoints": 1,
         "log_every": 1,
