@@ -1028,14 +1028,35 @@ def wait_for_record(out: Path, child: subprocess.Popen) -> None:
     pytest.fail("the run ended or hung before its first record")
 
 
-def test_a_second_ctrl_c_is_one_line_and_exit_130(cli_run, monkeypatch):
-    """The first Ctrl-C ends a batch cleanly (below); one that reaches main is one line."""
+def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path, cli_run, monkeypatch):
+    """The first Ctrl-C ends a batch cleanly (below); a second one during the images under
+    way stops at once, through the real typer app: one ``error: interrupted`` line, exit 130
+    (not typer's "Aborted!" and exit 1), no temporary left, SIGINT's handler restored."""
+    import metricdepth.outputs as outputs
 
-    def interrupted() -> None:
-        raise KeyboardInterrupt
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(6):
+        Image.new("RGB", (32, 24), (40 * k, 20, 200 - 30 * k)).save(folder / f"im{k}.png")
+    real = outputs.run_network
+    calls = []
 
-    monkeypatch.setattr(cli, "app", interrupted)
-    error_line(cli_run("predict"), "error: interrupted", code=130)
+    def twice_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the clean stop: the run finishes this image
+            os.kill(os.getpid(), signal.SIGINT)  # ... and this one interrupts it there
+            time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outputs, "run_network", twice_interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "out"
+    error_line(cli_run("predict", folder, "--out", out), "error: interrupted", code=130)
+    assert len(calls) == 2 and signal.getsignal(signal.SIGINT) is before
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    records = sorted(p.name for p in out.glob("*.json"))
+    assert records in ([], ["im0.json"])  # the first image's files, if written, are whole
 
 
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGKILL"])

@@ -112,13 +112,14 @@ class Gauge(torch.nn.Module):
         self.net = TinyNet()
         self.lock = threading.Lock()
         self.now = self.most = self.calls = 0
+        self.delay_s = 0.05
 
     def forward(self, x):
         with self.lock:
             self.now += 1
             self.calls += 1
             self.most = max(self.most, self.now)
-        time.sleep(0.05)
+        time.sleep(self.delay_s)
         try:
             return self.net(x)
         finally:
@@ -508,6 +509,67 @@ def test_concurrent_predictions_are_queued_not_crashed(work_dir):
     for k, body in enumerate(bodies):  # each answer is its own image's (no mix-up)
         assert body["depth_m"] == bodies[k % 2]["depth_m"]
     assert bodies[0]["depth_m"] != bodies[1]["depth_m"]
+
+
+def test_other_endpoints_answer_while_many_predictions_queue(work_dir):
+    """More queued predictions than the server has pool threads (40): health, camera and
+    measure still answer at once, and every prediction finishes in turn."""
+    gauge = Gauge()
+    gauge.delay_s = 0.1
+    net = DepthModel(TINY_SPEC, gauge).eval()
+    count = 60
+    answers: list = [None] * count
+    with running(create_app(net, work_dir=work_dir, max_results=count)) as url:
+        first = httpx.post(f"{url}/api/predict", files=image_field(jpeg_bytes()), timeout=60)
+        first_id = first.json()["id"]
+
+        def post(k: int) -> None:
+            answers[k] = httpx.post(
+                f"{url}/api/predict", files=image_field(jpeg_bytes()), timeout=120
+            )
+
+        threads = [threading.Thread(target=post, args=(k,)) for k in range(count)]
+        for thread in threads:
+            thread.start()
+        while gauge.calls < 3:  # the queue is being worked through
+            time.sleep(0.01)
+        health = httpx.get(f"{url}/api/health", timeout=60)
+        camera = httpx.post(f"{url}/api/camera", files=image_field(jpeg_bytes()), timeout=60)
+        measure = httpx.post(
+            f"{url}/api/measure", json={"id": first_id, "p1": [1, 1], "p2": [40, 30]}, timeout=60
+        )
+        pending = count + 1 - gauge.calls  # predictions not yet started when all three answered
+        for thread in threads:
+            thread.join(120)
+    assert health.status_code == camera.status_code == measure.status_code == 200
+    # behind a lock held across the server's 40 pool threads they would have waited for at
+    # least 21 predictions (61 - 40); here they did not wait for the queue at all
+    assert pending > 45, pending
+    assert all(a is not None and a.status_code == 200 for a in answers)
+    assert gauge.calls == count + 1 and gauge.most == 1
+
+
+def test_a_download_evicted_after_its_lookup_is_a_404_not_a_500(client, monkeypatch):
+    """The result's folder vanishes between the store lookup and the sending of the file
+    (a newer prediction evicted it): the answer is the 404 "expired", never a 500."""
+    import shutil
+
+    import metricdepth.web.app as web_app
+
+    body = post_ok(client, jpeg_bytes())
+    real = web_app._lookup
+
+    def evicting_lookup(store, result_id):
+        result = real(store, result_id)
+        shutil.rmtree(result.folder)  # gone right after the lookup found it
+        return result
+
+    monkeypatch.setattr(web_app, "_lookup", evicting_lookup)
+    monkeypatch.setattr(Path, "is_file", lambda self: True)  # whatever a check saw before
+    answer = client.get(body["urls"]["ply"])
+    assert answer.status_code == 404 and "expired" in answer.json()["error"]
+    monkeypatch.undo()
+    assert client.get("/api/health").json()["status"] == "ok"
 
 
 def test_store_is_bounded_and_cleaned_up_on_shutdown(tmp_path, model):

@@ -518,7 +518,10 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: serving on {host}: other machines can reach this page", err=True)
     typer.echo(f"metricdepth: serving {net.spec.name} on http://{host}:{port}/ (Ctrl-C stops)")
-    uvicorn.run(web, host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(web, host=host, port=port, log_level="warning")
+    except (KeyboardInterrupt, _Interrupted):  # uvicorn re-raises the Ctrl-C that stopped it
+        pass  # Ctrl-C is how a server stops: exit 0
 
 
 @app.command("models")
@@ -531,13 +534,30 @@ def models_command() -> None:
         typer.echo(f"{name}  {spec.description}; checkpoint {filename}")
 
 
+class _Interrupted(BaseException):
+    """Ctrl-C reaching a command: click and typer turn a ``KeyboardInterrupt`` into "Aborted!"
+    and exit 1, so the CLI's SIGINT handler raises this instead, which reaches ``main``."""
+
+
+def _on_sigint(signum, frame) -> None:
+    raise _Interrupted
+
+
 def main() -> None:
     """Console-script entry point."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_sigint) if main_thread else None
     try:
         app()
     except OSError as error:  # unwritable output folder, disk full, ...
         typer.echo(f"error: {' '.join(str(error).split())}", err=True)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:  # a second Ctrl-C (the first one ends a batch run cleanly)
+    except (KeyboardInterrupt, _Interrupted):  # a batch run's second Ctrl-C, or any other
         typer.echo("error: interrupted", err=True)
         raise SystemExit(130) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)

@@ -18,7 +18,7 @@ metres after it); these operations never change depth values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -89,7 +89,8 @@ def resize(frame: Frame, width: int, height: int, *, sparse: bool = False) -> Fr
         return Frame(image, camera, depth)
     rows = _nearest_index(frame.camera.height, camera.height)
     cols = _nearest_index(frame.camera.width, camera.width)
-    return Frame(image, camera, frame.depth[np.ix_(rows, cols)], frame.mask[np.ix_(rows, cols)])
+    pick = np.ix_(rows, cols)
+    return _trusted(image, camera, frame.depth[pick], frame.mask[pick])
 
 
 def crop(frame: Frame, left: int, top: int, width: int, height: int) -> Frame:
@@ -109,6 +110,8 @@ def pad(
     pad_value: tuple[float, ...] | float = 0,
 ) -> Frame:
     """Add borders; the image border gets ``pad_value``, depth there is invalid."""
+    if not (left or top or right or bottom):
+        return frame
     camera = frame.camera.padded(left, top, right, bottom)
     channels = frame.image.shape[2]
     image = np.empty((camera.height, camera.width, channels), dtype=frame.image.dtype)
@@ -119,7 +122,9 @@ def pad(
         return Frame(image, camera)
     depth = np.zeros((camera.height, camera.width), dtype=np.float32)
     depth[window] = frame.depth
-    return Frame(image, camera, depth)
+    mask = np.zeros((camera.height, camera.width), dtype=bool)
+    mask[window] = frame.mask
+    return _trusted(image, camera, depth, mask)
 
 
 def place(
@@ -185,7 +190,16 @@ def _with(frame: Frame, camera: Camera, window: tuple[slice, slice]) -> Frame:
     if frame.depth is None:
         return Frame(image, camera)
     depth = np.ascontiguousarray(frame.depth[window])
-    return replace(frame, image=image, camera=camera, depth=depth, mask=frame.mask[window])
+    return _trusted(image, camera, depth, np.ascontiguousarray(frame.mask[window]))
+
+
+def _trusted(image: np.ndarray, camera: Camera, depth: np.ndarray, mask: np.ndarray) -> Frame:
+    """A ``Frame`` from parts of a valid one (its checks already hold: sizes match, depth is
+    0 exactly where ``mask`` is False), without checking them again."""
+    frame = object.__new__(Frame)
+    for name, value in (("image", image), ("camera", camera), ("depth", depth), ("mask", mask)):
+        object.__setattr__(frame, name, value)
+    return frame
 
 
 def _nearest_index(src: int, dst: int) -> np.ndarray:

@@ -666,8 +666,10 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
 
     def handler(signum: int, frame: Any) -> None:
-        stop.set()
-        usual = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        stop.set()  # the next one is handled as before the run (Ctrl-C: KeyboardInterrupt)
+        usual = previous[signum]
+        if usual is None or usual == signal.SIG_IGN:
+            usual = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
         signal.signal(signum, usual)
 
     for number in STOP_SIGNALS:

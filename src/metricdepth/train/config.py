@@ -10,11 +10,13 @@ run as ``config.yaml`` and inside every checkpoint. Example::
     canonical_focal_px: 250
     input_hw: [96, 128]            # training canvas (H, W), pixels
     resize_range: [0.75, 1.33]     # random resize t (Metric3D's to_scale_ratio)
+    resize_base: fit               # t applies to the image fitted to the canvas, as at inference
     datasets:
       - {kind: synthetic, weight: 2, seed: 0, num_scenes: 4000, synth: {focal_range: [100, 600]}}
       - {kind: annotations, weight: 1, path: data/mine/annotations.json}
     steps: 600
     batch_size: 16
+    precise_bn_batches: 100        # BatchNorm statistics averaged over 100 batches at the end
 
 Every problem is a ``ValueError`` with one line naming the file and the field.
 """

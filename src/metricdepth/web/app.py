@@ -24,18 +24,22 @@ Bad requests get a 4xx answer ``{"error": "one line"}`` and the server goes on: 
 streams), not an image (415), a truncated image (400), a decompression bomb (413, Pillow's
 pixel limit), malformed intrinsics or a focal that is not a finite number > 0 (400), an
 unknown result id (404), measure pixels outside the image (400). Predictions run one at a time
-(a lock: concurrent requests wait their turn); results live in a bounded ``ResultStore`` whose
-folder is deleted when the server stops.
+on one worker thread; concurrent requests wait their turn in its queue without holding a
+thread of the server's pool, so the other endpoints answer while many predictions queue.
+Results live in a bounded ``ResultStore`` whose folder is deleted when the server stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import re
 import shutil
-import threading
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -46,9 +50,10 @@ import numpy as np
 import PIL.Image
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from metricdepth.models.registry import DepthModel, load_model
 from metricdepth.web.store import Result, ResultStore
@@ -367,13 +372,16 @@ def create_app(
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
     net = model if isinstance(model, DepthModel) else load_model(model)
     store = ResultStore(max_results, work_dir)
-    run_lock = threading.Lock()
+    # one prediction at a time: the others wait in this executor's queue, not on a lock held
+    # across the server's thread pool (40 queued requests would otherwise block every endpoint)
+    runner = ThreadPoolExecutor(1, thread_name_prefix="metricdepth-predict")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         try:
             yield
         finally:
+            runner.shutdown(wait=True, cancel_futures=True)
             store.close()
 
     app = _fastapi_app(
@@ -491,7 +499,7 @@ def create_app(
         }
 
     @app.post("/api/predict", responses=_BAD, summary="Metric depth of a photo")
-    def predict_image(
+    async def predict_image(
         image: Annotated[UploadFile, File(description="The photo (JPEG, PNG, TIFF, ...).")],
         intrinsics: Annotated[
             str | None, Form(description='"fx,fy,cx,cy" in pixels of the image as displayed.')
@@ -510,13 +518,16 @@ def create_app(
         if values is not None and focal_px is not None:
             raise HTTPException(400, "give either intrinsics or focal, not both")
         stem = _safe_stem(image.filename)
-        result_id, folder, path = receive_image(image)
+        result_id, folder, path = await run_in_threadpool(receive_image, image)
+
+        def run() -> Result:
+            rgb, cam, source, report = decode(image, path, values, focal_px)
+            path.unlink()
+            prediction = predict(net, rgb, cam, camera_source=source)
+            return _write_result(result_id, folder, stem, prediction, rgb, report)
+
         try:
-            with run_lock:  # one prediction at a time: the others queue here
-                rgb, cam, source, report = decode(image, path, values, focal_px)
-                path.unlink()
-                prediction = predict(net, rgb, cam, camera_source=source)
-                result = _write_result(result_id, folder, stem, prediction, rgb, report)
+            result = await asyncio.wrap_future(runner.submit(run))
         except BaseException:
             store.discard(folder)
             raise
@@ -553,7 +564,7 @@ def create_app(
         summary="An artefact of a prediction",
         response_class=FileResponse,
     )
-    def artefact(result_id: str, kind: str) -> FileResponse:
+    def artefact(result_id: str, kind: str) -> StreamingResponse:
         """``depth`` (.npy, float32 metres), ``png16`` (uint16 millimetres), ``ply``, ``record``
         (JSON), ``normal``/``confidence`` (.npy, when the model has them), and the page's
         pictures: ``image``, ``depth_vis``, ``normal_vis``, ``confidence_vis``, ``colorbar``,
@@ -563,15 +574,27 @@ def create_app(
             known = ", ".join(sorted(result.files))
             raise HTTPException(404, f"kind: no {kind!r} for this result; available: {known}")
         path, name = result.files[kind]
-        if not path.is_file():
-            raise HTTPException(404, f"id: result {result_id!r} has expired")
-        media = _MEDIA_TYPES.get(path.suffix, "application/octet-stream")
+        try:  # opened here: a result evicted from now on is still sent whole (POSIX), and one
+            # evicted already is a 404, not a failure while sending
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the response's iterator
+        except (FileNotFoundError, NotADirectoryError):
+            raise HTTPException(404, f"id: result {result_id!r} has expired") from None
+        size = os.fstat(handle.fileno()).st_size
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while block := handle.read(1 << 16):
+                    yield block
+
         inline = kind in ("image", "depth_vis", "normal_vis", "confidence_vis", "colorbar")
-        return FileResponse(
-            path,
-            media_type=media,
-            filename=name,
-            content_disposition_type="inline" if inline else "attachment",
+        disposition = "inline" if inline else "attachment"
+        return StreamingResponse(
+            chunks(),
+            media_type=_MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
+            headers={
+                "content-length": str(size),
+                "content-disposition": f'{disposition}; filename="{name}"',
+            },
         )
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
