@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument(
-        "--precise-bn", type=int, default=200, help="batches re-estimating BatchNorm statistics"
+        "--precise-bn", type=int, default=100, help="batches re-estimating BatchNorm statistics"
     )
     parser.add_argument("--model-kwargs", default="{}", help="small_unet kwargs as JSON")
     parser.add_argument(

@@ -278,13 +278,18 @@ def read_depth(path: str | os.PathLike, depth_scale: float | None = None) -> np.
 
 
 def write_depth(
-    path: str | os.PathLike, depth_m: np.ndarray, depth_scale: float | None = None
+    path: str | os.PathLike,
+    depth_m: np.ndarray,
+    depth_scale: float | None = None,
+    *,
+    compress_level: int = 6,
 ) -> None:
     """Write an ``(H, W)`` depth map in metres, atomically; ``read_depth`` inverts it.
 
     The format follows the suffix. ``.png``: 16-bit grey, ``round(depth_m * depth_scale)``
     clipped to 0..65535, invalid (NaN, inf, <= 0) stored as 0; ``depth_scale`` defaults to
-    1000 (millimetres). ``.npy``/``.tif``: float32 ``depth_m * depth_scale`` (default 1, i.e.
+    1000 (millimetres); ``compress_level`` is zlib's (0-9: size against writing time, the
+    values are the same). ``.npy``/``.tif``: float32 ``depth_m * depth_scale`` (default 1, i.e.
     metres), invalid stored as 0. Read back with the same ``depth_scale``.
     """
     path = Path(path)
@@ -299,7 +304,7 @@ def write_depth(
         scaled = np.rint(np.where(invalid, 0.0, depth) * (depth_scale or 1000.0))
         stored = np.clip(scaled, 0, 65535).astype(np.uint16)
         with atomic_write(path) as tmp:
-            Image.fromarray(stored).save(tmp, format="PNG")
+            Image.fromarray(stored).save(tmp, format="PNG", compress_level=compress_level)
         return
     stored = np.where(invalid, 0.0, depth * (depth_scale or 1.0)).astype(np.float32)
     with atomic_write(path) as tmp:
