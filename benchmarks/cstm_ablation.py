@@ -372,10 +372,13 @@ def markdown(report: dict) -> str:
 
 NOTES = (
     "- Every variant: the same config but `variant` (metricdepth.train): small_unet, batch of "
-    "`batch_size` images on a 96 x 128 canvas (random crop or pad, padding masked), left-right "
-    "flip, random resize `resize_range`, L1 on log depth, AdamW + warm-up + cosine, 1 thread, "
-    "forward pass in `precision` (bf16: bfloat16 autocast, float32 loss and weights; about "
-    "1.4x the steps of float32 in the same CPU time).",
+    "`batch_size` images on a 96 x 128 canvas (`resize_base: fit`: each image resized to fit "
+    "the canvas exactly as inference will, then padded, padding masked; `image` resizes to f_c "
+    "instead and crops or pads), left-right flip, random resize `resize_range`, L1 on log "
+    "depth, AdamW (fused) + warm-up + cosine, 1 thread, forward pass in `precision` (bf16: "
+    "bfloat16 autocast, float32 loss and weights; about 1.4x the steps of float32 in the same "
+    "CPU time); after the last step the BatchNorm statistics are re-estimated as the average "
+    "over `precise_bn` further batches.",
     "- `none`: metric labels. `label` (CSTM_label): labels x f_c / f_eff. `image` (CSTM_image): "
     "images resized by f_c / f, metric labels. f_c is the geometric centre of the training "
     "focal range, so CSTM_image up- and downsamples by at most about 2.5x in training.",
