@@ -154,6 +154,17 @@ def test_focal_is_a_runtime_input(default_onnx):
     np.testing.assert_allclose(two["depth"][below], 2 * one[below], rtol=1e-6)
 
 
+def test_onnx_runtime_threads_leave_the_loader_workers_their_cores(default_onnx, monkeypatch):
+    """``predict --backend onnxruntime --workers N``: the session's intra-op threads are the
+    usable cores less N (at least 1), as torch's threads in ``run_batch``."""
+    from metricdepth import cli, runtime
+
+    monkeypatch.setattr(runtime, "default_threads", lambda: 4)
+    for workers, threads in ((0, 4), (1, 3), (3, 1), (8, 1)):
+        net = cli.load_predictor(str(default_onnx.path), None, "cpu", "onnxruntime", None, workers)
+        assert net.session.get_session_options().intra_op_num_threads == threads
+
+
 def test_exported_file_describes_itself(default_onnx):
     proto = onnx.load(str(default_onnx.path), load_external_data=False)
     meta = {p.key: p.value for p in proto.metadata_props}

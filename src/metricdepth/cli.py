@@ -251,7 +251,7 @@ def run_predict(
     if workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {workers}")
     shard_range = parse_shard(shard) if shard is not None else None
-    net = load_predictor(model, weights, device, backend, precision)
+    net = load_predictor(model, weights, device, backend, precision, workers)
     if lens is not None and getattr(net, "needs_image", False):
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
@@ -271,10 +271,21 @@ def run_predict(
     return summary
 
 
-def load_predictor(model, weights, device, backend, precision):
-    """The model ``predict`` runs: a ``DepthModel`` (optimised with ``precision``) or ONNX."""
+def load_predictor(model, weights, device, backend, precision, workers=0):
+    """The model ``predict`` runs: a ``DepthModel`` (optimised with ``precision``) or ONNX.
+
+    ONNX Runtime's threads are set when its session opens: with ``workers`` loader processes
+    they leave those cores to the workers, as ``run_batch`` does with torch's threads.
+    """
     from metricdepth.models.registry import load_model
-    from metricdepth.runtime import BACKENDS, PRECISIONS, load_onnx, optimize, set_threads
+    from metricdepth.runtime import (
+        BACKENDS,
+        PRECISIONS,
+        default_threads,
+        load_onnx,
+        optimize,
+        set_threads,
+    )
 
     if backend is None:
         backend = "onnxruntime" if str(model or "").endswith(".onnx") else "torch"
@@ -287,7 +298,7 @@ def load_predictor(model, weights, device, backend, precision):
             raise ValueError("--backend onnxruntime needs --model FILE.onnx (metricdepth export)")
         if weights is not None or device != "cpu" or precision is not None:
             raise ValueError("--backend onnxruntime takes no --weights, --device or --precision")
-        return load_onnx(model)
+        return load_onnx(model, max(1, default_threads() - workers) if workers else None)
     if str(model or "").endswith(".onnx"):
         raise ValueError(f"{model} is an ONNX file: run it with --backend onnxruntime")
     set_threads()  # the CPUs this process may use, not the machine's count
