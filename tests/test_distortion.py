@@ -214,6 +214,38 @@ def test_predict_runs_on_the_pinhole_camera_and_records_both_cameras():
     assert plain.lens is None and "lens" not in plain.summary() and (plain.depth_m > 0).all()
 
 
+class PaddingMarker(nn.Module):
+    """Canonical depth 2 where the canvas shows the photo's grey, 500 where it shows the
+    model's padding colour (what the pinhole image holds outside the photo)."""
+
+    def __init__(self, pad_normalised: torch.Tensor) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.register_buffer("pad", pad_normalised.view(1, 3, 1, 1))
+
+    def forward(self, x):
+        padding = ((x - self.pad).abs().sum(1, keepdim=True) < 1e-3).float()
+        return {"depth_c": (2.0 + 498.0 * padding) * self.scale}
+
+
+def test_the_padding_around_the_photo_never_leaks_into_its_rim():
+    """Along the rim of a strongly distorted photo, original pixels sample the pinhole image
+    next to its padding: they take only the pinhole pixels that see the photo."""
+    from metricdepth.canonical import normalize
+
+    space = CanonicalSpace(focal_px=100.0, input_hw=(96, 128))
+    pad = normalize(np.array([[space.pad_rgb]], np.uint8), space)[0, :, 0, 0]
+    model = DepthModel(ModelSpec(name="marker", arch="marker", space=space), PaddingMarker(pad))
+    camera = Camera(100.0, 100.0, 63.5, 47.5, W, H)
+    image = np.full((H, W, 3), 90, np.uint8)
+    for lens in (OPENCV, FISHEYE):
+        prediction = predict(model.eval(), image, camera, distortion=lens, alpha=1.0)
+        record = prediction.record
+        valid = prediction.depth_m > 0
+        assert valid.mean() > 0.9 and prediction.lens.fill < 0.99  # there is padding to leak
+        np.testing.assert_allclose(prediction.depth_m[valid], 2.0 * record.metric_scale, rtol=1e-5)
+
+
 # ------------------------------------------------------------------ points and measurements
 @pytest.mark.parametrize("name", ["opencv", "fisheye"])
 def test_points_of_the_mapped_back_depth_are_the_true_points(name):

@@ -271,12 +271,15 @@ def _on_original_grid(prediction: Prediction, camera: Camera, lens: PinholeView)
     """
     from metricdepth.distortion import to_original
 
-    depth_m, valid = to_original(prediction.depth_m, lens)
+    # only pinhole pixels that see the photo count: the padding around it has a prediction
+    # too, which must not be blended into the pixels along the photo's rim
+    seen = (lens.source_xy[..., 0] >= 0) & (prediction.depth_m > 0)
+    depth_m, valid = to_original(prediction.depth_m, lens, valid=seen)
     confidence = normal = None
     if prediction.confidence is not None:
-        confidence, _ = to_original(prediction.confidence, lens, valid=prediction.depth_m > 0)
+        confidence, _ = to_original(prediction.confidence, lens, valid=seen)
     if prediction.normal is not None:
-        normal, _ = to_original(prediction.normal, lens, valid=prediction.depth_m > 0)
+        normal, _ = to_original(prediction.normal, lens, valid=seen)
         norm = np.linalg.norm(normal, axis=-1, keepdims=True)
         normal = np.where(norm > 0, normal / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
     return replace(
