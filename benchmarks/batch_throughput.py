@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from metricdepth.data.inputs import collect_inputs
     from metricdepth.outputs import (
         PredictionInputs,
-        _can_trace,
+        can_trace,
         network_threads,
         parse_save,
         run_batch,
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         network = model
         with torch.inference_mode():
             expected = model(inputs[0].to(args.device))
-        if _can_trace(model, len(items)):
+        if can_trace(model, len(items)):
             network = traced_network(model, dataset[0], expected) or model
         print("network: " + ("TorchScript trace" if network is not model else "the model"))
         forward_only(network, inputs[:10], model.device)  # warm-up

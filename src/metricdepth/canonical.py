@@ -283,13 +283,12 @@ def training_record(
     (H_in, W_in) = space.input_hw  # noqa: N806
     t = float(rng.uniform(low, high)) if rng.random() < resize_prob else 1.0
     focal = camera.focal(focal_mode)
+    fit = resize_base == "fit" and variant != "image"
     if variant == "image":
         scale = t * space.focal_px / focal
-    elif resize_base == "fit":
-        scale = t * min(H_in / camera.height, W_in / camera.width)
     else:
-        scale = t
-    if resize_base == "fit" and variant != "image":  # inference's fit truncates the size
+        scale = t * min(H_in / camera.height, W_in / camera.width) if fit else t
+    if fit:  # inference's fit truncates the size
         h, w = int(camera.height * scale), int(camera.width * scale)
     else:
         h, w = int(camera.height * scale + 0.5), int(camera.width * scale + 0.5)

@@ -421,7 +421,7 @@ def traced_network(model, sample: PreparedInput, expected: dict[str, torch.Tenso
     return traced
 
 
-def _can_trace(model, remaining: int) -> bool:
+def can_trace(model, remaining: int) -> bool:
     """Trace only a plain float32 torch model on a fixed canvas (``fit``) with images to go."""
     from metricdepth.models.registry import DepthModel
 
@@ -905,7 +905,7 @@ def run_batch(
                         tried_trace = True
                         quick = time.perf_counter() - started_forward < TRACE_BELOW_S
                         left = len(pending) - position - 1
-                        if quick and _can_trace(model, left):
+                        if quick and can_trace(model, left):
                             network = traced_network(model, sample, out)
                     job = writer.submit(_finish, model, sample, out, out_dir, item.stem, save)
                     queue.append((item, job))
