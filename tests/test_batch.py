@@ -67,25 +67,37 @@ CHILD = textwrap.dedent(
 
     images, out, mode, workers = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     on_done = None
-    if mode.startswith("kill-at-replace-"):  # die like `kill -9` inside the Nth rename
-        import multiprocessing, time
+    if mode.startswith("kill-at-replace-"):  # the run dies like `kill -9` in the Nth rename
+        import time
+        main = os.getpid()
         target, calls, real_replace = int(mode.rsplit("-", 1)[1]), [0], os.replace
         def replace(src, dst):  # slow writes: the loaders fill their result pipe meanwhile
             time.sleep(0.1)
             calls[0] += 1
-            if calls[0] == target:
-                pids = [str(p.pid) for p in multiprocessing.active_children()]
-                Path(out.parent / "workers.txt").write_text(" ".join(pids))
-                os.kill(os.getpid(), signal.SIGKILL)  # the main process only
+            if calls[0] == target:  # (the renames run in the writer process, a child)
+                children = Path(f"/proc/{{main}}/task/{{main}}/children").read_text().split()
+                Path(out.parent / "workers.txt").write_text(" ".join(children))
+                os.kill(main, signal.SIGKILL)  # the run's main process, then this one
+                os.kill(os.getpid(), signal.SIGKILL)
             real_replace(src, dst)
         os.replace = replace
-    elif mode.startswith("signal-"):  # e.g. signal-SIGTERM-after-3: once image 3 is written
-        _, name, _, target = mode.split("-")
+    elif mode.startswith("signal-") and "-after-" in mode:  # signal-SIGTERM-after-3:
+        _, name, _, target = mode.split("-")  # once image 3 is settled (on_done)
         seen = []
         def on_done(item, prediction, written):
             seen.append(item.stem)
             if len(seen) == int(target):
                 os.kill(os.getpid(), getattr(signal, name))
+    elif mode.startswith("signal-"):  # signal-SIGTERM-record-3: sent by the writer process
+        _, name, _, target = mode.split("-")  # as it renames the 3rd record into place
+        main, records, real_replace = os.getpid(), [0], os.replace
+        def replace(src, dst):
+            real_replace(src, dst)
+            if os.getpid() != main and str(dst).endswith(".json"):
+                records[0] += 1
+                if records[0] == int(target):
+                    os.kill(main, getattr(signal, name))
+        os.replace = replace
     summary = run_batch(
         tiny_model(), collect_inputs([images]), out, {{"depth", "png16"}}, focal=40.0,
         workers=workers, progress=False, on_done=on_done,
@@ -172,7 +184,7 @@ def test_killed_run_then_resume_equals_an_uninterrupted_run_byte_for_byte(
     leftovers = [name for name in left if Path(name).name.startswith(".")]
     assert leftovers and all(".tmp" in name for name in leftovers)  # killed inside a write
     workers = [int(pid) for pid in (tmp_path / "workers.txt").read_text().split()]
-    assert len(workers) == 2
+    assert len(workers) == 3  # 2 loader workers and the writer process
     deadline = time.monotonic() + 30  # the loader workers die with their parent
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -216,19 +228,25 @@ def test_workers_write_the_same_bytes_as_in_process(tmp_path, images):
     }
 
 
-@pytest.mark.parametrize(("name", "workers"), [("SIGINT", 0), ("SIGTERM", 2)])
+@pytest.mark.parametrize(
+    ("name", "workers", "when"),
+    [("SIGINT", 0, "after"), ("SIGTERM", 2, "after"), ("SIGINT", 2, "record")],
+)
 def test_a_stop_signal_ends_the_run_cleanly_with_a_summary_line(
-    tmp_path, images, run_child, name, workers
+    tmp_path, images, run_child, name, workers, when
 ):
+    """``after``: sent once the 3rd image is settled (``on_done``: writer threads);
+    ``record``: as the writer process renames the 3rd record (no ``on_done``)."""
     out = tmp_path / "out"
-    child = run_child(images, out, f"signal-{name}-after-3", workers=workers)
+    child = run_child(images, out, f"signal-{name}-{when}-3", workers=workers)
     assert child.returncode == 0, child.stderr
     assert child.stderr == ""  # no traceback, no KeyboardInterrupt
     line = child.stdout.strip()
     assert line.startswith("interrupted: ") and line.endswith("left (rerun with --resume)")
     done = int(line.split()[1])
-    # the third image plus those whose writes were under way
-    assert 3 <= done <= 3 + _MAX_WRITES_AHEAD < N_IMAGES
+    # the third image plus those whose writes were under way (and, from the writer
+    # process, the one the network was doing when the signal came)
+    assert 3 <= done <= 3 + _MAX_WRITES_AHEAD + (when == "record") < N_IMAGES
     assert len(records(out)) == done
     assert f"; {N_IMAGES - done} left" in line
     rest = run_batch(
@@ -427,3 +445,53 @@ def test_a_short_forward_is_traced_and_writes_the_same_bytes(tmp_path, monkeypat
     noisy = DepthModel(tiny_model().spec, Noisy()).eval()
     summary = run_batch(noisy, items, tmp_path / "noisy", {"depth"}, progress=False)
     assert made[-1] is None and len(made) == 2 and summary.done == len(items)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_post_processing_error_is_one_failed_image_in_either_writer(
+    tmp_path, images, monkeypatch, workers
+):
+    """A ValueError while mapping the outputs back (writer threads, or the writer process
+    with loader workers) fails that image only, with ``keep_going``; else it stops the run."""
+    import metricdepth.outputs as outputs
+
+    real = outputs.to_prediction
+    items = collect_inputs([images])
+    victim = items[4]
+
+    def to_prediction(model, sample, out):
+        if sample.index == 4:
+            raise ValueError(f"{victim.image}: cannot map the depth back")
+        return real(model, sample, out)
+
+    monkeypatch.setattr(outputs, "to_prediction", to_prediction)
+    out = tmp_path / "out"
+    summary = run_batch(
+        tiny_model(), items, out, {"depth"}, focal=40.0, workers=workers, keep_going=True,
+        progress=False,
+    )  # fmt: skip
+    assert summary.failed == [f"{victim.image}: cannot map the depth back"]
+    assert summary.done == N_IMAGES - 1
+    assert sorted(records(out)) == sorted(f"{i.stem}.json" for i in items if i is not victim)
+    with pytest.raises(ValueError, match="cannot map the depth back"):
+        run_batch(
+            tiny_model(), items, tmp_path / "strict", {"depth"}, focal=40.0, workers=workers,
+            progress=False,
+        )  # fmt: skip
+
+
+def test_the_writer_process_writes_what_the_writer_threads_write(tmp_path, images):
+    """Loader workers without ``on_done`` use the writer process; with it, writer threads."""
+    items = collect_inputs([images])
+    seen = []
+    threads = run_batch(
+        tiny_model(), items, tmp_path / "threads", {"depth", "png16", "ply", "vis"},
+        focal=40.0, workers=2, progress=False, on_done=lambda *args: seen.append(args[0]),
+    )  # fmt: skip
+    process = run_batch(
+        tiny_model(), items, tmp_path / "process", {"depth", "png16", "ply", "vis"},
+        focal=40.0, workers=2, progress=False,
+    )  # fmt: skip
+    assert seen == items
+    assert (threads.done, process.done) == (N_IMAGES, N_IMAGES)
+    assert tree(tmp_path / "threads") == tree(tmp_path / "process")

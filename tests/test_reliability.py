@@ -826,7 +826,8 @@ def test_disk_full_stops_the_run_and_leaves_no_partial_file(work, cli_run, monke
     assert not (out / "good3.json").exists()  # a full disk stops the run even with keep-going
 
 
-def test_disk_full_on_an_items_second_file_changes_none_of_its_files(work, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])  # writer threads, or the writer process
+def test_disk_full_on_an_items_second_file_changes_none_of_its_files(work, monkeypatch, workers):
     import metricdepth.outputs as outputs
     from metricdepth.io import atomic_write
 
@@ -841,7 +842,9 @@ def test_disk_full_on_an_items_second_file_changes_none_of_its_files(work, monke
 
     monkeypatch.setattr(outputs, "write_depth", full_disk)
     with pytest.raises(WriteError, match="good1: cannot write the outputs: No space left"):
-        run_batch(model, items, out, {"depth", "png16"}, focal=41.0, progress=False)
+        run_batch(
+            model, items, out, {"depth", "png16"}, focal=41.0, workers=workers, progress=False
+        )
     assert tree(out) == before  # good1's new depth.npy was written but never replaced the old
 
 

@@ -12,8 +12,8 @@ files and stops the run, ``keep_going`` or not.
 
 ``run_batch`` is the engine of ``metricdepth predict``:
 
-* a ``torch.utils.data.DataLoader`` decodes images and builds the canonical network input in
-  ``workers`` processes while the model runs (``workers=0``: in the calling process), the
+* ``workers`` loader processes (``data.loader.prefetched``) decode images and build the
+  canonical network input while the model runs (``workers=0``: in the calling process), the
   network's torch threads lowered so that threads and workers fit the cores
   (``network_threads``), and writer threads write the files (an fsync waits on the disk)
   while the network runs on the next images;
@@ -37,7 +37,6 @@ import json
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -55,6 +54,7 @@ import torch
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalRecord, CanonicalSpace
 from metricdepth.data.inputs import InputItem, check_shard, shard_items
+from metricdepth.data.loader import prefetched
 from metricdepth.distortion import Distortion
 from metricdepth.io import atomic_group, atomic_write, write_depth, write_ply
 from metricdepth.predict import Prediction
@@ -274,7 +274,7 @@ class PreparedInput:
     alpha: float | None = None
 
 
-class PredictionInputs(torch.utils.data.Dataset):
+class PredictionInputs:
     """Map-style dataset: item k -> ``PreparedInput`` (decode, camera, canonical input).
 
     Exactly the pre-processing of ``predict``: the image read with its EXIF orientation, the
@@ -343,31 +343,8 @@ class PredictionInputs(torch.utils.data.Dataset):
         )
 
 
-def _as_is(sample: PreparedInput) -> PreparedInput:
-    return sample
-
-
 #: Signals that stop a batch run cleanly after the current image (``run_batch``).
 STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
-
-
-def _init_worker(_: int) -> None:
-    """Loader workers leave SIGINT/SIGTERM to the main process and die when it dies.
-
-    The main process stops after the current image and then shuts the workers down; if it is
-    killed outright (SIGKILL), Linux kills the workers too (``PR_SET_PDEATHSIG``) instead of
-    leaving them blocked on a full result pipe. (``cv2.setNumThreads`` is not called here: in
-    a forked worker it can block forever on the parent's OpenCV thread-pool lock.)
-    """
-    for number in STOP_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
-            pass
 
 
 def run_network(model, sample: PreparedInput, network=None) -> dict[str, torch.Tensor]:
@@ -459,10 +436,6 @@ def _check_arguments(model, workers, intrinsics, focal, focal_mode) -> str:
     return check_focal_mode(focal_mode or model.spec.focal_mode)
 
 
-#: Images each loader worker prepares ahead of the network.
-_PREFETCH = 4
-
-
 def prepared_inputs(
     model,
     items: Sequence[InputItem],
@@ -477,10 +450,10 @@ def prepared_inputs(
 ) -> Iterator[tuple[InputItem, PreparedInput]]:
     """``(item, PreparedInput)`` in input order, decoded by ``workers`` loader processes.
 
-    With ``workers > 0`` the processes start at this call and work ahead (``_PREFETCH`` images
-    each, so a worker delayed by a busy machine does not stall the network at once)
-    while the caller runs the model; with 0 each image is prepared here when asked for. Close
-    the generator (or exhaust it) to stop the workers.
+    With ``workers > 0`` the processes (``data.loader.prefetched``) start at this call and
+    work ahead (a few images each, so a worker delayed by a busy machine does not stall the
+    network at once) while the caller runs the model; with 0 each image is prepared here when
+    asked for. Close the generator (or exhaust it) to stop the workers.
     """
     mode = _check_arguments(model, workers, intrinsics, focal, focal_mode)
     dataset = PredictionInputs(
@@ -490,17 +463,7 @@ def prepared_inputs(
     if workers == 0 or len(dataset) < 2:
         stream: Iterator[PreparedInput] = (dataset[k] for k in range(len(dataset)))
     else:  # the workers start here, not at the first next()
-        stream = iter(
-            torch.utils.data.DataLoader(
-                dataset,
-                batch_size=None,
-                shuffle=False,
-                num_workers=min(workers, len(dataset)),
-                collate_fn=_as_is,
-                worker_init_fn=_init_worker,
-                prefetch_factor=_PREFETCH,
-            )
-        )
+        stream = prefetched(dataset, workers)
     return _in_order(dataset, stream)
 
 
@@ -511,9 +474,9 @@ def _in_order(
         for sample in stream:
             yield dataset.items[sample.index], sample
     finally:
-        shutdown = getattr(stream, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def iter_predictions(
@@ -784,6 +747,77 @@ def _finish(
     return _write(to_prediction(model, sample, out), sample.image, out_dir, stem, save)
 
 
+class _ThreadSink:
+    """Post-processing and writes on writer threads of this process (futures of
+    ``(prediction, written)``)."""
+
+    def __init__(self, model, out_dir: Path, save: set[str]) -> None:
+        self.model, self.out_dir, self.save = model, out_dir, save
+        self.pool = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="metricdepth-writer")
+
+    def finish(self, position: int, sample: PreparedInput, out: dict, stem: str) -> Future:
+        return self.pool.submit(_finish, self.model, sample, out, self.out_dir, stem, self.save)
+
+    def write(self, prediction: Prediction, image: np.ndarray | None, stem: str) -> Future:
+        return self.pool.submit(_write, prediction, image, self.out_dir, stem, self.save)
+
+    def collect(self, wait_for: Future | None) -> None:
+        """Nothing to move: the threads complete their futures themselves."""
+
+    def __enter__(self) -> _ThreadSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What settling needs of an image written by the writer process."""
+
+    camera_source: str
+
+
+class _ProcessSink:
+    """Post-processing and writes in a ``writer.WriterProcess``; its reports complete futures
+    (of ``(_Written, {})``) here when ``collect`` reads them."""
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+        self.futures: dict[int, Future] = {}
+
+    def finish(self, position: int, sample: PreparedInput, out: dict, stem: str) -> Future:
+        future: Future = Future()
+        self.futures[position] = future
+        self.writer.submit(position, sample, out, stem)
+        return future
+
+    def collect(self, wait_for: Future | None) -> None:
+        """Complete the futures of the reports that arrived; first wait for ``wait_for``'s."""
+        while wait_for is not None and not wait_for.done():
+            self._complete(self.writer.receive(block=True))
+        while (result := self.writer.receive(block=False)) is not None:
+            self._complete(result)
+
+    def _complete(self, result) -> None:
+        future = self.futures.pop(result.position)
+        if result.outcome == "done":
+            future.set_result((_Written(result.text), {}))
+        elif result.outcome == "write":
+            future.set_exception(WriteError(result.text))
+        elif result.outcome == "bad":
+            future.set_exception(ValueError(result.text))
+        else:
+            future.set_exception(RuntimeError(f"writer process failed:\n{result.text}"))
+
+    def __enter__(self) -> _ProcessSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for result in self.writer.close():  # waits for the writes under way
+            self._complete(result)
+
+
 def run_batch(
     model,
     items: Sequence[InputItem],
@@ -875,13 +909,21 @@ def run_batch(
             alpha=alpha,
         )
         # Only the network runs here (with its torch threads set); the metric post-processing
-        # and the (fsync'ed) writes of each image run on writer threads while the network does
-        # the next ones; results are settled (on_done, counts) in input order.
-        writer = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="metricdepth-writer")
+        # and the (fsync'ed) writes of each image run on writer threads (with loader workers
+        # and no on_done: in a writer process) while the network does the next ones; results
+        # are settled (on_done, counts) in input order.
+        own_pipeline = hasattr(model, "predict_prepared")  # a backend with its own pipeline
+        process = workers > 0 and on_done is None and not own_pipeline and len(pending) > 1
+        if process:
+            from metricdepth.writer import WriterProcess
+
+            sink = _ProcessSink(WriterProcess(model, out_dir, save, _WRITER_THREADS))
+        else:
+            sink = _ThreadSink(model, out_dir, save)
         threads = _torch_threads(network_threads(workers))
         with (
             closing(samples),
-            writer,
+            sink,
             threads,
             _progress(progress, len(pending)) as (
                 advance,
@@ -894,10 +936,9 @@ def run_batch(
                 if sample.error is not None:
                     fail(sample.error)
                     advance()
-                elif hasattr(model, "predict_prepared"):  # a backend with its own pipeline
+                elif own_pipeline:
                     prediction = model.predict_prepared(sample)
-                    job = writer.submit(_write, prediction, sample.image, out_dir, item.stem, save)
-                    queue.append((item, job))
+                    queue.append((item, sink.write(prediction, sample.image, item.stem)))
                 else:  # only the network on this thread; the rest overlaps the next forward
                     started_forward = time.perf_counter()
                     out = run_network(model, sample, network)
@@ -907,13 +948,14 @@ def run_batch(
                         left = len(pending) - position - 1
                         if quick and can_trace(model, left):
                             network = traced_network(model, sample, out)
-                    job = writer.submit(_finish, model, sample, out, out_dir, item.stem, save)
-                    queue.append((item, job))
+                    queue.append((item, sink.finish(position, sample, out, item.stem)))
+                sink.collect(queue[0][1] if len(queue) > _MAX_WRITES_AHEAD else None)
                 while queue and (len(queue) > _MAX_WRITES_AHEAD or queue[0][1].done()):
                     settle(*queue.popleft())
                 if stop.is_set():
                     break
             while queue:
+                sink.collect(queue[0][1])
                 settle(*queue.popleft())
         summary.interrupted = stop.is_set() and summary.remaining > 0
     summary.elapsed_s = time.perf_counter() - started

@@ -1,0 +1,90 @@
+"""The loader worker processes (``metricdepth.data.loader.prefetched``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from metricdepth.data.loader import prefetched
+
+
+class Squares:
+    """Item k is ``(k, k * k, pid of the process that computed it)``; ``trap`` misbehaves."""
+
+    def __init__(self, count: int, trap: int | None = None, how: str = "raise") -> None:
+        self.count, self.trap, self.how = count, trap, how
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        if index == self.trap:
+            if self.how == "raise":
+                raise ZeroDivisionError(f"no square for {index}")
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if self.how == "sleep":
+                time.sleep(60)
+        return index, index * index, os.getpid()
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (without reaping it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("workers", [1, 3, 50])
+def test_items_come_in_order_from_every_worker(workers):
+    items = list(prefetched(Squares(11), workers))
+    assert [(k, s) for k, s, _ in items] == [(k, k * k) for k in range(11)]
+    pids = {pid for _, _, pid in items}
+    assert os.getpid() not in pids  # computed in the workers
+    assert len(pids) == min(workers, 11)
+    for k, (_, _, pid) in enumerate(items):  # round robin: item k from worker k mod n
+        assert pid == items[k % min(workers, 11)][2]
+
+
+def test_an_exception_in_a_worker_is_raised_with_its_traceback():
+    stream = prefetched(Squares(8, trap=5), 2)
+    got = []
+    with pytest.raises(RuntimeError, match="failed on item 5") as error:
+        for item in stream:
+            got.append(item[0])
+    assert got == [0, 1, 2, 3, 4]
+    assert "ZeroDivisionError: no square for 5" in str(error.value)
+    assert "in __getitem__" in str(error.value)  # the worker's traceback
+
+
+def test_a_killed_worker_is_named_with_its_exit_code():
+    stream = prefetched(Squares(8, trap=3, how="kill"), 2)
+    got = []
+    with pytest.raises(RuntimeError, match=r"worker 1 \(pid \d+\) ended before item 3") as error:
+        for item in stream:
+            got.append(item[0])
+    assert got == [0, 1, 2]
+    assert f"exit code {-signal.SIGKILL}" in str(error.value)
+
+
+def test_closing_early_ends_the_workers_even_one_stuck_in_an_item():
+    stream = prefetched(Squares(40, trap=7, how="sleep"), 2)
+    assert next(stream)[0] == 0
+    pids = stream.pids
+    assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    started = time.monotonic()
+    stream.close()
+    assert time.monotonic() - started < 10  # the sleeper (60 s) is killed, not awaited
+    assert not any(alive(pid) for pid in pids)
+    with pytest.raises(StopIteration):
+        next(stream)
+
+
+def test_no_workers_is_refused():
+    with pytest.raises(ValueError, match="at least one worker"):
+        prefetched(Squares(3), 0)
