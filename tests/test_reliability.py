@@ -895,7 +895,7 @@ def fault_set(tmp_path_factory):
 
 def forked_batch(
     items, out: Path, *, kill_at: int | None = None, resume: bool = False,
-    count_to: Path | None = None,
+    count_to: Path | None = None, workers: int = 0,
 ) -> int:  # fmt: skip
     """Start ``run_batch`` in a forked child (no interpreter start-up); returns its pid.
 
@@ -923,7 +923,10 @@ def forked_batch(
 
             for name in HOOKED:
                 setattr(os, name, hooked(getattr(os, name)))
-        run_batch(tiny_model(), items, out, FAULT_SAVE, focal=20.0, resume=resume, progress=False)
+        run_batch(
+            tiny_model(), items, out, FAULT_SAVE, focal=20.0, resume=resume, progress=False,
+            workers=workers,
+        )  # fmt: skip
         if count_to is not None:
             count_to.write_text(str(count[0]))
         code = 0
@@ -960,8 +963,9 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(faul
     """≥ 20 SIGKILL trials (seeded): each killed run, resumed, equals the uninterrupted run.
 
     Hooked trials die between two steps of a write (every temporary, fsync, rename and deletion
-    is a candidate); timer trials are killed from outside after a random delay. Odd trials are
-    killed a second time while resuming. Then a resume must finish the rest: every output
+    is a candidate); timer trials are killed from outside after a random delay (half of them
+    running with loader workers and the writer process). Odd trials are killed a second time
+    while resuming. Then a resume must finish the rest: every output
     present exactly once, byte-identical, no temporary left.
     """
     folder, items, reference = fault_set
@@ -989,11 +993,13 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(faul
                 last = max(1, int(unfinished * events_per_image))
                 pid = forked_batch(items, out, kill_at=int(rng.integers(1, last + 1)),
                                    resume=resume)  # fmt: skip
-            else:
-                pid = forked_batch(items, out, resume=resume)
+            else:  # every other pair of trials with loader workers and the writer process
+                workers = 2 if (trial - HOOK_TRIALS) // 2 % 2 else 0
+                pid = forked_batch(items, out, resume=resume, workers=workers)
                 time.sleep(float(rng.uniform(0.0, duration)))
                 os.kill(pid, signal.SIGKILL)
             status = reap(pid)
+            time.sleep(0.2)  # its loader workers and writer process die with it (PDEATHSIG)
             outcomes.append(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
             assert_consistent_after_kill(out, reference)
         summary = run_batch(

@@ -15,8 +15,10 @@ files and stops the run, ``keep_going`` or not.
 * ``workers`` loader processes (``data.loader.prefetched``) decode images and build the
   canonical network input while the model runs (``workers=0``: in the calling process), the
   network's torch threads lowered so that threads and workers fit the cores
-  (``network_threads``), and writer threads write the files (an fsync waits on the disk)
-  while the network runs on the next images;
+  (``network_threads``); the metric post-processing and the writes (an fsync waits on the
+  disk) run while the network does the next images: in a writer process
+  (``writer.WriterProcess``) when there are loader workers and no ``on_done`` (which needs
+  each ``Prediction`` here), else on writer threads of this process;
 * one image per forward pass, so an image's output never depends on which other images ran
   with it: a resumed or sharded run writes the same bytes as one uninterrupted run (records hold
   no wall-clock timings for the same reason; throughput is in the ``BatchSummary``); a network
@@ -28,7 +30,8 @@ files and stops the run, ``keep_going`` or not.
   order) so that n processes or machines split one input list without overlap;
 * ``keep_going`` reports a bad image in one line and goes on; SIGINT (Ctrl-C) or SIGTERM (a
   job scheduler's stop) ends the run after the images under way and returns the summary (a
-  second Ctrl-C interrupts at once); loader workers die with the run even under SIGKILL.
+  second Ctrl-C interrupts at once); loader workers and the writer process die with the run
+  even under SIGKILL.
 """
 
 from __future__ import annotations

@@ -25,7 +25,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from metricdepth.data.loader import AHEAD_BYTES, enlarge_pipe, quiet_worker, start_context
+from metricdepth.data.loader import (
+    AHEAD_BYTES,
+    enlarge_pipe,
+    quiet_worker,
+    start_context,
+)
+
+#: The network outputs that post-processing reads (``predict.postprocess``); only these cross.
+POST_KEYS = ("depth_c", "confidence", "normal")
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,9 @@ class WriterProcess:
 
     def submit(self, position: int, sample: Any, out: dict, stem: str) -> None:
         """Queue one image: its ``PreparedInput`` and the network's outputs (moved to the CPU)."""
-        arrays = {key: value.detach().cpu().numpy() for key, value in out.items()}
+        arrays = {
+            key: value.detach().cpu().numpy() for key, value in out.items() if key in POST_KEYS
+        }
         light = replace(sample, canvas=None)  # the canvas is not needed after the forward
         try:
             self._jobs.send((position, light, arrays, stem))
