@@ -1,6 +1,6 @@
 """Throughput of the batch path (``run_batch``) against forward-only throughput of the same model.
 
-    python benchmarks/batch_throughput.py [--images 240] [--size 240x320] [--workers 2]
+    python benchmarks/batch_throughput.py [--images 1000] [--size 240x320] [--workers 2]
                                           [--repeats 3] [--threads N] [--save depth]
                                           [--canvas HxW] [--device cpu]
 
@@ -145,7 +145,7 @@ def profile(model, items, out: Path, save: set[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=240, help="number of images (>= 200)")
+    parser.add_argument("--images", type=int, default=1000, help="number of images (>= 200)")
     parser.add_argument("--size", default="240x320", help="image HEIGHTxWIDTH in pixels")
     parser.add_argument("--workers", type=int, default=2, help="loader processes of run_batch")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each path")
