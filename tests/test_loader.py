@@ -73,7 +73,7 @@ def test_a_killed_worker_is_named_with_its_exit_code():
 
 
 def test_closing_early_ends_the_workers_even_one_stuck_in_an_item():
-    stream = prefetched(Squares(40, trap=7, how="sleep"), 2)
+    stream = prefetched(Squares(4000, trap=7, how="sleep"), 2, ahead_bytes=4096)
     assert next(stream)[0] == 0
     pids = stream.pids
     assert len(pids) == 2 and all(alive(pid) for pid in pids)
@@ -88,3 +88,14 @@ def test_closing_early_ends_the_workers_even_one_stuck_in_an_item():
 def test_no_workers_is_refused():
     with pytest.raises(ValueError, match="at least one worker"):
         prefetched(Squares(3), 0)
+
+
+def test_closing_early_lets_a_waiting_worker_end_on_its_own():
+    """Worker 0, blocked on its full pipe, sees the pipe closed and exits 0 although worker
+    1 (stuck in an item, killed) was forked after it: no worker holds another's pipe."""
+    stream = prefetched(Squares(400, trap=1, how="sleep"), 2, ahead_bytes=4096)
+    assert next(stream)[0] == 0
+    time.sleep(0.5)  # worker 0 fills its pipe and waits
+    processes = list(stream._processes)
+    stream.close()
+    assert [process.exitcode for process in processes] == [0, -signal.SIGKILL]

@@ -28,6 +28,7 @@ from typing import Any
 from metricdepth.data.loader import (
     AHEAD_BYTES,
     enlarge_pipe,
+    forked,
     quiet_worker,
     start_context,
 )
@@ -60,8 +61,13 @@ class _ModelSpec:
         self.spec = spec
 
 
-def _serve(model: Any, out_dir: Path, save: set[str], jobs: Any, results: Any, threads: int):
+def _serve(
+    model: Any, out_dir: Path, save: set[str], jobs: Any, results: Any, threads: int,
+    parent_ends: tuple = (),
+):  # fmt: skip
     quiet_worker()
+    for end in parent_ends:  # inherited by fork: the parent's ends are not this process's
+        end.close()
     from metricdepth.outputs import WriteError, _finish
 
     lock = threading.Lock()
@@ -112,17 +118,13 @@ class WriterProcess:
         self._process = context.Process(
             target=_serve,
             args=(_ModelSpec(model.spec), Path(out_dir), set(save), self._jobs_in, results_out,
-                  threads),
+                  threads, (jobs_out, results_in) if forked(context) else ()),
             name="metricdepth-writer",
             daemon=True,
         )  # fmt: skip
         self._process.start()
         self._jobs_in.close()
         results_out.close()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
 
     def submit(self, position: int, sample: Any, out: dict, stem: str) -> None:
         """Queue one image: its ``PreparedInput`` and the network's outputs (moved to the CPU)."""
@@ -163,16 +165,6 @@ class WriterProcess:
         self.results.close()
         self._process = None
         return left
-
-    def kill(self) -> None:
-        """End the process now (its unfinished writes leave temporaries for the next run)."""
-        if self._process is None:
-            return
-        self._jobs.close()
-        self._process.kill()
-        self._process.join()
-        self.results.close()
-        self._process = None
 
     def _ended(self, when: str) -> str:
         process = self._process

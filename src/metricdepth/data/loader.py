@@ -60,8 +60,12 @@ def quiet_worker() -> None:
         pass
 
 
-def _work(dataset: Sequence[Any], first: int, step: int, connection: Any) -> None:
+def _work(
+    dataset: Sequence[Any], first: int, step: int, connection: Any, parent_ends: tuple = ()
+) -> None:
     quiet_worker()
+    for end in parent_ends:  # inherited by fork: the consumer's ends, this one's included
+        end.close()
     try:
         for index in range(first, len(dataset), step):
             try:
@@ -86,6 +90,11 @@ def enlarge_pipe(connection: Any, size: int) -> None:
         fcntl.fcntl(connection.fileno(), _F_SETPIPE_SZ, size)
     except (OSError, ImportError, ValueError):
         pass  # the system's maximum is lower: the default buffer still works
+
+
+def forked(context: Any) -> bool:
+    """Whether ``context`` starts processes by fork (they inherit the parent's open pipes)."""
+    return context.get_start_method() == "fork"
 
 
 def start_context() -> Any:
@@ -118,13 +127,14 @@ class Prefetched(Iterator[T]):
             for first in range(count):
                 reader, writer = context.Pipe(duplex=False)
                 enlarge_pipe(writer, ahead_bytes)
+                self._readers.append(reader)
+                inherited = tuple(self._readers) if forked(context) else ()
                 process = context.Process(
                     target=_work,
-                    args=(dataset, first, count, writer),
+                    args=(dataset, first, count, writer, inherited),
                     name=f"metricdepth-loader-{first}",
                     daemon=True,
                 )
-                self._readers.append(reader)
                 process.start()
                 writer.close()  # the worker holds the only writing end: EOF when it dies
                 self._processes.append(process)
