@@ -399,6 +399,10 @@ BAD_CAMERAS = {
         ["--intrinsics", "50,50,20,15@100x100"],
         "are for 100x100 pixels but the image is 40x30, another aspect ratio",
     ),
+    "size of the stored, unturned photo": (
+        ["--intrinsics", "50,50,14,19@30x40"],
+        "are for 30x40 pixels but the image as displayed is 40x30 (turned by its EXIF",
+    ),
     "both intrinsics and focal": (
         ["--intrinsics", "50,50,20,15", "--focal", "50"],
         "give either --intrinsics or --focal",

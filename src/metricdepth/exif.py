@@ -531,6 +531,13 @@ def camera_for_size(
     _check_intrinsics(values, where)
     if len(values) == 6 and (values[4], values[5]) != (width, height):
         cal_w, cal_h = int(values[4]), int(values[5])
+        if (cal_w, cal_h) == (height, width):  # the stored size of a photo shown rotated
+            raise ValueError(
+                f"{where}: the intrinsics are for {cal_w}x{cal_h} pixels but the image as "
+                f"displayed is {width}x{height} (turned by its EXIF orientation?); give the "
+                "intrinsics of the displayed image (fx and fy, cx and cy swapped as the turn "
+                "does) with its size"
+            )
         if abs(cal_w * height - cal_h * width) > max(width, height, cal_w, cal_h):
             raise ValueError(
                 f"{where}: the intrinsics are for {cal_w}x{cal_h} pixels but the image is "
