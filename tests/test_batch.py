@@ -495,3 +495,29 @@ def test_the_writer_process_writes_what_the_writer_threads_write(tmp_path, image
     assert seen == items
     assert (threads.done, process.done) == (N_IMAGES, N_IMAGES)
     assert tree(tmp_path / "threads") == tree(tmp_path / "process")
+
+
+KILLED_WORKER_MAIN = (  # the console script, whose loader worker SIGKILLs itself at item 3
+    "import os, signal; import metricdepth.outputs as o; real = o.PredictionInputs.__getitem__; "
+    "o.PredictionInputs.__getitem__ = lambda self, k: "
+    "os.kill(os.getpid(), signal.SIGKILL) if k == 3 else real(self, k); "
+    "from metricdepth.cli import main; main()"
+)
+
+
+def test_a_killed_loader_worker_ends_the_command_with_one_line(tmp_path, images):
+    """A loader worker killed (e.g. by the kernel's OOM killer) mid-run: one ``error:`` line
+    naming it and its exit code, exit 1, no traceback; the images before it are written."""
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-c", KILLED_WORKER_MAIN, "predict", str(images), "--focal", "40",
+         "--workers", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert lines[0].startswith("error: loader worker 1 (pid ")
+    assert f"ended before item 3 (exit code {-signal.SIGKILL};" in lines[0]
+    assert len(records(out)) == 3  # items 0-2, predicted before it, are complete
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metricdepth.data.loader import prefetched
+from metricdepth.data.loader import WorkerDied, prefetched
 
 
 class Squares:
@@ -65,7 +65,7 @@ def test_an_exception_in_a_worker_is_raised_with_its_traceback():
 def test_a_killed_worker_is_named_with_its_exit_code():
     stream = prefetched(Squares(8, trap=3, how="kill"), 2)
     got = []
-    with pytest.raises(RuntimeError, match=r"worker 1 \(pid \d+\) ended before item 3") as error:
+    with pytest.raises(WorkerDied, match=r"worker 1 \(pid \d+\) ended before item 3") as error:
         for item in stream:
             got.append(item[0])
     assert got == [0, 1, 2]

@@ -559,6 +559,8 @@ def main() -> None:
     import signal
     import threading
 
+    from metricdepth.data.loader import WorkerDied  # stdlib only: cheap
+
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _on_sigint) if main_thread else None
     try:
@@ -566,6 +568,9 @@ def main() -> None:
     except OSError as error:  # unwritable output folder, disk full, ...
         typer.echo(f"error: {' '.join(str(error).split())}", err=True)
         raise SystemExit(2) from None
+    except WorkerDied as error:  # a loader worker or the writer process was killed (OOM, ...)
+        typer.echo(f"error: {' '.join(str(error).split())}", err=True)
+        raise SystemExit(1) from None
     except (KeyboardInterrupt, _Interrupted):  # a batch run's second Ctrl-C, or any other
         typer.echo("error: interrupted", err=True)
         raise SystemExit(130) from None

@@ -27,6 +27,7 @@ from typing import Any
 
 from metricdepth.data.loader import (
     AHEAD_BYTES,
+    WorkerDied,
     enlarge_pipe,
     forked,
     quiet_worker,
@@ -135,7 +136,7 @@ class WriterProcess:
         try:
             self._jobs.send((position, light, arrays, stem))
         except OSError as error:
-            raise RuntimeError(self._ended("while receiving work")) from error
+            raise WorkerDied(self._ended("while receiving work")) from error
 
     def receive(self, block: bool) -> WriteResult | None:
         """The next result, waiting for it when ``block``; None when there is none yet."""
@@ -144,7 +145,7 @@ class WriterProcess:
         try:
             return self.results.recv()
         except (EOFError, OSError):
-            raise RuntimeError(self._ended("before reporting every image")) from None
+            raise WorkerDied(self._ended("before reporting every image")) from None
 
     def close(self) -> list[WriteResult]:
         """Let the process finish its queued writes and end; the results not yet received."""

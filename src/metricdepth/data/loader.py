@@ -15,7 +15,7 @@ Workers ignore SIGINT and SIGTERM (the consumer decides when to stop), run torch
 thread, and on Linux die with the consumer's process even under SIGKILL. An exception raised
 by ``dataset[k]`` (a bug: datasets report bad inputs in their items) stops the iteration with a
 ``RuntimeError`` holding the worker's traceback; a worker that dies (killed, out of memory)
-stops it with a ``RuntimeError`` naming its exit code.
+stops it with a ``WorkerDied`` error naming its exit code.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ T = TypeVar("T")
 #: Bytes each worker may have in its pipe before it waits for the consumer.
 AHEAD_BYTES = 1 << 18
 _F_SETPIPE_SZ = 1031  # fcntl command (Linux)
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended before handing over its work (killed, out of memory, ...)."""
 
 
 class _Crash:
@@ -160,7 +164,7 @@ class Prefetched(Iterator[T]):
             process.join(timeout=5)
             code = process.exitcode
             self.close()
-            raise RuntimeError(
+            raise WorkerDied(
                 f"loader worker {worker} (pid {process.pid}) ended before item {index} "
                 f"(exit code {code}; killed, or out of memory?)"
             ) from None
