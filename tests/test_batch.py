@@ -521,3 +521,26 @@ def test_a_killed_loader_worker_ends_the_command_with_one_line(tmp_path, images)
     assert f"ended before item 3 (exit code {-signal.SIGKILL};" in lines[0]
     assert len(records(out)) == 3  # items 0-2, predicted before it, are complete
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_writer_process_writes_the_bytes_of_an_in_process_write(tmp_path, images, start_method):
+    """``WriterProcess`` (forked, or spawned as on macOS/Windows) writes what ``_finish``
+    writes here, and reports each image back with its camera source."""
+    from metricdepth.outputs import PredictionInputs, _finish, run_network
+    from metricdepth.writer import WriterProcess
+
+    model = tiny_model()
+    items = collect_inputs([images])[:3]
+    dataset = PredictionInputs(items, model.spec.space, model.spec.focal_mode, focal=40.0)
+    writer = WriterProcess(model, tmp_path / "process", {"depth", "png16"}, 2, start_method)
+    for k, item in enumerate(items):
+        sample = dataset[k]
+        out = run_network(model, sample)
+        _finish(model, sample, out, tmp_path / "here", item.stem, {"depth", "png16"})
+        writer.submit(k, sample, out, item.stem)
+    reports = writer.close()
+    assert sorted((r.position, r.outcome, r.text) for r in reports) == [
+        (k, "done", "given") for k in range(3)
+    ]
+    assert tree(tmp_path / "process") == tree(tmp_path / "here")

@@ -51,6 +51,14 @@ def test_items_come_in_order_from_every_worker(workers):
         assert pid == items[k % min(workers, 11)][2]
 
 
+def test_spawned_workers_give_the_same_items():
+    """Where fork is not the default (macOS, Windows) the dataset is pickled to spawned
+    interpreters; the items and their order are the same."""
+    items = list(prefetched(Squares(7), 2, start_method="spawn"))
+    assert [(k, s) for k, s, _ in items] == [(k, k * k) for k in range(7)]
+    assert len({pid for _, _, pid in items} - {os.getpid()}) == 2
+
+
 def test_an_exception_in_a_worker_is_raised_with_its_traceback():
     stream = prefetched(Squares(8, trap=5), 2)
     got = []

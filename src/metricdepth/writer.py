@@ -109,8 +109,15 @@ def _serve(
 class WriterProcess:
     """The process, its job pipe and its result pipe (see the module docstring)."""
 
-    def __init__(self, model: Any, out_dir: Path, save: set[str], threads: int = 4) -> None:
-        context = start_context()
+    def __init__(
+        self,
+        model: Any,
+        out_dir: Path,
+        save: set[str],
+        threads: int = 4,
+        start_method: str | None = None,
+    ) -> None:
+        context = start_context(start_method)
         self._jobs_in, jobs_out = context.Pipe(duplex=False)
         results_in, results_out = context.Pipe(duplex=False)
         enlarge_pipe(jobs_out, AHEAD_BYTES * 4)

@@ -101,32 +101,49 @@ def forked(context: Any) -> bool:
     return context.get_start_method() == "fork"
 
 
-def start_context() -> Any:
+def start_context(method: str | None = None) -> Any:
+    """The multiprocessing context for workers: ``method``, else fork where available, else
+    spawn."""
+    if method is not None:
+        return multiprocessing.get_context(method)
     methods = multiprocessing.get_all_start_methods()
     # fork: no interpreter start-up and no pickling of the dataset; elsewhere the dataset is
     # pickled into freshly started interpreters
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def prefetched(dataset: Sequence[T], workers: int, ahead_bytes: int = AHEAD_BYTES) -> Prefetched[T]:
+def prefetched(
+    dataset: Sequence[T],
+    workers: int,
+    ahead_bytes: int = AHEAD_BYTES,
+    start_method: str | None = None,
+) -> Prefetched[T]:
     """``dataset[0], dataset[1], ...`` computed by ``workers`` processes (started at this call).
 
     Close the iterator (or exhaust it) to stop the workers; those still running are killed.
+    ``start_method``: ``"fork"``, ``"spawn"``, ... (default: ``start_context``'s choice; with
+    spawn the dataset is pickled to the workers).
     """
-    return Prefetched(dataset, workers, ahead_bytes)
+    return Prefetched(dataset, workers, ahead_bytes, start_method)
 
 
 class Prefetched(Iterator[T]):
     """The iterator of ``prefetched``: items in index order; ``close()`` stops the workers."""
 
-    def __init__(self, dataset: Sequence[T], workers: int, ahead_bytes: int = AHEAD_BYTES):
+    def __init__(
+        self,
+        dataset: Sequence[T],
+        workers: int,
+        ahead_bytes: int = AHEAD_BYTES,
+        start_method: str | None = None,
+    ) -> None:
         count = min(int(workers), len(dataset))
         if count < 1:
             raise ValueError(f"prefetched needs at least one worker and one item, got {workers}")
         self._total, self._next = len(dataset), 0
         self._readers: list[Any] = []
         self._processes: list[Any] = []
-        context = start_context()
+        context = start_context(start_method)
         try:
             for first in range(count):
                 reader, writer = context.Pipe(duplex=False)
