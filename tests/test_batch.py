@@ -544,3 +544,30 @@ def test_writer_process_writes_the_bytes_of_an_in_process_write(tmp_path, images
         (k, "done", "given") for k in range(3)
     ]
     assert tree(tmp_path / "process") == tree(tmp_path / "here")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
+def test_with_loader_workers_a_one_thread_network_runs_on_its_own_core(
+    tmp_path, images, monkeypatch
+):
+    """The network thread runs on the first usable core during the run (the loader and writer
+    processes on the others), and the caller's affinity is as before afterwards."""
+    import metricdepth.outputs as outputs
+
+    cores = sorted(os.sched_getaffinity(0))
+    seen = []
+    real = outputs.run_network
+
+    def run_network(*args, **kwargs):
+        seen.append(sorted(os.sched_getaffinity(0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outputs, "run_network", run_network)
+    monkeypatch.setattr(outputs, "usable_cores", lambda: 2)  # 2 workers + 1 thread on 2 cores
+    summary = run_batch(
+        tiny_model(), collect_inputs([images]), tmp_path / "out", {"depth"}, focal=40.0,
+        workers=1, progress=False,
+    )  # fmt: skip
+    assert summary.done == N_IMAGES
+    assert seen == [cores[:1]] * N_IMAGES
+    assert sorted(os.sched_getaffinity(0)) == cores

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metricdepth.data.loader import WorkerDied, prefetched
+from metricdepth.data.loader import WorkerDied, prefetched, split_cores
 
 
 class Squares:
@@ -107,3 +107,31 @@ def test_closing_early_lets_a_waiting_worker_end_on_its_own():
     processes = list(stream._processes)
     stream.close()
     assert [process.exitcode for process in processes] == [0, -signal.SIGKILL]
+
+
+class Affinity:
+    """Item k is the set of CPUs the process computing it may run on."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        return sorted(os.sched_getaffinity(0))
+
+
+def test_split_cores_gives_a_one_thread_network_a_core_of_its_own():
+    cores = sorted(os.sched_getaffinity(0))
+    assert split_cores(2) is None and split_cores(4) is None  # several network threads
+    split = split_cores(1)
+    if len(cores) < 2:
+        assert split is None
+        return
+    network, workers = split
+    assert network == frozenset(cores[:1]) and workers == frozenset(cores[1:])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
+def test_workers_run_on_the_cores_they_are_given():
+    cores = sorted(os.sched_getaffinity(0))
+    assert list(prefetched(Affinity(), 2, cores=frozenset(cores[1:]))) == [cores[1:]] * 4
+    assert list(prefetched(Affinity(), 2)) == [cores] * 4

@@ -18,7 +18,9 @@ files and stops the run, ``keep_going`` or not.
   (``network_threads``); the metric post-processing and the writes (an fsync waits on the
   disk) run while the network does the next images: in a writer process
   (``writer.WriterProcess``) when there are loader workers and no ``on_done`` (which needs
-  each ``Prediction`` here), else on writer threads of this process;
+  each ``Prediction`` here), else on writer threads of this process; a one-thread network
+  then runs on a core of its own, the loader and writer processes on the others
+  (``data.loader.split_cores``);
 * one image per forward pass, so an image's output never depends on which other images ran
   with it: a resumed or sharded run writes the same bytes as one uninterrupted run (records hold
   no wall-clock timings for the same reason; throughput is in the ``BatchSummary``); a network
@@ -57,7 +59,7 @@ import torch
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalRecord, CanonicalSpace
 from metricdepth.data.inputs import InputItem, check_shard, shard_items
-from metricdepth.data.loader import prefetched
+from metricdepth.data.loader import prefetched, split_cores
 from metricdepth.distortion import Distortion
 from metricdepth.io import atomic_group, atomic_write, write_depth, write_ply
 from metricdepth.predict import Prediction
@@ -450,13 +452,15 @@ def prepared_inputs(
     keep_images: bool = False,
     distortion: Distortion | None = None,
     alpha: float | None = None,
+    cores: frozenset[int] | None = None,
 ) -> Iterator[tuple[InputItem, PreparedInput]]:
     """``(item, PreparedInput)`` in input order, decoded by ``workers`` loader processes.
 
     With ``workers > 0`` the processes (``data.loader.prefetched``) start at this call and
     work ahead (a few images each, so a worker delayed by a busy machine does not stall the
     network at once) while the caller runs the model; with 0 each image is prepared here when
-    asked for. Close the generator (or exhaust it) to stop the workers.
+    asked for. Close the generator (or exhaust it) to stop the workers. ``cores``: the CPUs
+    the workers run on (default: those of this process).
     """
     mode = _check_arguments(model, workers, intrinsics, focal, focal_mode)
     dataset = PredictionInputs(
@@ -466,7 +470,7 @@ def prepared_inputs(
     if workers == 0 or len(dataset) < 2:
         stream: Iterator[PreparedInput] = (dataset[k] for k in range(len(dataset)))
     else:  # the workers start here, not at the first next()
-        stream = prefetched(dataset, workers)
+        stream = prefetched(dataset, workers, cores=cores)
     return _in_order(dataset, stream)
 
 
@@ -730,6 +734,24 @@ def network_threads(workers: int) -> int:
 
 
 @contextmanager
+def _on_cores(cores: frozenset[int] | None) -> Iterator[None]:
+    """Run the calling thread on ``cores`` (None: as it is), as before afterwards."""
+    if not cores:
+        yield
+        return
+    previous = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, cores)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+@contextmanager
 def _torch_threads(count: int) -> Iterator[None]:
     previous = torch.get_num_threads()
     if count != previous:
@@ -903,6 +925,15 @@ def run_batch(
                 on_done(item, prediction, written)
         advance()
 
+    # Only the network runs here (with its torch threads set); the metric post-processing and
+    # the (fsync'ed) writes of each image run on writer threads (with loader workers and no
+    # on_done: in a writer process) while the network does the next ones; results are
+    # settled (on_done, counts) in input order. A one-thread network then has a core of its
+    # own, the loader and writer processes the others (split_cores).
+    own_pipeline = hasattr(model, "predict_prepared")  # a backend with its own pipeline
+    process = workers > 0 and on_done is None and not own_pipeline and len(pending) > 1
+    apart = split_cores(network_threads(workers)) if process else None
+    network_core, side_cores = apart or (None, None)
     with _stop_on_signals() as stop:
         samples = prepared_inputs(
             model,
@@ -914,17 +945,13 @@ def run_batch(
             keep_images=keep_images,
             distortion=distortion,
             alpha=alpha,
+            cores=side_cores,
         )
-        # Only the network runs here (with its torch threads set); the metric post-processing
-        # and the (fsync'ed) writes of each image run on writer threads (with loader workers
-        # and no on_done: in a writer process) while the network does the next ones; results
-        # are settled (on_done, counts) in input order.
-        own_pipeline = hasattr(model, "predict_prepared")  # a backend with its own pipeline
-        process = workers > 0 and on_done is None and not own_pipeline and len(pending) > 1
         if process:
             from metricdepth.writer import WriterProcess
 
-            sink = _ProcessSink(WriterProcess(model, out_dir, save, _PROCESS_WRITER_THREADS))
+            writer = WriterProcess(model, out_dir, save, _PROCESS_WRITER_THREADS, cores=side_cores)
+            sink: _ThreadSink | _ProcessSink = _ProcessSink(writer)
         else:
             sink = _ThreadSink(model, out_dir, save)
         threads = _torch_threads(network_threads(workers))
@@ -932,6 +959,7 @@ def run_batch(
             closing(samples),
             sink,
             threads,
+            _on_cores(network_core),
             _progress(progress, len(pending)) as (
                 advance,
                 report,

@@ -64,9 +64,9 @@ class _ModelSpec:
 
 def _serve(
     model: Any, out_dir: Path, save: set[str], jobs: Any, results: Any, threads: int,
-    parent_ends: tuple = (),
+    parent_ends: tuple = (), cores: frozenset[int] | None = None,
 ):  # fmt: skip
-    quiet_worker()
+    quiet_worker(cores)
     for end in parent_ends:  # inherited by fork: the parent's ends are not this process's
         end.close()
     from metricdepth.outputs import WriteError, _finish
@@ -116,6 +116,7 @@ class WriterProcess:
         save: set[str],
         threads: int = 4,
         start_method: str | None = None,
+        cores: frozenset[int] | None = None,
     ) -> None:
         context = start_context(start_method)
         self._jobs_in, jobs_out = context.Pipe(duplex=False)
@@ -126,7 +127,7 @@ class WriterProcess:
         self._process = context.Process(
             target=_serve,
             args=(_ModelSpec(model.spec), Path(out_dir), set(save), self._jobs_in, results_out,
-                  threads, (jobs_out, results_in) if forked(context) else ()),
+                  threads, (jobs_out, results_in) if forked(context) else (), cores),
             name="metricdepth-writer",
             daemon=True,
         )  # fmt: skip
