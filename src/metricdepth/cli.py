@@ -39,8 +39,13 @@ FISHEYE_HELP = "Fisheye lens (OpenCV equidistant / Kannala-Brandt): k1,k2,k3,k4.
 
 def fail(message: str) -> None:
     """Print one error line (whitespace collapsed) and exit with code 2."""
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    error_line(message)
     raise typer.Exit(2)
+
+
+def error_line(message: object) -> None:
+    """``error: MESSAGE`` on stderr, on one line (whitespace collapsed)."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
 
 
 def parse_size(text: str, option: str) -> tuple[int, int]:
@@ -566,10 +571,10 @@ def main() -> None:
     try:
         app()
     except OSError as error:  # unwritable output folder, disk full, ...
-        typer.echo(f"error: {' '.join(str(error).split())}", err=True)
+        error_line(error)
         raise SystemExit(2) from None
     except WorkerDied as error:  # a loader worker or the writer process was killed (OOM, ...)
-        typer.echo(f"error: {' '.join(str(error).split())}", err=True)
+        error_line(error)
         raise SystemExit(1) from None
     except (KeyboardInterrupt, _Interrupted):  # a batch run's second Ctrl-C, or any other
         typer.echo("error: interrupted", err=True)

@@ -59,7 +59,7 @@ import torch
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalRecord, CanonicalSpace
 from metricdepth.data.inputs import InputItem, check_shard, shard_items
-from metricdepth.data.loader import prefetched, split_cores
+from metricdepth.data.loader import STOP_SIGNALS, prefetched, split_cores
 from metricdepth.distortion import Distortion
 from metricdepth.io import atomic_group, atomic_write, write_depth, write_ply
 from metricdepth.predict import Prediction
@@ -348,8 +348,13 @@ class PredictionInputs:
         )
 
 
-#: Signals that stop a batch run cleanly after the current image (``run_batch``).
-STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+def network_input(model, sample: PreparedInput) -> torch.Tensor:
+    """The normalised canvas (1, 3, H_in, W_in) on the model's device (a bad one: ValueError)."""
+    from metricdepth.canonical import normalize
+
+    if sample.error is not None or sample.canvas is None:
+        raise ValueError(sample.error or "no input")
+    return normalize(sample.canvas, model.spec.space).to(model.device)
 
 
 def run_network(model, sample: PreparedInput, network=None) -> dict[str, torch.Tensor]:
@@ -358,11 +363,7 @@ def run_network(model, sample: PreparedInput, network=None) -> dict[str, torch.T
     ``network`` (default ``model``) is what runs on the normalised canvas, e.g. the trace of
     ``traced_network``.
     """
-    from metricdepth.canonical import normalize
-
-    if sample.error is not None or sample.canvas is None:
-        raise ValueError(sample.error or "no input")
-    x = normalize(sample.canvas, model.spec.space).to(model.device)
+    x = network_input(model, sample)
     with torch.inference_mode(), torch.jit.optimized_execution(False):
         return (model if network is None else network)(x)
 
@@ -385,15 +386,12 @@ def traced_network(model, sample: PreparedInput, expected: dict[str, torch.Tenso
     """
     import warnings
 
-    from metricdepth.canonical import normalize
-
-    x = normalize(sample.canvas, model.spec.space).to(model.device)
+    x = network_input(model, sample)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model, x, strict=False, check_trace=False)
-        with torch.inference_mode(), torch.jit.optimized_execution(False):
-            got = traced(x)
+        got = run_network(model, sample, traced)
     except Exception:  # noqa: BLE001 - anything a trace can raise: keep the model
         return None
     if not isinstance(got, dict) or set(got) != set(expected):

@@ -30,6 +30,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: Signals that stop a batch run cleanly after the current image (``outputs.run_batch``);
+#: workers ignore them and leave the stopping to the consumer.
+STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 #: Bytes each worker may have in its pipe before it waits for the consumer.
 AHEAD_BYTES = 1 << 18
 _F_SETPIPE_SZ = 1031  # fcntl command (Linux)
@@ -49,7 +52,7 @@ class _Crash:
 def quiet_worker(cores: frozenset[int] | None = None) -> None:
     """In a worker: SIGINT/SIGTERM left to the consumer, one torch thread, die with the parent,
     and run on ``cores`` when given (``split_cores``)."""
-    for number in (signal.SIGINT, signal.SIGTERM):
+    for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
     if cores:
         try:
