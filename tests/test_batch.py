@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -547,27 +548,65 @@ def test_writer_process_writes_the_bytes_of_an_in_process_write(tmp_path, images
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
+def test_an_error_in_the_network_thread_stops_the_run_after_the_images_before_it(
+    tmp_path, images, monkeypatch
+):
+    """A forward pass that raises on the network thread (image 4) raises in the caller; the
+    images started before it are written, none after it."""
+    import metricdepth.outputs as outputs
+
+    model, calls = tiny_model(), []
+
+    def fail_fourth(module, args):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 4:
+            raise RuntimeError("forward failed on purpose")
+
+    model.register_forward_pre_hook(fail_fourth)
+    monkeypatch.setattr(outputs, "usable_cores", lambda: 2)
+    with pytest.raises(RuntimeError, match="forward failed on purpose"):
+        run_batch(
+            model, collect_inputs([images]), tmp_path / "out", {"depth"}, focal=40.0,
+            workers=1, progress=False,
+        )  # fmt: skip
+    assert set(calls) == {"metricdepth-network"} and len(calls) in (4, 5)  # one ahead
+    assert len(records(tmp_path / "out")) == 3
+    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
+    assert "metricdepth-network" not in {t.name for t in threading.enumerate()}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
 def test_with_loader_workers_a_one_thread_network_runs_on_its_own_core(
     tmp_path, images, monkeypatch
 ):
-    """The network thread runs on the first usable core during the run (the loader and writer
-    processes on the others), and the caller's affinity is as before afterwards."""
+    """Every forward pass runs on the network thread, on the first usable core (the calling
+    thread and the loader and writer processes on the others), in input order, and the
+    caller's affinity is as before afterwards."""
+    import threading
+
     import metricdepth.outputs as outputs
 
     cores = sorted(os.sched_getaffinity(0))
-    seen = []
-    real = outputs.run_network
+    seen, caller = [], []
+    model = tiny_model()
+    model.register_forward_hook(
+        lambda module, args, out: seen.append(
+            (threading.current_thread().name, sorted(os.sched_getaffinity(0)))
+        )
+    )
+    real = outputs.network_input
 
-    def run_network(*args, **kwargs):
-        seen.append(sorted(os.sched_getaffinity(0)))
-        return real(*args, **kwargs)
+    def network_input(*args):  # the calling thread normalises each canvas
+        caller.append(sorted(os.sched_getaffinity(0)))
+        return real(*args)
 
-    monkeypatch.setattr(outputs, "run_network", run_network)
+    monkeypatch.setattr(outputs, "network_input", network_input)
     monkeypatch.setattr(outputs, "usable_cores", lambda: 2)  # 2 workers + 1 thread on 2 cores
     summary = run_batch(
-        tiny_model(), collect_inputs([images]), tmp_path / "out", {"depth"}, focal=40.0,
+        model, collect_inputs([images]), tmp_path / "out", {"depth"}, focal=40.0,
         workers=1, progress=False,
     )  # fmt: skip
     assert summary.done == N_IMAGES
-    assert seen == [cores[:1]] * N_IMAGES
+    assert seen == [("metricdepth-network", cores[:1])] * N_IMAGES
+    assert caller == [cores[1:]] * N_IMAGES
     assert sorted(os.sched_getaffinity(0)) == cores

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -75,6 +76,54 @@ def test_atomic_write_failure_keeps_existing_file(tmp_path):
         with atomic_write(target) as tmp:
             Image.new("CMYK", (2, 2)).save(tmp, format="PNG")
     assert target.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+def test_atomic_file_writes_through_one_handle_and_fsyncs_it(tmp_path, monkeypatch):
+    """``atomic_file``: the temporary opened once, fsync'ed through that descriptor before
+    the rename (not with ``sync=False``); the umask applies as for ``open``."""
+    import metricdepth.io as io_module
+
+    synced, opened = [], []
+    real_fsync, real_open = os.fsync, os.open
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        io_module.os, "open", lambda *a, **k: (opened.append(a[0]), real_open(*a, **k))[1]
+    )
+    target = tmp_path / "sub" / "out.npy"
+    with io_module.atomic_file(target) as handle:
+        assert not target.exists() and len(_leftovers(target.parent)) == 1  # .out.*.tmp.npy
+        np.save(handle, np.arange(5, dtype=np.float32))
+        descriptor = handle.fileno()
+    np.testing.assert_array_equal(np.load(target), np.arange(5, dtype=np.float32))
+    assert synced == [descriptor] and len(opened) == 1
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    with io_module.atomic_file(tmp_path / "record.json", sync=False) as handle:
+        handle.write(b"{}\n")
+    assert (tmp_path / "record.json").read_bytes() == b"{}\n" and synced == [descriptor]
+    assert _leftovers(tmp_path) == [] and _leftovers(target.parent) == []
+
+
+def test_atomic_file_failure_keeps_the_old_file_and_joins_a_group(tmp_path):
+    from metricdepth.io import atomic_file, atomic_group
+
+    target = tmp_path / "a.npy"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_file(target) as handle:
+            handle.write(b"half")
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"old" and _leftovers(tmp_path) == []
+    with atomic_group():
+        with atomic_file(target) as handle:
+            handle.write(b"new")
+        assert target.read_bytes() == b"old"  # renamed at the end of the group
+    assert target.read_bytes() == b"new" and _leftovers(tmp_path) == []
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 # ------------------------------------------------------------------ image modes

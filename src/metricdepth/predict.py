@@ -77,7 +77,7 @@ class Prediction:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready record of how this prediction was made."""
-        valid = self.depth_m[self.depth_m > 0]
+        valid = self.depth_m[self.depth_m > 0]  # a copy: the median may reorder it
         return {
             "model": self.model,
             "camera": self.camera.to_dict(),
@@ -86,7 +86,7 @@ class Prediction:
             "canonical": self.record.to_dict(),
             "depth_m": {
                 "min": float(valid.min()) if valid.size else None,
-                "median": float(np.median(valid)) if valid.size else None,
+                "median": float(np.median(valid, overwrite_input=True)) if valid.size else None,
                 "max": float(valid.max()) if valid.size else None,
             },
             "timings_s": dict(self.timings_s),

@@ -49,16 +49,21 @@ class _Crash:
         self.index, self.text = index, text
 
 
-def quiet_worker(cores: frozenset[int] | None = None) -> None:
-    """In a worker: SIGINT/SIGTERM left to the consumer, one torch thread, die with the parent,
-    and run on ``cores`` when given (``split_cores``)."""
-    for number in STOP_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
+def run_on(cores: frozenset[int] | None) -> None:
+    """Run the calling thread (on Linux: only it) on ``cores``; None or empty: as it is."""
     if cores:
         try:
             os.sched_setaffinity(0, cores)
         except (OSError, AttributeError):
             pass  # cores no longer allowed, or no affinity here: run anywhere
+
+
+def quiet_worker(cores: frozenset[int] | None = None) -> None:
+    """In a worker: SIGINT/SIGTERM left to the consumer, one torch thread, die with the parent,
+    and run on ``cores`` when given (``split_cores``)."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    run_on(cores)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
