@@ -376,8 +376,13 @@ def test_an_exif_focal_is_used_when_no_intrinsics_are_given(tmp_path):
     assert json.loads((out / "plain.json").read_text())["camera_source"] == "default"
 
 
-def test_data_files_are_fsynced_before_the_record_is_renamed(tmp_path, images, monkeypatch):
-    """The record (written last, without fsync) is renamed only after every data file's fsync."""
+@pytest.mark.parametrize("fsync", [True, False])
+def test_with_fsync_data_files_are_fsynced_before_the_record_is_renamed(
+    tmp_path, images, monkeypatch, fsync
+):
+    """``fsync=True``: the record (written last, never fsync'ed) is renamed only after every
+    data file's fsync; by default nothing is fsync'ed. The renames follow the writes either
+    way, the record last."""
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
@@ -388,10 +393,34 @@ def test_data_files_are_fsynced_before_the_record_is_renamed(tmp_path, images, m
 
     monkeypatch.setattr(os, "replace", replace)
     items = collect_inputs([images])[:1]
-    run_batch(tiny_model(), items, tmp_path / "out", {"depth", "png16"}, focal=40.0, progress=False)
+    run_batch(
+        tiny_model(), items, tmp_path / "out", {"depth", "png16"}, focal=40.0, progress=False,
+        fsync=fsync,
+    )  # fmt: skip
     stem = items[0].stem
-    # both data files fsync'ed, then the group's renames in the order written, the record last
-    assert events == ["fsync", "fsync", f"{stem}.depth.npy", f"{stem}.depth.png", f"{stem}.json"]
+    renames = [f"{stem}.depth.npy", f"{stem}.depth.png", f"{stem}.json"]
+    assert events == (["fsync", "fsync"] if fsync else []) + renames
+
+
+def test_resume_redoes_an_image_whose_file_a_power_loss_cut_short(tmp_path, images):
+    """The record lists each file's size; a file left short or empty (what a power loss can
+    do to files that were not fsync'ed) makes ``resume`` redo that image, byte for byte."""
+    items = collect_inputs([images])
+    out = tmp_path / "out"
+    run_batch(tiny_model(), items, out, {"depth", "png16"}, focal=40.0, progress=False)
+    before = tree(out)
+    record = json.loads((out / f"{items[0].stem}.json").read_text())
+    assert record["bytes"] == {
+        kind: (out / name).stat().st_size for kind, name in record["files"].items()
+    }
+    short = out / f"{items[0].stem}.depth.npy"
+    short.write_bytes(short.read_bytes()[:-7])
+    (out / f"{items[1].stem}.depth.png").write_bytes(b"")
+    summary = run_batch(
+        tiny_model(), items, out, {"depth", "png16"}, focal=40.0, progress=False, resume=True
+    )
+    assert (summary.done, summary.skipped) == (2, N_IMAGES - 2)
+    assert tree(out) == before
 
 
 def test_network_threads_leave_room_for_the_loader_workers(monkeypatch):
@@ -582,7 +611,6 @@ def test_with_loader_workers_a_one_thread_network_runs_on_its_own_core(
     """Every forward pass runs on the network thread, on the first usable core (the calling
     thread and the loader and writer processes on the others), in input order, and the
     caller's affinity is as before afterwards."""
-    import threading
 
     import metricdepth.outputs as outputs
 

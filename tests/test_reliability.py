@@ -981,9 +981,9 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(faul
     assert os.WEXITSTATUS(reap(counted)) == 0
     duration = time.monotonic() - started
     assert tree(probe) == reference
-    # per image: 3 temporaries, 2 fsyncs (not the record's), 3 renames, the old record's deletion
+    # per image: 3 temporaries, 3 renames, the old record's deletion (no fsync by default)
     events_per_image = int(events.read_text()) / FAULT_IMAGES
-    assert events_per_image == 9
+    assert events_per_image == 7
 
     outcomes = []
     for trial in range(HOOK_TRIALS + TIMER_TRIALS):
@@ -1012,6 +1012,23 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(faul
         assert summary.done + summary.skipped == FAULT_IMAGES and not summary.failed
         assert tree(out) == reference, f"trial {trial}"
     assert sum(outcomes) >= 20  # at least 20 runs really died by SIGKILL
+
+
+@pytest.mark.parametrize("flag", [[], ["--fsync"]])
+def test_predict_fsyncs_the_data_files_only_with_the_fsync_option(
+    tmp_path, cli_run, monkeypatch, flag
+):
+    """``--fsync``: each data file is fsync'ed (S.depth.npy, S.depth.png; never the record);
+    without it none is."""
+    write_png(tmp_path / "in" / "a.png", random_rgb(24, 32))
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    out = tmp_path / "out"
+    run = cli_run("predict", tmp_path / "in", "--focal", 30, "--save", "png16", "--out", out, *flag)
+    assert run.code == 0, run.err
+    assert len(calls) == (2 if flag else 0)
+    assert sorted(p.name for p in out.iterdir()) == ["a.depth.npy", "a.depth.png", "a.json"]
 
 
 SLOW_MAIN = (  # the console script, with each rename slowed so a signal lands mid-run

@@ -210,12 +210,20 @@ def predict(
         str | None,
         typer.Option(help="torch backend: fp32 (optimised, same results) or bf16 (autocast)."),
     ] = None,
+    fsync: Annotated[
+        bool,
+        typer.Option(
+            "--fsync",
+            help="fsync each output file before its S.json appears, so that it survives a "
+            "power loss (slower; without it --resume redoes what a power loss cut short).",
+        ),
+    ] = False,
 ) -> None:
     """Predict metric depth; writes S.depth.npy and S.json (+ --save extras) per image."""
     try:
         summary = run_predict(
             inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
-            workers, resume, shard, keep_going, distortion, fisheye, backend, precision,
+            workers, resume, shard, keep_going, distortion, fisheye, backend, precision, fsync,
         )  # fmt: skip
     except ValueError as error:
         fail(str(error))
@@ -229,7 +237,7 @@ def predict(
 def run_predict(
     inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
     workers=0, resume=False, shard=None, keep_going=False, distortion=None, fisheye=None,
-    backend=None, precision=None,
+    backend=None, precision=None, fsync=False,
 ):  # fmt: skip
     """The work of ``metricdepth predict``; returns the batch summary."""
     from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
@@ -264,7 +272,7 @@ def run_predict(
     summary = run_batch(
         net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
         workers=workers, resume=resume, shard=shard_range, keep_going=keep_going,
-        distortion=lens,
+        distortion=lens, fsync=fsync,
     )  # fmt: skip
     if summary.default_camera:
         typer.echo(

@@ -42,6 +42,8 @@ _DEPTH_FORMATS = (".png", ".npy", ".tif", ".tiff")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 #: The renames an open ``atomic_group`` holds back (None: rename at once).
 _GROUP: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("atomic_group", default=None)
+#: False: no file of the open ``atomic_group`` is fsync'ed (else: as each writer asks).
+_GROUP_SYNC: ContextVar[bool | None] = ContextVar("atomic_group_sync", default=None)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -59,6 +61,11 @@ def _temporary(path: Path) -> tuple[Path, int]:
             return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
+
+
+def _syncs(sync: bool) -> bool:
+    """Whether a writer that asks for ``sync`` fsyncs (an open group may say no for all)."""
+    return sync and _GROUP_SYNC.get() is not False
 
 
 def _commit(tmp: Path, path: Path) -> None:
@@ -86,7 +93,7 @@ def atomic_write(path: str | os.PathLike, *, sync: bool = True) -> Iterator[Path
     os.close(descriptor)
     try:
         yield tmp
-        if sync:
+        if _syncs(sync):
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
         _commit(tmp, path)
@@ -106,7 +113,7 @@ def atomic_file(path: str | os.PathLike, *, sync: bool = True) -> Iterator[Binar
         with os.fdopen(descriptor, "wb") as handle:
             yield handle
             handle.flush()
-            if sync:
+            if _syncs(sync):
                 os.fsync(handle.fileno())
         _commit(tmp, path)
     except BaseException:
@@ -115,17 +122,18 @@ def atomic_file(path: str | os.PathLike, *, sync: bool = True) -> Iterator[Binar
 
 
 @contextmanager
-def atomic_group() -> Iterator[None]:
+def atomic_group(*, sync: bool | None = None) -> Iterator[None]:
     """Files written with ``atomic_write`` inside the block appear together, or not at all.
 
-    Each file is written and fsync'ed under its temporary name; the renames wait for the end
-    of the block. On success the *last* file's old version is deleted first, then every file
+    Each file is written under its temporary name (and fsync'ed if its writer asks, unless
+    ``sync=False`` turns that off for the whole block); the renames wait for the end of
+    the block. On success the *last* file's old version is deleted first, then every file
     is renamed in the order written, so the last one (a manifest, such as a prediction's
     record) appears after all the others. On any error every temporary is deleted and the
     files under their final names are left exactly as they were. (Per thread and task.)
     """
     pending: list[tuple[Path, Path]] = []
-    token = _GROUP.set(pending)
+    token, sync_token = _GROUP.set(pending), _GROUP_SYNC.set(sync)
     try:
         yield
     except BaseException:
@@ -134,6 +142,7 @@ def atomic_group() -> Iterator[None]:
         raise
     finally:
         _GROUP.reset(token)
+        _GROUP_SYNC.reset(sync_token)
     try:
         if pending:
             pending[-1][1].unlink(missing_ok=True)
@@ -143,6 +152,14 @@ def atomic_group() -> Iterator[None]:
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def pending_size(path: str | os.PathLike) -> int:
+    """Bytes of the file written for ``path`` in the open ``atomic_group`` (not yet renamed)."""
+    for tmp, final in _GROUP.get() or ():
+        if final == Path(path):
+            return tmp.stat().st_size
+    raise KeyError(f"{path} was not written in the open atomic_group")
 
 
 # ------------------------------------------------------------------ images

@@ -42,6 +42,7 @@ import json
 import os
 import re
 import signal
+import stat
 import threading
 import time
 from collections import deque
@@ -61,7 +62,14 @@ from metricdepth.canonical import CanonicalRecord, CanonicalSpace
 from metricdepth.data.inputs import InputItem, check_shard, shard_items
 from metricdepth.data.loader import STOP_SIGNALS, prefetched, split_cores
 from metricdepth.distortion import Distortion
-from metricdepth.io import atomic_file, atomic_group, atomic_write, write_depth, write_ply
+from metricdepth.io import (
+    atomic_file,
+    atomic_group,
+    atomic_write,
+    pending_size,
+    write_depth,
+    write_ply,
+)
 from metricdepth.predict import Prediction
 
 #: What ``--save`` accepts; ``depth`` (S.depth.npy) and the record (S.json) are always written.
@@ -160,21 +168,30 @@ class WriteError(ValueError):
 
 
 def write_prediction(
-    prediction: Prediction, image: np.ndarray | None, out_dir: Path, stem: str, save: set[str]
+    prediction: Prediction,
+    image: np.ndarray | None,
+    out_dir: Path,
+    stem: str,
+    save: set[str],
+    *,
+    sync: bool = False,
 ) -> dict[str, Path]:
     """Write the requested files of one prediction, the record last; returns kind -> path.
 
     ``image`` (the RGB the prediction was made from) is needed only for ``ply`` and ``vis``.
-    The record holds ``files`` (what was written) and ``save`` (what was requested; a model
-    without normals or confidence writes no such file); empty ``timings_s`` are left out.
-    The files appear together (``io.atomic_group``): if any cannot be written, none of this
-    image's files changes and a ``WriteError`` names the image and the problem.
+    The record holds ``files`` (what was written), ``bytes`` (their sizes, which
+    ``is_finished`` checks) and ``save`` (what was requested; a model without normals or
+    confidence writes no such file); empty ``timings_s`` are left out. The files appear
+    together (``io.atomic_group``): if any cannot be written, none of this image's files
+    changes and a ``WriteError`` names the image and the problem. ``sync``: fsync each data
+    file before the renames (it then survives a power loss; without it a power loss can leave
+    a file short or empty, which ``is_finished`` tells from its size).
     """
     paths = output_paths(out_dir, stem, save)
     if image is None and save & {"ply", "vis"}:
         raise ValueError(f"{stem}: saving ply or vis needs the image")
     try:
-        with atomic_group():
+        with atomic_group(sync=sync):
             return _write_files(prediction, image, paths, save)
     except OSError as error:
         reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
@@ -207,12 +224,13 @@ def _write_files(
         written["vis"] = paths["vis"]
     record = prediction.summary()
     record["files"] = {kind: path.name for kind, path in written.items()}
+    record["bytes"] = {kind: pending_size(path) for kind, path in written.items()}
     record["save"] = sorted(save | {"depth"})
     record["depth_png_scale"] = 1000.0 if "png16" in written else None
     if not record.get("timings_s"):
         record.pop("timings_s", None)
-    # The data files above are fsync'ed before this rename; the record itself need not be:
-    # after a power loss it is missing or unreadable, and resume redoes the image.
+    # Never fsync'ed: after a power loss the record is missing or unreadable, or it lists
+    # files whose sizes do not match, and resume redoes the image.
     with atomic_file(paths["record"], sync=False) as handle:
         handle.write((json.dumps(record, indent=2) + "\n").encode("utf-8"))
     written["record"] = paths["record"]
@@ -534,17 +552,23 @@ _TEMPORARY = re.compile(r"\.(?P<stem>.+)\.[0-9a-f]{8}\.tmp(?P<suffix>(\.[^.]*)?)
 
 
 def is_finished(out_dir: Path, stem: str, save: set[str]) -> bool:
-    """True when ``S.json`` exists, reads, asks for every kind of ``save`` and its files exist."""
+    """True when ``S.json`` exists, reads, asks for every kind of ``save``, and its files
+    exist with the sizes it lists (a record without sizes: files that exist)."""
     paths = output_paths(out_dir, stem, set())
     try:
         record = json.loads(paths["record"].read_text(encoding="utf-8"))
         files = record["files"]
+        sizes = record.get("bytes") or {}
         requested = set(record.get("save") or files)
+        if not isinstance(files, dict) or not (save | {"depth"}) <= requested:
+            return False
+        for kind, name in files.items():
+            found = (paths["record"].parent / name).stat()
+            if not stat.S_ISREG(found.st_mode) or found.st_size != sizes.get(kind, found.st_size):
+                return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-    if not isinstance(files, dict) or not (save | {"depth"}) <= requested:
-        return False
-    return all((paths["record"].parent / name).is_file() for name in files.values())
+    return True
 
 
 def remove_stale_temporaries(out_dir: Path, stems: Iterable[str]) -> int:
@@ -762,31 +786,34 @@ def _torch_threads(count: int) -> Iterator[None]:
 
 
 def _write(
-    prediction: Prediction, image: np.ndarray | None, out_dir: Path, stem: str, save: set[str]
-) -> tuple[Prediction, dict[str, Path]]:
-    return prediction, write_prediction(prediction, image, out_dir, stem, save)
+    prediction: Prediction, image: np.ndarray | None, out_dir: Path, stem: str, save: set[str],
+    sync: bool = False,
+) -> tuple[Prediction, dict[str, Path]]:  # fmt: skip
+    return prediction, write_prediction(prediction, image, out_dir, stem, save, sync=sync)
 
 
 def _finish(
     model, sample: PreparedInput, out: dict[str, torch.Tensor], out_dir: Path, stem: str,
-    save: set[str],
+    save: set[str], sync: bool = False,
 ) -> tuple[Prediction, dict[str, Path]]:  # fmt: skip
-    return _write(to_prediction(model, sample, out), sample.image, out_dir, stem, save)
+    return _write(to_prediction(model, sample, out), sample.image, out_dir, stem, save, sync)
 
 
 class _ThreadSink:
     """Post-processing and writes on writer threads of this process (futures of
     ``(prediction, written)``)."""
 
-    def __init__(self, model, out_dir: Path, save: set[str]) -> None:
-        self.model, self.out_dir, self.save = model, out_dir, save
+    def __init__(self, model, out_dir: Path, save: set[str], sync: bool) -> None:
+        self.model, self.out_dir, self.save, self.sync = model, out_dir, save, sync
         self.pool = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="metricdepth-writer")
 
     def finish(self, position: int, sample: PreparedInput, out: dict, stem: str) -> Future:
-        return self.pool.submit(_finish, self.model, sample, out, self.out_dir, stem, self.save)
+        return self.pool.submit(
+            _finish, self.model, sample, out, self.out_dir, stem, self.save, self.sync
+        )
 
     def write(self, prediction: Prediction, image: np.ndarray | None, stem: str) -> Future:
-        return self.pool.submit(_write, prediction, image, self.out_dir, stem, self.save)
+        return self.pool.submit(_write, prediction, image, self.out_dir, stem, self.save, self.sync)
 
     def collect(self, wait_for: Future | None) -> None:
         """Nothing to move: the threads complete their futures themselves."""
@@ -912,6 +939,7 @@ def run_batch(
     on_done: Callable[[InputItem, Prediction, dict[str, Path]], None] | None = None,
     distortion: Distortion | None = None,
     alpha: float | None = None,
+    fsync: bool = False,
 ) -> BatchSummary:
     """Predict every item and write its files (see the module docstring); returns a summary.
 
@@ -932,6 +960,10 @@ def run_batch(
         on_done: called as ``on_done(item, prediction, written_paths)`` after each image.
         distortion / alpha: one lens for every image (``metricdepth.distortion``): predicted
             on the undistorted pinhole image, written on the original pixel grid.
+        fsync: fsync every data file before its image's record appears (``write_prediction``'s
+            ``sync``): the outputs then survive a power loss, at a cost per file. Without it
+            they survive a killed process all the same (atomic renames), and ``resume`` redoes
+            an image whose files a power loss left short.
 
     Raises:
         ValueError: a bad argument, or (without ``keep_going``) the first bad image, naming it.
@@ -998,10 +1030,12 @@ def run_batch(
         if process:
             from metricdepth.writer import WriterProcess
 
-            writer = WriterProcess(model, out_dir, save, _PROCESS_WRITER_THREADS, cores=side_cores)
+            writer = WriterProcess(
+                model, out_dir, save, _PROCESS_WRITER_THREADS, cores=side_cores, sync=fsync
+            )
             sink: _ThreadSink | _ProcessSink = _ProcessSink(writer)
         else:
-            sink = _ThreadSink(model, out_dir, save)
+            sink = _ThreadSink(model, out_dir, save, fsync)
         threads = _torch_threads(network_threads(workers))
         forwards = _NetworkThread(network_core) if network_core else None
         with (

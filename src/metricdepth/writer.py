@@ -64,7 +64,7 @@ class _ModelSpec:
 
 def _serve(
     model: Any, out_dir: Path, save: set[str], jobs: Any, results: Any, threads: int,
-    parent_ends: tuple = (), cores: frozenset[int] | None = None,
+    parent_ends: tuple = (), cores: frozenset[int] | None = None, sync: bool = False,
 ):  # fmt: skip
     quiet_worker(cores)
     for end in parent_ends:  # inherited by fork: the parent's ends are not this process's
@@ -101,7 +101,7 @@ def _serve(
                 break
             position, sample, arrays, stem = job
             out = {key: torch.from_numpy(value) for key, value in arrays.items()}
-            future = pool.submit(_finish, model, sample, out, out_dir, stem, save)
+            future = pool.submit(_finish, model, sample, out, out_dir, stem, save, sync)
             future.add_done_callback(lambda done, position=position: report(position, done))
     results.close()
 
@@ -117,6 +117,7 @@ class WriterProcess:
         threads: int = 4,
         start_method: str | None = None,
         cores: frozenset[int] | None = None,
+        sync: bool = False,
     ) -> None:
         context = start_context(start_method)
         self._jobs_in, jobs_out = context.Pipe(duplex=False)
@@ -127,7 +128,7 @@ class WriterProcess:
         self._process = context.Process(
             target=_serve,
             args=(_ModelSpec(model.spec), Path(out_dir), set(save), self._jobs_in, results_out,
-                  threads, (jobs_out, results_in) if forked(context) else (), cores),
+                  threads, (jobs_out, results_in) if forked(context) else (), cores, sync),
             name="metricdepth-writer",
             daemon=True,
         )  # fmt: skip
