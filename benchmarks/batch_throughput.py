@@ -2,7 +2,7 @@
 
     python benchmarks/batch_throughput.py [--images 1000] [--size 240x320] [--workers 2]
                                           [--repeats 3] [--threads N] [--save depth]
-                                          [--canvas HxW] [--device cpu]
+                                          [--fsync] [--canvas HxW] [--device cpu]
 
 The model is the bundled default (``src/metricdepth/assets/metricdepth-small.safetensors``)
 when it exists, else a randomly initialised ``small_unet`` (the default model's architecture,
@@ -15,8 +15,9 @@ It writes ``--images`` JPEGs of ``--size`` (HEIGHTxWIDTH) into a temporary folde
 * forward-only: the model's forward pass on the already prepared network inputs, one image per
   pass (what ``run_batch`` does), nothing else: the ceiling of the batch path;
 * batch: ``run_batch`` over the folder (decode in ``--workers`` loader processes, canonical
-  transform, forward, metric post-processing, atomic writes of ``S.depth.npy`` and ``S.json``),
-  start-up of the workers included.
+  transform, forward, metric post-processing, atomic writes of ``S.depth.npy`` and ``S.json``,
+  fsync'ed with ``--fsync`` as ``metricdepth predict --fsync`` does), start-up of the workers
+  included.
 
 and once more forward-only after the last batch run (the batch runs are sandwiched). It prints
 the median images/s of each and their ratio (goal: batch >= 0.9 x forward-only), and with
@@ -100,7 +101,7 @@ def forward_only(network, inputs, device) -> float:
     return len(inputs) / (time.perf_counter() - started)
 
 
-def profile(model, items, out: Path, save: set[str]) -> None:
+def profile(model, items, out: Path, save: set[str], sync: bool) -> None:
     """Print CPU and wall ms per image of each stage of the batch path, run serially here."""
     import torch
 
@@ -134,8 +135,10 @@ def profile(model, items, out: Path, save: set[str]) -> None:
     pairs = list(zip(samples, outs, strict=True))
     predictions = timed("metric post-processing", lambda pair: to_prediction(model, *pair), pairs)
     timed(
-        "writes (" + ",".join(sorted(save)) + ", fsync'ed)",
-        lambda k: write_prediction(predictions[k], samples[k].image, out, items[k].stem, save),
+        "writes (" + ",".join(sorted(save)) + (", fsync'ed)" if sync else ")"),
+        lambda k: write_prediction(
+            predictions[k], samples[k].image, out, items[k].stem, save, sync=sync
+        ),
         range(len(items)),
     )
     print("profile, per image, serially in one process (CPU ms / wall ms):")
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=0, help="torch threads before run_batch lowers them"
     )
     parser.add_argument("--save", default="depth", help="--save kinds of the batch path")
+    parser.add_argument("--fsync", action="store_true", help="fsync the batch path's files")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     parser.add_argument(
         "--canvas", default=None, help="override the model's network input HEIGHTxWIDTH"
@@ -199,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.images} JPEGs of {height}x{width}; torch threads {torch.get_num_threads()}; "
         f"workers {args.workers}; device {args.device}; save {','.join(sorted(save))}"
+        + ("; fsync" if args.fsync else "")
     )
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory(prefix="metricdepth-bench-") as tmp:
@@ -233,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 focal=300.0,
                 workers=args.workers,
                 progress=False,
+                fsync=args.fsync,
             )
             if summary.done != len(items):
                 print(f"batch run failed: {summary.line()}", file=sys.stderr)
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         forward_rates.append(forward_only(network, inputs, model.device))
         print(f"  forward-only after the last batch run: {forward_rates[-1]:.1f} images/s")
         if args.profile:
-            profile(model, items, Path(tmp) / "profile", save)
+            profile(model, items, Path(tmp) / "profile", save, args.fsync)
     forward, batch = statistics.median(forward_rates), statistics.median(batch_rates)
     ratio = batch / forward
     verdict = "meets" if ratio >= GOAL_RATIO else "below"
