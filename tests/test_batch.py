@@ -576,6 +576,105 @@ def test_writer_process_writes_the_bytes_of_an_in_process_write(tmp_path, images
     assert tree(tmp_path / "process") == tree(tmp_path / "here")
 
 
+def test_is_finished_reads_records_strictly(tmp_path):
+    """A record counts only when it lists a depth file, its sizes match every file it lists
+    (older records without sizes: files that exist), and its names are plain file names."""
+    from metricdepth.outputs import is_finished
+
+    (tmp_path / "a.depth.npy").write_bytes(b"12345")
+    (tmp_path / "a.depth.png").write_bytes(b"123")
+
+    def finished(**record) -> bool:
+        (tmp_path / "a.json").write_text(json.dumps(record))
+        return is_finished(tmp_path, "a", {"depth"})
+
+    files = {"depth": "a.depth.npy", "png16": "a.depth.png"}
+    assert finished(files=files, bytes={"depth": 5, "png16": 3})
+    assert finished(files=files)  # an earlier version's record
+    assert not finished(files=files, bytes={"depth": 5, "png16": 4})  # cut short
+    assert not finished(files=files, bytes={"depth": 5})  # a size missing
+    assert not finished(files=files, bytes=[5, 3])
+    assert not finished(files={}, bytes={})  # no depth file
+    assert not finished(files={"depth": str(tmp_path / "a.depth.npy")}, bytes={"depth": 5})
+    assert finished(files={"depth": "a.depth.npy"}, bytes={"depth": 5}, save=["depth", "png16"])
+    assert is_finished(tmp_path, "a", {"png16"})  # asked for, whether or not written
+    assert not is_finished(tmp_path, "a", {"ply"})  # not asked for by that run
+    (tmp_path / "a.depth.npy").unlink()
+    (tmp_path / "a.depth.npy").mkdir()  # a folder where the file should be
+    assert not finished(files={"depth": "a.depth.npy"})
+
+
+def slow_forward(calls: list, seconds: float):
+    def forward(x):
+        calls.append(x)
+        time.sleep(seconds)
+        return {"depth_c": x}
+
+    return forward
+
+
+def test_the_network_thread_drops_queued_forwards_and_ctrl_c_does_not_wait_for_it():
+    """Leaving the block: the forward not begun is dropped; after an error the one under way
+    is waited for, after Ctrl-C it is not (it ends on its own)."""
+    from metricdepth.outputs import _network_thread
+
+    cores = frozenset(os.sched_getaffinity(0))
+    for error, waits in ((ValueError, True), (KeyboardInterrupt, False)):
+        calls: list = []
+        forward = slow_forward(calls, 1.0)
+        started = time.perf_counter()
+        with pytest.raises(error):
+            with _network_thread(cores) as forwards:
+                forwards.start(forward, 1)
+                forwards.start(forward, 2)
+                time.sleep(0.2)  # the first forward is under way, the second queued
+                raise error
+        elapsed = time.perf_counter() - started
+        assert (elapsed >= 1.0) if waits else (elapsed < 0.8), (error, elapsed)
+        time.sleep(1.2)  # long enough for a second forward to have begun, were it run
+        assert calls == [1], error
+        assert "metricdepth-network" not in {t.name for t in threading.enumerate()}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
+def test_the_traced_network_on_the_network_thread_writes_the_bytes_of_an_in_process_run(
+    tmp_path, monkeypatch
+):
+    """The default model's real path (a trace after the first image, run on the network
+    thread, the writer process, fsync on) writes what an in-process run of the model writes;
+    the writer process fsyncs each data file."""
+    import metricdepth.outputs as outputs
+
+    folder = tmp_path / "images"
+    make_images(folder, 20)
+    items = collect_inputs([folder])
+    run_batch(tiny_model(), items, tmp_path / "here", {"depth", "png16"}, focal=40.0,
+              progress=False)  # fmt: skip
+    traces, log = [], tmp_path / "fsync.log"
+    real_trace, real_fsync = outputs.traced_network, os.fsync
+
+    def traced_network(*args):
+        traces.append(real_trace(*args))
+        return traces[-1]
+
+    def fsync(fd):  # runs in the forked writer process too: count through a file
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(outputs, "traced_network", traced_network)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(outputs, "usable_cores", lambda: 2)
+    summary = run_batch(
+        tiny_model(), items, tmp_path / "thread", {"depth", "png16"}, focal=40.0,
+        workers=1, progress=False, fsync=True,
+    )  # fmt: skip
+    assert summary.done == 20 and len(traces) == 1 and traces[0] is not None
+    assert tree(tmp_path / "thread") == tree(tmp_path / "here")
+    writers = log.read_text().split()
+    assert len(writers) == 2 * 20 and str(os.getpid()) not in writers  # all in the writer
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
 def test_an_error_in_the_network_thread_stops_the_run_after_the_images_before_it(
     tmp_path, images, monkeypatch

@@ -880,7 +880,7 @@ def test_real_entry_point_prints_one_line_and_no_traceback(work):
 FAULT_IMAGES = 4
 FAULT_SAVE = {"depth", "png16"}
 #: os functions whose calls are the kill points of the hooked trials (every step of a write).
-HOOKED = ("open", "fsync", "replace", "unlink")
+HOOKED = ("open", "replace", "unlink")
 HOOK_TRIALS = 12
 TIMER_TRIALS = 12
 
@@ -904,7 +904,7 @@ def forked_batch(
     """Start ``run_batch`` in a forked child (no interpreter start-up); returns its pid.
 
     With ``kill_at`` the child SIGKILLs itself inside its ``kill_at``-th call of a ``HOOKED``
-    function (temporary created, fsync, rename, deletion), i.e. between any two steps of a write.
+    function (temporary created, rename, deletion), i.e. between any two steps of a write.
     ``count_to``: the child writes how many such calls it made there (when it finishes).
     """
     pid = os.fork()
@@ -966,8 +966,8 @@ def assert_consistent_after_kill(out: Path, reference: dict[str, bytes]) -> None
 def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(fault_set):
     """≥ 20 SIGKILL trials (seeded): each killed run, resumed, equals the uninterrupted run.
 
-    Hooked trials die between two steps of a write (every temporary, fsync, rename and deletion
-    is a candidate); timer trials are killed from outside after a random delay (half of them
+    Hooked trials die between two steps of a write (every temporary, rename and deletion is a
+    candidate); timer trials are killed from outside after a random delay (half of them
     running with loader workers and the writer process). Odd trials are killed a second time
     while resuming. Then a resume must finish the rest: every output
     present exactly once, byte-identical, no temporary left.

@@ -15,8 +15,9 @@ mode:
 Depth maps are ``float32`` arrays of shape ``(H, W)`` in metres (``depth_m``), 0 where invalid.
 On disk: 16-bit PNG (stored = round(depth_m * depth_scale)), ``.npy`` and float TIFF.
 
-Every writer goes through ``atomic_write``: a file appears under its final name complete or not
-at all; ``atomic_group`` extends that to several files (all or none, the last one last).
+Every writer goes through ``atomic_write`` (or ``atomic_file``, for writers that take an open
+file): a file appears under its final name complete or not at all; ``atomic_group`` extends
+that to several files (all or none, the last one last).
 Every problem with a file is a ``ValueError`` with one line naming the file.
 """
 
@@ -84,9 +85,10 @@ def atomic_write(path: str | os.PathLike, *, sync: bool = True) -> Iterator[Path
     The temporary file is created empty in the same directory (so ``os.replace`` is atomic),
     its name starts with ``.`` and ends with ``path``'s suffix (writers that choose the format
     from the extension work). On any exception it is removed and ``path`` is left as it was.
-    Missing parent directories are created. The file is fsync'ed before the rename; with
-    ``sync=False`` it is not (still atomic for a killed process, but after a power loss the
-    file may be missing or empty: only for a file whose loss is detected and redone).
+    Missing parent directories are created. The file is fsync'ed before the rename (unless an
+    enclosing ``atomic_group(sync=False)`` says no); with ``sync=False`` it is not (still
+    atomic for a killed process, but after a power loss the file may be missing or empty:
+    only for a file whose loss is detected and redone).
     """
     path = Path(path)
     tmp, descriptor = _temporary(path)
@@ -123,7 +125,8 @@ def atomic_file(path: str | os.PathLike, *, sync: bool = True) -> Iterator[Binar
 
 @contextmanager
 def atomic_group(*, sync: bool | None = None) -> Iterator[None]:
-    """Files written with ``atomic_write`` inside the block appear together, or not at all.
+    """Files written with ``atomic_write``/``atomic_file`` inside the block appear together,
+    or not at all.
 
     Each file is written under its temporary name (and fsync'ed if its writer asks, unless
     ``sync=False`` turns that off for the whole block); the renames wait for the end of

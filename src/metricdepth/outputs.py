@@ -15,8 +15,8 @@ files and stops the run, ``keep_going`` or not.
 * ``workers`` loader processes (``data.loader.prefetched``) decode images and build the
   canonical network input while the model runs (``workers=0``: in the calling process), the
   network's torch threads lowered so that threads and workers fit the cores
-  (``network_threads``); the metric post-processing and the writes (an fsync waits on the
-  disk) run while the network does the next images: in a writer process
+  (``network_threads``); the metric post-processing and the writes (with ``fsync``, each
+  file waits on the disk) run while the network does the next images: in a writer process
   (``writer.WriterProcess``) when there are loader workers and no ``on_done`` (which needs
   each ``Prediction`` here), else on writer threads of this process; a one-thread network
   then runs on a thread and a core of its own, one image ahead of the thread that feeds it,
@@ -26,13 +26,15 @@ files and stops the run, ``keep_going`` or not.
   no wall-clock timings for the same reason; throughput is in the ``BatchSummary``); a network
   whose forward is short is traced after the first image (``traced_network``), kept only if
   it gives that image's outputs to the bit;
-* ``resume`` skips images whose record exists and lists every requested kind; temporary files
-  left by a killed run of the same images are removed;
+* ``resume`` skips images whose record exists, lists every requested kind and whose files
+  have the sizes it lists (``is_finished``); temporary files left by a killed run of the same
+  images are removed;
 * ``shard=(i, n)`` keeps items ``i, i + n, i + 2n, ...`` (0-based, round robin over the input
   order) so that n processes or machines split one input list without overlap;
 * ``keep_going`` reports a bad image in one line and goes on; SIGINT (Ctrl-C) or SIGTERM (a
   job scheduler's stop) ends the run after the images under way and returns the summary (a
-  second Ctrl-C interrupts at once); loader workers and the writer process die with the run
+  second Ctrl-C interrupts at once; a forward under way on the network thread ends on its
+  own); loader workers and the writer process die with the run
   even under SIGKILL.
 """
 
@@ -48,7 +50,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager, nullcontext, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -552,19 +554,24 @@ _TEMPORARY = re.compile(r"\.(?P<stem>.+)\.[0-9a-f]{8}\.tmp(?P<suffix>(\.[^.]*)?)
 
 
 def is_finished(out_dir: Path, stem: str, save: set[str]) -> bool:
-    """True when ``S.json`` exists, reads, asks for every kind of ``save``, and its files
-    exist with the sizes it lists (a record without sizes: files that exist)."""
+    """True when ``S.json`` exists, reads, asks for every kind of ``save``, lists a depth file,
+    and its files (plain names beside it) exist with the sizes it lists (``bytes``; a record
+    of an earlier version, without sizes: files that exist)."""
     paths = output_paths(out_dir, stem, set())
     try:
         record = json.loads(paths["record"].read_text(encoding="utf-8"))
         files = record["files"]
-        sizes = record.get("bytes") or {}
+        sizes = record.get("bytes", dict.fromkeys(files))
         requested = set(record.get("save") or files)
-        if not isinstance(files, dict) or not (save | {"depth"}) <= requested:
+        if not isinstance(files, dict) or "depth" not in files or not isinstance(sizes, dict):
+            return False
+        if set(sizes) != set(files) or not (save | {"depth"}) <= requested:
             return False
         for kind, name in files.items():
+            if not isinstance(name, str) or Path(name).name != name:
+                return False
             found = (paths["record"].parent / name).stat()
-            if not stat.S_ISREG(found.st_mode) or found.st_size != sizes.get(kind, found.st_size):
+            if not stat.S_ISREG(found.st_mode) or sizes[kind] not in (None, found.st_size):
                 return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
@@ -722,12 +729,14 @@ def _progress(
         yield (lambda: bar.advance(task)), report
 
 
-#: Writer threads: an fsync waits on the disk (milliseconds) without using the CPU, and
-#: concurrent fsyncs share one journal commit, so several images are written at once.
+#: Writer threads: with ``fsync`` each file waits on the disk (milliseconds) without using the
+#: CPU, and concurrent fsyncs share one journal commit, so several images are written at once.
 _WRITER_THREADS = 4
 #: Threads of the writer process: alone, 2 threads wrote 560-670 images/s with 1.9-2.2 ms of
 #: CPU per image, 4 threads 550 images/s with 2.6-2.8 ms (their GIL hand-offs), 1 thread
-#: 520-550 images/s with 1.6-1.7 ms but no overlap of one file's fsync with the next file.
+#: 520-550 images/s with 1.6-1.7 ms but no overlap of one file's fsync with the next file
+#: (measured with fsync; without it, 2 threads against 1 kept the batch benchmark at 0.90-0.91
+#: of forward-only against 0.81-0.85).
 _PROCESS_WRITER_THREADS = 2
 #: Images whose writes may still be under way while the network runs (a stop signal waits for
 #: them: they are already predicted).
@@ -882,7 +891,9 @@ class _NetworkThread:
     network's own thread that work added 0.4-1.0 ms to each 5.8-6.3 ms forward of the default
     model (taking the next image 0.08 ms, handing over the outputs 0.33-0.37 ms, waiting for
     the writer 0.08-0.78 ms; ``benchmarks/results/batch_throughput.md``). The thread runs on
-    ``cores``, in inference mode; the outputs are the same bytes.
+    ``cores``, in inference mode with TorchScript's optimiser off (as ``run_network``); the
+    outputs are the same bytes. Thread-local torch state of the caller (autocast, streams)
+    does not reach it.
     """
 
     def __init__(self, cores: frozenset[int] | None) -> None:
@@ -890,22 +901,28 @@ class _NetworkThread:
 
         self.inbox: SimpleQueue = SimpleQueue()
         self.outbox: SimpleQueue = SimpleQueue()
+        self.cancelled = threading.Event()
         self.thread = threading.Thread(
             target=self._serve, args=(cores,), name="metricdepth-network", daemon=True
         )
         self.thread.start()
 
     def _serve(self, cores: frozenset[int] | None) -> None:
-        from metricdepth.data.loader import run_on
+        try:
+            from metricdepth.data.loader import run_on
 
-        run_on(cores)
-        with torch.inference_mode(), torch.jit.optimized_execution(False):
-            while (job := self.inbox.get()) is not None:
-                network, x = job
-                try:
-                    self.outbox.put(network(x))
-                except BaseException as error:  # noqa: BLE001 - raised in the caller
-                    self.outbox.put(error)
+            run_on(cores)
+            with torch.inference_mode(), torch.jit.optimized_execution(False):
+                while (job := self.inbox.get()) is not None:
+                    if self.cancelled.is_set():
+                        continue  # closing early: the forwards still queued are not wanted
+                    network, x = job
+                    try:
+                        self.outbox.put(network(x))
+                    except BaseException as error:  # noqa: BLE001 - raised in the caller
+                        self.outbox.put(error)
+        except BaseException as error:  # noqa: BLE001 - the thread itself failed: tell result()
+            self.outbox.put(error)
 
     def start(self, network, x: torch.Tensor) -> None:
         self.inbox.put((network, x))
@@ -916,10 +933,32 @@ class _NetworkThread:
             raise out
         return out
 
-    def close(self) -> None:
-        """Let the forward under way end (its outputs are dropped), then stop the thread."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the thread: forwards not begun are dropped, the one under way ends on its own
+        (``wait``: and is waited for)."""
+        self.cancelled.set()
         self.inbox.put(None)
-        self.thread.join()
+        if wait:
+            self.thread.join()
+
+
+@contextmanager
+def _network_thread(cores: frozenset[int] | None) -> Iterator[_NetworkThread | None]:
+    """A ``_NetworkThread`` on ``cores`` for the block (None without cores). After Ctrl-C the
+    block ends at once, without waiting for the forward under way."""
+    if not cores:
+        yield None
+        return
+    forwards = _NetworkThread(cores)
+    try:
+        yield forwards
+    except KeyboardInterrupt:
+        forwards.close(wait=False)
+        raise
+    except BaseException:
+        forwards.close()
+        raise
+    forwards.close()
 
 
 def run_batch(
@@ -951,7 +990,8 @@ def run_batch(
             default camera); ``focal_mode``: ``mean`` or ``fx`` (default: the model's).
         workers: loader processes decoding images while the model runs (0: in this process);
             the network's torch threads are lowered meanwhile to ``network_threads(workers)``.
-        resume: skip items whose record exists and lists every kind of ``save``.
+        resume: skip items whose record exists, lists every kind of ``save`` and whose files
+            have the sizes it lists (``is_finished``).
         shard: ``(i, n)``: process only items ``i, i + n, ...`` (0-based) of ``items``.
         keep_going: a bad image is reported (``"failed: PATH: problem"`` on stderr), counted
             in ``failed``, and the run goes on; without it, the first one raises ValueError.
@@ -1005,7 +1045,7 @@ def run_batch(
                 on_done(item, prediction, written)
         advance()
 
-    # The metric post-processing and the (fsync'ed) writes of each image run on writer
+    # The metric post-processing and the writes of each image run on writer
     # threads (with loader workers and no on_done: in a writer process) while the network
     # does the next ones; results are settled (on_done, counts) in input order. A one-thread
     # network then has a core of its own (split_cores) and a thread of its own there
@@ -1037,12 +1077,11 @@ def run_batch(
         else:
             sink = _ThreadSink(model, out_dir, save, fsync)
         threads = _torch_threads(network_threads(workers))
-        forwards = _NetworkThread(network_core) if network_core else None
         with (
             closing(samples),
             sink,
             threads,
-            closing(forwards) if forwards is not None else nullcontext(),
+            _network_thread(network_core) as forwards,
             _on_cores(side_cores),
             _progress(progress, len(pending)) as (
                 advance,

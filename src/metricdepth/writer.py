@@ -2,9 +2,9 @@
 
 ``run_batch`` hands it, per image, the network's raw outputs and the image's ``PreparedInput``
 (``WriterProcess.submit``); the process runs ``outputs.to_prediction`` and
-``outputs.write_prediction`` on a few threads of its own (an fsync waits on the disk, and
-concurrent fsyncs share a journal commit) and reports each image back (``results``): its
-camera source, or the error that stopped it.
+``outputs.write_prediction`` on a few threads of its own (with ``sync`` an fsync waits on the
+disk, and concurrent fsyncs share a journal commit) and reports each image back
+(``results``): its camera source, or the error that stopped it.
 
 Why a process: on the threads of the network's own process, this work took the GIL from the
 network between its operators and slowed a small model's forward pass by 15-25 % on 2 cores;
