@@ -732,12 +732,13 @@ def _progress(
 #: Writer threads: with ``fsync`` each file waits on the disk (milliseconds) without using the
 #: CPU, and concurrent fsyncs share one journal commit, so several images are written at once.
 _WRITER_THREADS = 4
-#: Threads of the writer process: alone, 2 threads wrote 560-670 images/s with 1.9-2.2 ms of
-#: CPU per image, 4 threads 550 images/s with 2.6-2.8 ms (their GIL hand-offs), 1 thread
-#: 520-550 images/s with 1.6-1.7 ms but no overlap of one file's fsync with the next file
-#: (measured with fsync; without it, 2 threads against 1 kept the batch benchmark at 0.90-0.91
-#: of forward-only against 0.81-0.85).
-_PROCESS_WRITER_THREADS = 2
+#: Threads of the writer process. Without fsync its work only uses the CPU: 1 thread (2 cost
+#: more CPU in GIL hand-offs: the batch benchmark at 0.94/0.96 of forward-only with 1 against
+#: 0.94/0.92 with 2, interleaved, 165 against 175 images/s). With fsync 2 threads overlap one
+#: file's disk wait with the next file's work: alone, 2 threads wrote 560-670 images/s with
+#: 1.9-2.2 ms of CPU per image, 4 threads 550 images/s with 2.6-2.8 ms, 1 thread 520-550
+#: images/s, and in the batch benchmark 2 against 1 gave 0.90-0.91 against 0.81-0.85.
+_PROCESS_WRITER_THREADS = {False: 1, True: 2}
 #: Images whose writes may still be under way while the network runs (a stop signal waits for
 #: them: they are already predicted).
 _MAX_WRITES_AHEAD = 4
@@ -1071,7 +1072,7 @@ def run_batch(
             from metricdepth.writer import WriterProcess
 
             writer = WriterProcess(
-                model, out_dir, save, _PROCESS_WRITER_THREADS, cores=side_cores, sync=fsync
+                model, out_dir, save, _PROCESS_WRITER_THREADS[fsync], cores=side_cores, sync=fsync
             )
             sink: _ThreadSink | _ProcessSink = _ProcessSink(writer)
         else:
