@@ -335,9 +335,12 @@ def test_resume_skips_finished_items_and_redoes_incomplete_ones(tmp_path, images
     assert len(list(out.rglob("*.depth.png"))) == N_IMAGES
 
 
-def test_predict_to_files_still_returns_the_written_paths(tmp_path, images):
+@pytest.mark.parametrize("fsync", [False, True])
+def test_predict_to_files_still_returns_the_written_paths(tmp_path, images, monkeypatch, fsync):
     items = collect_inputs([images])[:3]
-    seen = []
+    seen, synced = [], []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
     written = predict_to_files(
         tiny_model(),
         items,
@@ -345,7 +348,9 @@ def test_predict_to_files_still_returns_the_written_paths(tmp_path, images):
         {"depth"},
         intrinsics=(40.0, 40.0, 15.0, 10.0),
         on_done=lambda item, prediction: seen.append((item.stem, prediction.camera_source)),
+        fsync=fsync,
     )
+    assert len(synced) == (3 if fsync else 0)  # each depth file, never a record
     assert [sorted(w) for w in written] == [["depth", "record"]] * 3
     assert seen == [(item.stem, "given") for item in items]
     depth = np.load(written[0]["depth"])

@@ -1157,10 +1157,12 @@ def predict_to_files(
     focal: float | None = None,
     focal_mode: str | None = None,
     on_done: Callable[[InputItem, Prediction], None] | None = None,
+    fsync: bool = False,
 ) -> list[dict[str, Path]]:
     """Predict every item and write its files (``run_batch`` in this process, no bar).
 
     ``on_done(item, prediction)`` is called after each image; returns kind -> path per image.
+    ``fsync``: as ``run_batch``'s.
     """
     results: list[dict[str, Path]] = []
 
@@ -1178,6 +1180,7 @@ def predict_to_files(
         focal=focal,
         focal_mode=focal_mode,
         progress=False,
+        fsync=fsync,
         on_done=done,
     )
     return results
