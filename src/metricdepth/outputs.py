@@ -734,7 +734,7 @@ def _progress(
 _WRITER_THREADS = 4
 #: Threads of the writer process. Without fsync its work only uses the CPU: 1 thread (2 cost
 #: more CPU in GIL hand-offs: the batch benchmark at 0.94/0.96 of forward-only with 1 against
-#: 0.94/0.92 with 2, interleaved, 165 against 175 images/s). With fsync 2 threads overlap one
+#: 0.94/0.92 with 2, interleaved, 175 against 165 images/s). With fsync 2 threads overlap one
 #: file's disk wait with the next file's work: alone, 2 threads wrote 560-670 images/s with
 #: 1.9-2.2 ms of CPU per image, 4 threads 550 images/s with 2.6-2.8 ms, 1 thread 520-550
 #: images/s, and in the batch benchmark 2 against 1 gave 0.90-0.91 against 0.81-0.85.
