@@ -69,11 +69,25 @@ def _syncs(sync: bool) -> bool:
     return sync and _GROUP_SYNC.get() is not False
 
 
-def _commit(tmp: Path, path: Path) -> None:
-    """Move a finished temporary onto ``path`` (in an ``atomic_group``: at the group's end)."""
+@contextmanager
+def _staged(path: str | os.PathLike) -> Iterator[tuple[Path, int]]:
+    """``(temporary, its open descriptor)`` for ``path``: when the block ends well the
+    temporary is moved onto ``path`` (in an ``atomic_group``: at the group's end), else
+    removed. The block owns the descriptor."""
+    path = Path(path)
+    tmp, descriptor = _temporary(path)
+    try:
+        yield tmp, descriptor
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     group = _GROUP.get()
     if group is None:
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     else:
         group.append((tmp, path))
 
@@ -90,18 +104,12 @@ def atomic_write(path: str | os.PathLike, *, sync: bool = True) -> Iterator[Path
     atomic for a killed process, but after a power loss the file may be missing or empty:
     only for a file whose loss is detected and redone).
     """
-    path = Path(path)
-    tmp, descriptor = _temporary(path)
-    os.close(descriptor)
-    try:
+    with _staged(path) as (tmp, descriptor):
+        os.close(descriptor)
         yield tmp
         if _syncs(sync):
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
-        _commit(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
@@ -109,18 +117,11 @@ def atomic_file(path: str | os.PathLike, *, sync: bool = True) -> Iterator[Binar
     """``atomic_write`` for writers that take an open binary file: yields the temporary's
     handle, so the file is opened once and fsync'ed through the same descriptor (the batch
     path writes thousands of files; two opens and closes fewer each)."""
-    path = Path(path)
-    tmp, descriptor = _temporary(path)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            yield handle
-            handle.flush()
-            if _syncs(sync):
-                os.fsync(handle.fileno())
-        _commit(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _staged(path) as (_, descriptor), os.fdopen(descriptor, "wb") as handle:
+        yield handle
+        handle.flush()
+        if _syncs(sync):
+            os.fsync(handle.fileno())
 
 
 @contextmanager
