@@ -104,7 +104,7 @@ def test_protocol_caps_and_crop_match_a_hand_computed_example(tmp_path):
     rel = float(np.float32(2.2)) / 2 - 1  # 0.1 as stored in float32
 
     nyu = run_eval(annotations, predictions=predictions, protocol="nyu")
-    assert nyu["protocol"]["crop"] == "eigen" and nyu["protocol"]["max_depth_m"] == 10.0
+    assert nyu["protocol"]["crop"] == "nyu-eigen" and nyu["protocol"]["max_depth_m"] == 10.0
     assert nyu["abs_rel"] == pytest.approx((rel + 0.5) / 2, rel=1e-12)  # mean over images
     assert nyu["delta1"] == pytest.approx((1.0 + 0.0) / 2)  # 1.5 > 1.25 in image 2
     assert nyu["rmse"] == pytest.approx((2 * rel + 1.0) / 2, rel=1e-6)
@@ -204,3 +204,59 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="no valid ground-truth pixel"):
         run_eval(annotations, predictions=predictions, min_depth=2.0, max_depth=3.0)
     assert math.isfinite(run_eval(annotations, predictions=predictions)["rmse"])
+
+
+def test_kitti_crops_are_named_and_recorded(tmp_path):
+    # 375x1242: the KITTI Eigen crop is rows 124:342, the Garg crop rows 153:371 (cols 44:1197
+    # for both). Rows 124:153 lie in the Eigen crop only and rows 342:371 in the Garg crop only.
+    gt = np.full((375, 1242), 10.0)
+    pred = np.full((375, 1242), 10.0)
+    pred[124:153, :] = 12.0  # abs_rel 0.2, Eigen crop only
+    pred[342:371, :] = 15.0  # abs_rel 0.5, Garg crop only
+    annotations, predictions = write_case(tmp_path, [gt], [pred])
+    n_crop = 218 * 1153
+    cols = 1197 - 44
+    report = tmp_path / "eval.json"
+
+    eigen = run_eval(annotations, predictions=predictions, protocol="kitti", json_path=report)
+    assert eigen["abs_rel"] == pytest.approx(29 * cols * 0.2 / n_crop, rel=1e-12)
+    assert eigen["protocol"]["crop"] == "kitti-eigen"  # the default
+    assert eigen["protocol"]["crop_fractions"] == {
+        "rows": [0.3324324, 0.91351351],
+        "cols": [0.0359477, 0.96405229],
+    }
+    assert json.loads(report.read_text())["protocol"]["crop"] == "kitti-eigen"
+    assert "protocol kitti: kitti-eigen crop" in eval_report(eigen)
+
+    garg = run_eval(annotations, predictions=predictions, protocol="kitti", crop="garg")
+    assert garg["abs_rel"] == pytest.approx(29 * cols * 0.5 / n_crop, rel=1e-12)
+    assert garg["protocol"]["crop"] == "kitti-garg"
+    assert garg["protocol"]["crop_fractions"] == {
+        "rows": [0.40810811, 0.99189189],
+        "cols": [0.03594771, 0.96405229],
+    }
+    assert "protocol kitti: kitti-garg crop" in eval_report(garg)
+    plain = run_eval(annotations, predictions=predictions, protocol="plain")
+    assert plain["protocol"]["crop"] == "none" and plain["protocol"]["crop_fractions"] is None
+
+
+def test_cli_eval_crop_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from metricdepth.cli import app
+
+    gt = np.full((375, 1242), 10.0)
+    pred = gt.copy()
+    pred[342:371, :] = 15.0  # inside the Garg crop only
+    annotations, predictions = write_case(tmp_path, [gt], [pred])
+    runner = CliRunner()
+    args = ["eval", str(annotations), "--predictions", str(predictions), "--protocol", "kitti"]
+    run = runner.invoke(app, [*args, "--crop", "garg", "--json", str(tmp_path / "g.json")])
+    assert run.exit_code == 0, run.output
+    assert "protocol kitti: kitti-garg crop, depth in [0.001, 80] m" in run.output
+    assert json.loads((tmp_path / "g.json").read_text())["protocol"]["crop"] == "kitti-garg"
+    run = runner.invoke(app, args)
+    assert run.exit_code == 0 and "protocol kitti: kitti-eigen crop" in run.output
+    bad = runner.invoke(app, [*args[:-1], "nyu", "--crop", "garg"])
+    assert bad.exit_code == 2
+    assert "error: protocol nyu has no crop 'garg'" in bad.output

@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metricdepth.evaluate.metrics import (
+    CROPS,
     METRIC_NAMES,
     PRED_EPS_M,
     PROTOCOLS,
     Protocol,
     average_metrics,
+    crop_fractions,
     depth_metrics,
     eval_mask,
     evaluate_image,
@@ -198,13 +200,53 @@ def test_eigen_crop_scaled_size() -> None:
     np.testing.assert_array_equal(mask, _window_mask((240, 320), 22, 235, 20, 300))
 
 
-def test_garg_crop_375x1242() -> None:
-    # Metric3D fractions: int(0.3324324*375)=124, int(0.91351351*375)=342,
-    # int(0.0359477*1242)=44, int(0.96405229*1242)=1197
+def _bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(first row, last row + 1, first col, last col + 1) of the True pixels."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def test_kitti_eigen_crop_375x1242() -> None:
+    # Metric3D/BTS "eigen" fractions: int(0.3324324*375)=124, int(0.91351351*375)=342,
+    # int(0.0359477*1242)=44, int(0.96405229*1242)=1197. The kitti preset's default crop.
     gt = np.full((375, 1242), 20.0)
-    mask = eval_mask(gt, PROTOCOLS["kitti"])
-    np.testing.assert_array_equal(mask, _window_mask((375, 1242), 124, 342, 44, 1197))
+    full = protocol("kitti", crop="kitti-eigen")
+    for p in (PROTOCOLS["kitti"], protocol("kitti", crop="eigen"), full):
+        assert p.crop == "kitti-eigen"
+        mask = eval_mask(gt, p)
+        assert _bounds(mask) == (124, 342, 44, 1197)
+        np.testing.assert_array_equal(mask, _window_mask((375, 1242), 124, 342, 44, 1197))
+        assert mask.sum() == 218 * 1153
+
+
+def test_kitti_garg_crop_375x1242() -> None:
+    # Garg fractions: int(0.40810811*375)=153, int(0.99189189*375)=371,
+    # int(0.03594771*1242)=44, int(0.96405229*1242)=1197
+    gt = np.full((375, 1242), 20.0)
+    p = protocol("kitti", crop="garg")
+    assert p.crop == "kitti-garg" and p.name == "kitti"
+    mask = eval_mask(gt, p)
+    assert _bounds(mask) == (153, 371, 44, 1197)
+    np.testing.assert_array_equal(mask, _window_mask((375, 1242), 153, 371, 44, 1197))
     assert mask.sum() == 218 * 1153
+    assert crop_fractions("kitti-garg") == (0.40810811, 0.99189189, 0.03594771, 0.96405229)
+    assert crop_fractions("kitti-eigen") == (0.3324324, 0.91351351, 0.0359477, 0.96405229)
+    assert crop_fractions("none") is None
+
+
+def test_crop_names_and_legacy_names() -> None:
+    assert CROPS == ("none", "nyu-eigen", "kitti-eigen", "kitti-garg")
+    assert protocol("nyu", crop="eigen").crop == "nyu-eigen"
+    assert protocol("kitti", crop="none").crop == "none"
+    with pytest.raises(ValueError, match="protocol nyu has no crop 'garg'"):
+        protocol("nyu", crop="garg")
+    with pytest.raises(ValueError, match="protocol plain has no crop 'eigen'"):
+        protocol("plain", crop="eigen")
+    # "eigen" in an old record meant the NYU window, which it still is
+    assert Protocol("nyu", 1e-3, 10.0, "eigen", "none") == PROTOCOLS["nyu"]  # type: ignore[arg-type]
+    # "garg" in an old record meant the KITTI Eigen window: refused, never silently re-read
+    with pytest.raises(ValueError, match="'garg' is ambiguous.*kitti-eigen.*kitti-garg"):
+        Protocol("kitti", 1e-3, 80.0, "garg", "none")  # type: ignore[arg-type]
 
 
 def test_crop_needs_2d() -> None:
@@ -240,23 +282,26 @@ def test_caps_with_crop() -> None:
 
 def test_protocol_presets_and_describe() -> None:
     assert PROTOCOLS["nyu"].describe() == (
-        "protocol nyu: eigen crop, depth in [0.001, 10] m, no alignment"
+        "protocol nyu: nyu-eigen crop, depth in [0.001, 10] m, no alignment"
     )
     assert PROTOCOLS["kitti"].describe() == (
-        "protocol kitti: garg crop, depth in [0.001, 80] m, no alignment"
+        "protocol kitti: kitti-eigen crop, depth in [0.001, 80] m, no alignment"
+    )
+    assert protocol("kitti", crop="garg").describe() == (
+        "protocol kitti: kitti-garg crop, depth in [0.001, 80] m, no alignment"
     )
     assert PROTOCOLS["plain"].describe() == (
         "protocol plain: no crop, depth in [0.001, inf] m, no alignment"
     )
     p = protocol("kitti", min_depth_m=0.1, max_depth_m=200, align="median")
-    assert p == Protocol("kitti", 0.1, 200.0, "garg", "median")
+    assert p == Protocol("kitti", 0.1, 200.0, "kitti-eigen", "median")
     assert "median" in p.describe() and "[0.1, 200]" in p.describe()
     d = p.to_dict()
     assert d == {
         "name": "kitti",
         "min_depth_m": 0.1,
         "max_depth_m": 200.0,
-        "crop": "garg",
+        "crop": "kitti-eigen",
         "align": "median",
     }
     assert Protocol(**d) == p

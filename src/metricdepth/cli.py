@@ -476,6 +476,13 @@ def evaluate(
         Path | None, typer.Option(help="Folder of S.depth.npy from 'metricdepth predict'.")
     ] = None,
     protocol: Annotated[str, typer.Option(help="plain, nyu or kitti.")] = "plain",
+    crop: Annotated[
+        str | None,
+        typer.Option(
+            help="Crop instead of the protocol's: kitti takes eigen (default, Metric3D/BTS "
+            "rows 0.3324-0.9135) or garg (rows 0.4081-0.9919); nyu takes eigen; any takes none."
+        ),
+    ] = None,
     min_depth: Annotated[float | None, typer.Option(help="GT cap, metres.")] = None,
     max_depth: Annotated[float | None, typer.Option(help="GT cap, metres.")] = None,
     align: Annotated[str, typer.Option(help="none or median (reported as its own row).")] = "none",
@@ -493,7 +500,7 @@ def evaluate(
         result = run_eval(
             annotations, model=model, weights=weights,
             predictions=predictions, protocol=protocol, min_depth=min_depth,
-            max_depth=max_depth, align=align, skip_missing=skip_missing, csv_path=csv,
+            max_depth=max_depth, align=align, crop=crop, skip_missing=skip_missing, csv_path=csv,
             json_path=json_out, device=device,
         )  # fmt: skip
     except ValueError as error:

@@ -38,6 +38,7 @@ from metricdepth.evaluate.metrics import (
     METRIC_NAMES,
     Protocol,
     average_metrics,
+    crop_fractions,
     eval_mask,
     evaluate_image,
     format_metrics,
@@ -53,11 +54,16 @@ _SKIP_HINT = " (--skip-missing leaves such images out)"
 
 
 def _protocol_json(protocol: Protocol) -> dict[str, Any]:
-    """JSON-ready protocol: an infinite cap is written as null, plus its one-line description."""
+    """JSON-ready protocol: an infinite cap is written as null, plus the crop window as fractions
+    of the image size (``crop_fractions``: rows and cols, or null) and its one-line description."""
     data = protocol.to_dict()
     for key in ("min_depth_m", "max_depth_m"):
         if math.isinf(data[key]):
             data[key] = None
+    fractions = crop_fractions(protocol.crop)
+    data["crop_fractions"] = (
+        None if fractions is None else {"rows": list(fractions[:2]), "cols": list(fractions[2:])}
+    )
     data["description"] = protocol.describe()
     return data
 
@@ -119,6 +125,7 @@ def run_eval(
     min_depth: float | None = None,
     max_depth: float | None = None,
     align: str = "none",
+    crop: str | None = None,
     skip_missing: bool = False,
     csv_path: str | Path | None = None,
     json_path: str | Path | None = None,
@@ -135,6 +142,10 @@ def run_eval(
         predictions: folder holding ``<key>.depth.npy`` (the ``metricdepth predict`` layout).
         protocol: ``plain``, ``nyu`` or ``kitti`` (``evaluate.metrics.PROTOCOLS``);
             ``min_depth``/``max_depth`` (metres) replace its ground-truth caps.
+        crop: replaces the protocol's crop: ``eigen`` or ``garg`` for ``kitti`` (default
+            ``eigen``, the Metric3D/BTS window), ``eigen`` for ``nyu``, or a full name of
+            ``evaluate.metrics.CROPS`` (``none``, ``nyu-eigen``, ``kitti-eigen``,
+            ``kitti-garg``). The result's ``protocol.crop`` names the crop used.
         align: ``none``, or ``median`` to add the median-scaled row (``"aligned"``).
         skip_missing: leave out images whose files are missing instead of failing.
         csv_path: write one row per image (``status`` says why a row was skipped).
@@ -157,7 +168,7 @@ def run_eval(
         raise ValueError("give either a model (--model) or a prediction folder (--predictions)")
     if align not in ALIGNS:
         raise ValueError(f"--align must be one of {', '.join(ALIGNS)}, got {align!r}")
-    raw = make_protocol(protocol, min_depth, max_depth)
+    raw = make_protocol(protocol, min_depth, max_depth, crop=crop)
     aligned = dataclasses.replace(raw, align="median") if align == "median" else None
     annotations = Path(annotations)
     entries = read_annotations(annotations)

@@ -7,7 +7,8 @@ Everything here follows the evaluation of Metric3D (``training/mono/utils/avg_me
   (:func:`evaluate_image` + :func:`average_metrics`); this is not the same number as pooling all
   pixels of a data set together;
 * the set of evaluated pixels depends on a :class:`Protocol`: the ground-truth depth caps, the
-  crop (Eigen for NYU, Garg for KITTI) and whether the prediction is median-aligned first.
+  crop (Eigen for NYU; Eigen or Garg for KITTI) and whether the prediction is median-aligned
+  first.
 
 Papers rarely say which protocol a table uses, and people fail to reproduce Metric3D's numbers
 because of that (issues #178, #217, #113). So every report this module formats starts with the
@@ -33,7 +34,9 @@ __all__ = [
     "PRED_EPS_M",
     "PROTOCOLS",
     "Protocol",
+    "CROPS",
     "average_metrics",
+    "crop_fractions",
     "depth_metrics",
     "eval_mask",
     "evaluate_image",
@@ -57,10 +60,18 @@ METRIC_NAMES: tuple[str, ...] = (
 PRED_EPS_M: float = 1e-6
 """Predictions below this value (metres), zero and negative ones included, are raised to it."""
 
-CropName = Literal["none", "eigen", "garg"]
+CropName = Literal["none", "nyu-eigen", "kitti-eigen", "kitti-garg"]
 AlignName = Literal["none", "median"]
-_CROPS: tuple[str, ...] = ("none", "eigen", "garg")
+CROPS: tuple[str, ...] = ("none", "nyu-eigen", "kitti-eigen", "kitti-garg")
+"""Crop names a :class:`Protocol` accepts (see :func:`eval_mask` for each window)."""
 _ALIGNS: tuple[str, ...] = ("none", "median")
+# Short names, as ``protocol(name, crop=...)`` and ``metricdepth eval --crop`` take them, qualified
+# by the data set of the preset (``nyu`` or ``kitti``).
+_SHORT_CROPS: dict[tuple[str, str], str] = {
+    ("nyu", "eigen"): "nyu-eigen",
+    ("kitti", "eigen"): "kitti-eigen",
+    ("kitti", "garg"): "kitti-garg",
+}
 
 # Eigen crop (NYU Depth v2), defined on the 480x640 frame: rows 45:471, cols 41:601
 # (Metric3D nyu_dataset.py L178-185, and the usual community protocol).
@@ -68,14 +79,18 @@ _EIGEN_FRAME_HW = (480, 640)
 _EIGEN_ROWS = (45, 471)
 _EIGEN_COLS = (41, 601)
 
-# "Garg" crop for KITTI as Metric3D applies it (kitti_dataset.py process_depth, L168-181), as
-# fractions of the full 375x1242 frame. NOTE: monodepth2/BTS/AdaBins-style code calls *these*
-# fractions the KITTI "eigen crop" ("found by trial and error to reproduce Eigen NIPS14") and uses
-# a different "garg crop": rows int(0.40810811 H):int(0.99189189 H),
-# cols int(0.03594771 W):int(0.96405229 W). On 375x1242 Metric3D's crop is rows 124:342,
-# cols 44:1197; that other one is rows 153:371, cols 44:1197. We follow Metric3D.
-_GARG_ROW_FRACS = (0.3324324, 0.91351351)
-_GARG_COL_FRACS = (0.0359477, 0.96405229)
+# KITTI crops, as fractions of the full frame (375x1242 for most of the Eigen split), applied as
+# int(fraction * size):
+# * Eigen (Eigen et al., NIPS 2014, as BTS/AdaBins/monodepth2 code reproduce it): rows
+#   0.3324324..0.91351351, cols 0.0359477..0.96405229 -> rows 124:342, cols 44:1197 on 375x1242.
+#   Metric3D's KITTI code (kitti_dataset.py process_depth) applies exactly these fractions, without
+#   naming them; earlier metricdepth versions printed them as "garg crop", wrongly.
+# * Garg (Garg et al., ECCV 2016): rows 0.40810811..0.99189189, cols 0.03594771..0.96405229 ->
+#   rows 153:371, cols 44:1197 on 375x1242.
+_KITTI_EIGEN_ROW_FRACS = (0.3324324, 0.91351351)
+_KITTI_EIGEN_COL_FRACS = (0.0359477, 0.96405229)
+_KITTI_GARG_ROW_FRACS = (0.40810811, 0.99189189)
+_KITTI_GARG_COL_FRACS = (0.03594771, 0.96405229)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,8 +225,10 @@ class Protocol:
             ``inf``. Both caps are inclusive: the kept range is [min_depth_m, max_depth_m].
             Only the ground truth is capped; predictions are NOT clipped to the caps (Metric3D
             does not clip them either; BTS/AdaBins-style scripts do).
-        crop: "none", "eigen" (NYU, rows 45:471, cols 41:601 of 480x640) or "garg" (KITTI,
-            Metric3D's fractions of the 375x1242 frame); see :func:`eval_mask`.
+        crop: "none", "nyu-eigen" (rows 45:471, cols 41:601 of 480x640), "kitti-eigen" (the
+            Metric3D/BTS fractions, rows 124:342 of 375x1242) or "kitti-garg" (rows 153:371);
+            see :func:`eval_mask`. The old name "eigen" is read as "nyu-eigen" (same window);
+            the old name "garg" is refused, because it stood for the KITTI *Eigen* window.
         align: "none" (metric depth, as in Metric3D's main tables) or "median" (scale the
             prediction by median(gt)/median(pred) over the evaluated pixels, per image).
     """
@@ -231,9 +248,17 @@ class Protocol:
                 f"protocol {self.name}: need 0 <= min_depth_m < max_depth_m, got "
                 f"[{self.min_depth_m}, {self.max_depth_m}]"
             )
-        if self.crop not in _CROPS:
+        if self.crop == "eigen":  # name used before KITTI had two crops; same window
+            object.__setattr__(self, "crop", "nyu-eigen")
+        if self.crop == "garg":
             raise ValueError(
-                f"protocol {self.name}: crop must be one of {_CROPS}, got {self.crop!r}"
+                f"protocol {self.name}: crop 'garg' is ambiguous (earlier metricdepth versions "
+                "used that name for the KITTI Eigen window, rows 0.3324-0.9135); say "
+                "'kitti-eigen' for that window or 'kitti-garg' for Garg's (rows 0.4081-0.9919)"
+            )
+        if self.crop not in CROPS:
+            raise ValueError(
+                f"protocol {self.name}: crop must be one of {CROPS}, got {self.crop!r}"
             )
         if self.align not in _ALIGNS:
             raise ValueError(
@@ -243,7 +268,7 @@ class Protocol:
         object.__setattr__(self, "max_depth_m", hi)
 
     def describe(self) -> str:
-        """One line, e.g. ``protocol nyu: eigen crop, depth in [0.001, 10] m, no alignment``."""
+        """One line, e.g. ``protocol nyu: nyu-eigen crop, depth in [0.001, 10] m, no alignment``."""
         crop = "no crop" if self.crop == "none" else f"{self.crop} crop"
         align = "no alignment" if self.align == "none" else "median scale alignment per image"
         return (
@@ -266,10 +291,11 @@ PROTOCOLS: dict[str, Protocol] = {
     # The usual community NYU protocol: Eigen crop, 1e-3..10 m. Metric3D's own test code uses the
     # Eigen crop but caps the ground truth at [0.1, 200] m instead (no 10 m cap); to reproduce its
     # code use protocol("nyu", min_depth_m=0.1, max_depth_m=200).
-    "nyu": Protocol("nyu", 1e-3, 10.0, "eigen", "none"),
-    # The usual community KITTI protocol: Garg crop, 1e-3..80 m. Metric3D's code caps at
+    "nyu": Protocol("nyu", 1e-3, 10.0, "nyu-eigen", "none"),
+    # KITTI Eigen split, 1e-3..80 m, by default with the Eigen crop that Metric3D's code (and BTS)
+    # applies; protocol("kitti", crop="garg") for the Garg crop. Metric3D's code caps at
     # [0.1, 200] m instead (no 80 m cap): protocol("kitti", min_depth_m=0.1, max_depth_m=200).
-    "kitti": Protocol("kitti", 1e-3, 80.0, "garg", "none"),
+    "kitti": Protocol("kitti", 1e-3, 80.0, "kitti-eigen", "none"),
 }
 """Preset protocols.
 
@@ -277,8 +303,9 @@ PROTOCOLS: dict[str, Protocol] = {
 * ``nyu``: Eigen crop, [1e-3, 10] m, no alignment (the usual community protocol). **Metric3D's
   code does not cap at 10 m**: it keeps ground truth in [0.1, 200] m (``clip_depth_range`` in all
   its test configs, reference §4).
-* ``kitti``: Garg crop (Metric3D's fractions), [1e-3, 80] m, no alignment. **Metric3D's code
-  does not cap at 80 m** either ([0.1, 200] m).
+* ``kitti``: KITTI Eigen crop (the fractions of Metric3D's and BTS's code), [1e-3, 80] m, no
+  alignment; ``crop="garg"`` gives the Garg crop instead. **Metric3D's code does not cap at
+  80 m** either ([0.1, 200] m).
 """
 
 
@@ -287,28 +314,46 @@ def protocol(
     min_depth_m: float | None = None,
     max_depth_m: float | None = None,
     align: AlignName = "none",
+    crop: str | None = None,
 ) -> Protocol:
     """A preset from :data:`PROTOCOLS` with the given overrides.
 
-    Example: ``protocol("nyu", 0.1, 200)`` is the NYU setting of Metric3D's own test code, and
-    ``protocol("kitti", align="median")`` the scale-aligned KITTI row.
+    Example: ``protocol("nyu", 0.1, 200)`` is the NYU setting of Metric3D's own test code,
+    ``protocol("kitti", align="median")`` the scale-aligned KITTI row and
+    ``protocol("kitti", crop="garg")`` KITTI with the Garg crop.
 
     Args:
         name: key of :data:`PROTOCOLS`; kept as the protocol's name.
         min_depth_m / max_depth_m: replace the preset caps (metres) when not None.
         align: "none" or "median".
+        crop: replaces the preset's crop when not None: a name of :data:`CROPS`, or the short
+            names "eigen" (``nyu`` and ``kitti``) and "garg" (``kitti``), read for the preset's
+            data set.
 
     Raises:
-        ValueError: unknown name, or invalid caps / align.
+        ValueError: unknown name, invalid caps / align, or a crop the preset has no such
+            window for.
     """
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
     base = PROTOCOLS[name]
+    if crop is None:
+        crop = base.crop
+    elif crop not in CROPS:
+        full = _SHORT_CROPS.get((name, crop))
+        if full is None:
+            shorts = sorted(short for preset, short in _SHORT_CROPS if preset == name)
+            raise ValueError(
+                f"protocol {name} has no crop {crop!r}; choose one of "
+                f"{', '.join(shorts + list(CROPS))}"
+            )
+        crop = full
     return dataclasses.replace(
         base,
         min_depth_m=base.min_depth_m if min_depth_m is None else min_depth_m,
         max_depth_m=base.max_depth_m if max_depth_m is None else max_depth_m,
         align=align,
+        crop=crop,  # type: ignore[arg-type]
     )
 
 
@@ -317,9 +362,32 @@ def protocol(
 # --------------------------------------------------------------------------------------------
 
 
+def crop_fractions(crop: str) -> tuple[float, float, float, float] | None:
+    """(row0, row1, col0, col1) of a crop window as fractions of the image size; None for "none".
+
+    ``"nyu-eigen"`` gives 45/480, 471/480, 41/640, 601/640 (its window is computed in integers,
+    see :func:`eval_mask`); the KITTI crops give the fractions their code uses.
+    """
+    if crop == "none":
+        return None
+    if crop == "nyu-eigen":
+        fh, fw = _EIGEN_FRAME_HW
+        return (
+            _EIGEN_ROWS[0] / fh,
+            _EIGEN_ROWS[1] / fh,
+            _EIGEN_COLS[0] / fw,
+            _EIGEN_COLS[1] / fw,
+        )
+    if crop == "kitti-eigen":
+        return (*_KITTI_EIGEN_ROW_FRACS, *_KITTI_EIGEN_COL_FRACS)
+    if crop == "kitti-garg":
+        return (*_KITTI_GARG_ROW_FRACS, *_KITTI_GARG_COL_FRACS)
+    raise ValueError(f"no crop window for crop {crop!r}")
+
+
 def _crop_window(crop: str, h: int, w: int) -> tuple[int, int, int, int]:
     """(row0, row1, col0, col1) of the crop window for an h x w image (end exclusive)."""
-    if crop == "eigen":
+    if crop == "nyu-eigen":
         fh, fw = _EIGEN_FRAME_HW
         # Integer arithmetic: exactly 45:471, 41:601 on 480x640; floor of the scaled bounds else.
         return (
@@ -328,14 +396,11 @@ def _crop_window(crop: str, h: int, w: int) -> tuple[int, int, int, int]:
             _EIGEN_COLS[0] * w // fw,
             _EIGEN_COLS[1] * w // fw,
         )
-    if crop == "garg":
-        return (
-            int(_GARG_ROW_FRACS[0] * h),
-            int(_GARG_ROW_FRACS[1] * h),
-            int(_GARG_COL_FRACS[0] * w),
-            int(_GARG_COL_FRACS[1] * w),
-        )
-    raise ValueError(f"no crop window for crop {crop!r}")
+    fractions = crop_fractions(crop)
+    if fractions is None:
+        raise ValueError(f"no crop window for crop {crop!r}")
+    r0, r1, c0, c1 = fractions
+    return int(r0 * h), int(r1 * h), int(c0 * w), int(c1 * w)
 
 
 def eval_mask(gt_m: Any, protocol: Protocol) -> np.ndarray:
@@ -344,14 +409,18 @@ def eval_mask(gt_m: Any, protocol: Protocol) -> np.ndarray:
     A pixel is kept when its ground truth is finite, > 0, within
     [protocol.min_depth_m, protocol.max_depth_m] (inclusive), and inside the crop:
 
-    * ``"eigen"``: rows 45:471, cols 41:601 of a 480x640 image. Another size H x W gets the
+    * ``"nyu-eigen"``: rows 45:471, cols 41:601 of a 480x640 image. Another size H x W gets the
       same fractions, floored: rows 45·H//480 : 471·H//480, cols 41·W//640 : 601·W//640.
-    * ``"garg"``: Metric3D's KITTI crop, rows int(0.3324324·H):int(0.91351351·H), cols
-      int(0.0359477·W):int(0.96405229·W) — on 375x1242, rows 124:342 and cols 44:1197. Apply
-      it to the full-size ground truth: Metric3D crops the full frame, then cuts both image and
-      ground truth to columns 43:1197 for inference, which leaves the crop unchanged; computing
-      the fractions on the already cut 1154-wide frame would give a different window.
-      (monodepth2/BTS/AdaBins use other fractions under the name "garg", see the module source.)
+    * ``"kitti-eigen"``: the KITTI Eigen crop as Metric3D's and BTS's code apply it, rows
+      int(0.3324324·H):int(0.91351351·H), cols int(0.0359477·W):int(0.96405229·W) — on
+      375x1242, rows 124:342 and cols 44:1197.
+    * ``"kitti-garg"``: the Garg crop, rows int(0.40810811·H):int(0.99189189·H), cols
+      int(0.03594771·W):int(0.96405229·W) — on 375x1242, rows 153:371 and cols 44:1197.
+
+    Apply the KITTI crops to the full-size ground truth: Metric3D crops the full frame, then
+    cuts both image and ground truth to columns 43:1197 for inference, which leaves the crop
+    unchanged; computing the fractions on the already cut 1154-wide frame would give a
+    different window.
 
     Args:
         gt_m: ground-truth depth (H, W) in metres (any shape if ``protocol.crop == "none"``).
@@ -463,7 +532,7 @@ def format_metrics(metrics: Mapping[str, float], protocol: Protocol, n_images: i
 
     Example::
 
-        protocol nyu: eigen crop, depth in [0.001, 10] m, no alignment
+        protocol nyu: nyu-eigen crop, depth in [0.001, 10] m, no alignment
         654 images; per-image metrics averaged over images; silog not x100
            abs_rel    sq_rel      rmse  rmse_log     log10     silog    delta1    delta2    delta3
             0.0830    0.0410    0.3100    0.1070    0.0350    0.0900    0.9400    0.9900    0.9980
