@@ -177,12 +177,89 @@ def test_focal_plane_exif_size_swapped_against_stored_pixels(tmp_path):
 def test_focal_plane_unscaled_without_or_with_mismatching_exif_size(tmp_path):
     tags = plane_tags()
     del tags[B.ExifImageWidth], tags[B.ExifImageHeight]
-    camera, _ = camera_from_exif(write_jpeg(tmp_path / "a.jpg", exif_tags=tags))
-    assert_camera(camera, 4.25 * 700, 4.25 * 700, 319.5, 239.5, 640, 480)
+    # at the sensor's full resolution: 4032 px / 700 px/mm = a 5.76 mm sensor, plausible
+    full = write_jpeg(tmp_path / "full.jpg", (4032, 3024), exif_tags=tags)
+    camera, report = camera_from_exif(full)
+    assert_camera(camera, 4.25 * 700, 4.25 * 700, 2015.5, 1511.5, 4032, 3024)
+    assert report["rejected"] == [] and "sensor 5.76 mm wide" in report["rule_detail"]
     cropped = write_jpeg(tmp_path / "b.jpg", (640, 400), plane_tags())  # 16:10 from 4:3
     camera, report = camera_from_exif(cropped)
     assert_camera(camera, 4.25 * 700, 4.25 * 700, 319.5, 199.5, 640, 400)
     assert any("does not match" in note for note in report["notes"])
+
+
+def test_downscaled_photo_without_exif_size_is_rejected_not_8x_wrong(tmp_path):
+    # The phone photo downscaled to 640x480 with ExifImageWidth/Height stripped: taking the
+    # stored pixels as the sensor's would give 4.25 * 700 = 2975 px (true: 472.2 px), a sensor
+    # 640 / 700 = 0.91 mm wide. Rejected; the default camera is used and says why.
+    tags = plane_tags()
+    del tags[B.ExifImageWidth], tags[B.ExifImageHeight]
+    path = write_jpeg(tmp_path / "small.jpg", exif_tags=tags)
+    camera, report = camera_from_exif(path)
+    assert camera is None and report["rule"] is None and report["focal_px"] is None
+    [rejected] = report["rejected"]
+    assert rejected["rule"] == "focal_plane"
+    assert rejected["reason"].startswith(
+        "implied sensor width 0.91 mm is outside 2-60 mm (without ExifImageWidth"
+    )
+    json.dumps(report)
+
+    camera, source, resolved = resolve_camera(path)
+    assert source == "default" and camera.fov_x_deg == pytest.approx(DEFAULT_FOV_X_DEG)
+    assert "exif rejected: implied sensor width 0.91 mm" in resolved["rule"]
+    assert "EXIF focal length was rejected (implied sensor width 0.91 mm" in resolved["warning"]
+    text = camera_report(path)
+    assert "EXIF focal rejected: focal_plane: FocalLength 4.25 mm" in text
+    assert "camera source: default (default 60 degree" in text
+    assert "exif rejected: implied sensor width 0.91 mm is outside 2-60 mm" in text
+    assert "warning: no intrinsics given and the EXIF focal length was rejected" in text
+    # with the camera's pixel count recorded the same file is scaled correctly instead
+    camera, report = camera_from_exif(write_jpeg(tmp_path / "ok.jpg", exif_tags=plane_tags()))
+    assert_camera(camera, PLANE_FX, PLANE_FX, 319.5, 239.5, 640, 480)
+
+
+@pytest.mark.parametrize(
+    ("extra", "size", "reason"),
+    [
+        # 4032 px at 50 px/mm: an 80.64 mm wide sensor
+        (
+            {B.FocalPlaneXResolution: IFDRational(500, 1), B.FocalPlaneYResolution: None},
+            (640, 480),
+            "implied sensor width 80.64 mm is outside 2-60 mm",
+        ),
+        # 4000 mm on the 5.76 mm sensor: 444,444 px on 640 px, a 0.08 degree view
+        (
+            {B.FocalLength: IFDRational(4000, 1)},
+            (640, 480),
+            "implied field of view 0.1 degrees (the wider of horizontal and vertical) is "
+            "outside 1-150 degrees",
+        ),
+        # 0.2 mm on the 5.76 mm sensor: fx = 22.2 px on 640 px, a 172 degree view
+        ({B.FocalLength: IFDRational(1, 5)}, (640, 480), "implied field of view 172.1 degrees"),
+        # an image bigger than the camera's 4032x3024 pixels, and not a resize of them
+        ({}, (5000, 3000), "the stored 5000x3000 image is larger than the camera's 4032x3024"),
+    ],
+)
+def test_implausible_focal_plane_is_rejected(tmp_path, extra, size, reason):
+    tags = {k: v for k, v in plane_tags(extra).items() if v is not None}
+    camera, report = camera_from_exif(write_jpeg(tmp_path / "p.jpg", size, exif_tags=tags))
+    assert camera is None
+    [rejected] = report["rejected"]
+    assert rejected["rule"] == "focal_plane" and rejected["reason"].startswith(reason)
+
+
+def test_implausible_f35_gives_way_to_the_focal_plane(tmp_path):
+    # f35 3 mm: 3 * 800 / 43.27 = 55.5 px on 640 px, a 160.3 degree view: rejected
+    camera, report = camera_from_exif(
+        write_jpeg(tmp_path / "a.jpg", exif_tags={B.FocalLengthIn35mmFilm: 3})
+    )
+    assert camera is None
+    assert report["rejected"][0]["reason"].startswith("implied field of view 160.3 degrees")
+    tags = plane_tags({B.FocalLengthIn35mmFilm: 3})
+    camera, report = camera_from_exif(write_jpeg(tmp_path / "b.jpg", exif_tags=tags))
+    assert_camera(camera, PLANE_FX, PLANE_FX, 319.5, 239.5, 640, 480)
+    assert report["rule"] == "focal_plane"
+    assert [item["rule"] for item in report["rejected"]] == ["f35_diagonal"]
 
 
 def test_f35_wins_over_focal_plane(tmp_path):

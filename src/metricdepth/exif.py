@@ -52,6 +52,21 @@ the crop back to the full size, so the focal in pixels grows by the ratio:
 Odd EXIF never raises: zero, negative, non-numeric, ``x/0`` or implausible values (f35 outside
 2-5000 mm, focal length outside 0.1-5000 mm, zoom above 100) are ignored and listed in the
 report's ``ignored``. Only an unreadable file raises a one-line ValueError naming the file.
+
+A focal that a rule computes is also checked as a whole, and rejected (listed in the report's
+``rejected`` with the reason; the next rule is tried, then the default camera) when
+
+* the widest field of view of the image (horizontal or vertical, after digital zoom) is outside
+  1-150 degrees (1 degree is a ~2000 mm full-frame-equivalent telephoto; 150 degrees is beyond
+  any rectilinear lens), or
+* (``focal_plane``) the sensor the tags imply is not 2-60 mm wide (1/6" phone modules are 2.4 mm
+  wide, medium format up to ~54 mm). Its width is the sensor's pixel grid (``ExifImageWidth``,
+  else the stored width) over ``FocalPlaneXResolution``. Without ``ExifImageWidth`` the stored
+  pixels are taken as the sensor's, which is wrong for a resized image: a phone photo (4.25 mm
+  lens, 700 px/mm, 4032 px wide) downscaled to 640 px would give 2975 px instead of 472 px, and
+  its implied 0.91 mm sensor rejects it. (A camera with a large sensor downscaled by a small
+  factor still implies a plausible sensor and cannot be told apart.) An image larger than the
+  camera's ``ExifImageWidth`` x ``ExifImageHeight`` that is no resize of it is rejected too.
 """
 
 from __future__ import annotations
@@ -91,6 +106,14 @@ _UNIT_NAMES = {1: "none", 2: "inch", 3: "cm", 4: "mm", 5: "um"}
 
 _F35_RANGE_MM = (2.0, 5000.0)
 _FOCAL_RANGE_MM = (0.1, 5000.0)
+#: Width of the sensor the focal-plane tags imply (its pixel grid over their resolution). Camera
+#: sensors that write these tags run from ~2.4 mm (1/6" phone modules) through phones (4-10 mm),
+#: 1" (13.2), APS-C (22-24), full frame (36) to medium format (44-54 mm).
+_SENSOR_WIDTH_RANGE_MM = (2.0, 60.0)
+#: Widest field of view of the image (the larger of horizontal and vertical), degrees. 150
+#: degrees is beyond any rectilinear lens (a 12 mm full-frame-equivalent lens sees ~113 degrees
+#: across 36 mm); 1 degree is a ~2000 mm full-frame-equivalent telephoto.
+_FOV_RANGE_DEG = (1.0, 150.0)
 _MAX_ZOOM = 100.0
 _ASPECT_TOLERANCE = 0.01
 
@@ -269,8 +292,11 @@ def _diagonal_focal_px(f35_mm: float, width: int, height: int) -> float:
 
 def _focal_plane(
     tags: _Tags, stored: tuple[int, int], notes: list[str]
-) -> tuple[float, float, str] | None:
-    """``(fx, fy, detail)`` on the stored grid from FocalLength + focal-plane tags, no zoom."""
+) -> tuple[float, float, str, float, str | None] | None:
+    """``(fx, fy, detail, sensor_width_mm, problem)`` on the stored grid from FocalLength and
+    the focal-plane tags, before digital zoom. ``sensor_width_mm`` is the width of the sensor
+    they imply (its grid width in pixels, ``ExifImageWidth`` or else the stored width, over the
+    x resolution); ``problem`` says why the focal cannot be right (else None)."""
     focal_mm = tags.positive("FocalLength", *_FOCAL_RANGE_MM)
     xres = tags.positive("FocalPlaneXResolution")
     yres = tags.positive("FocalPlaneYResolution")
@@ -295,9 +321,15 @@ def _focal_plane(
     exif_w = tags.positive("ExifImageWidth")
     exif_h = tags.positive("ExifImageHeight")
     transposed = False
+    problem = None
+    grid_w = exif_w  # the sensor's pixel grid along its x axis
     if exif_w is None or exif_h is None:
         sx = sy = 1.0
-        grid = "ExifImageWidth/Height missing: resolution taken as per stored pixel"
+        grid_w = width
+        grid = (
+            "ExifImageWidth/Height missing: resolution taken as per stored pixel (right only "
+            "if the image has the camera's full resolution)"
+        )
     else:
         aspect = width / height
         if abs(aspect / (exif_w / exif_h) - 1.0) <= _ASPECT_TOLERANCE:
@@ -318,6 +350,15 @@ def _focal_plane(
                 f"{width}x{height} aspect (cropped?): resolution used unscaled"
             )
             notes.append(grid)
+            fits = (width <= exif_w and height <= exif_h) or (width <= exif_h and height <= exif_w)
+            if not fits:
+                problem = (
+                    f"the stored {width}x{height} image is larger than the camera's "
+                    f"{exif_w:g}x{exif_h:g} pixels (ExifImageWidth x Height), so it is no crop "
+                    "of them and the focal-plane resolution does not apply to its pixels"
+                )
+    assert grid_w is not None
+    sensor_width_mm = grid_w / x_px_per_mm
     if transposed:
         x_px_per_mm, y_px_per_mm = y_px_per_mm, x_px_per_mm
     if xres == yres:  # square pixels: one focal, scaled by the width ratio
@@ -328,9 +369,38 @@ def _focal_plane(
     detail = (
         f"FocalLength {focal_mm:g} mm x FocalPlaneResolution {xres:g}"
         + ("" if xres == yres else f"/{yres:g}")
-        + f" px/{unit_name}; {grid}"
+        + f" px/{unit_name}; {grid}; sensor {sensor_width_mm:.2f} mm wide"
     )
-    return fx, fy, detail
+    if problem is None:
+        problem = _implausible_sensor(sensor_width_mm, exif_w is None or exif_h is None)
+    return fx, fy, detail, sensor_width_mm, problem
+
+
+def _implausible_sensor(sensor_width_mm: float, grid_unknown: bool) -> str | None:
+    """Why a sensor this wide cannot be (``_SENSOR_WIDTH_RANGE_MM``), or None."""
+    low, high = _SENSOR_WIDTH_RANGE_MM
+    if low <= sensor_width_mm <= high:
+        return None
+    why = f"implied sensor width {sensor_width_mm:.2f} mm is outside {low:g}-{high:g} mm"
+    if grid_unknown:
+        why += (
+            " (without ExifImageWidth the stored pixels are taken as the sensor's; the "
+            "focal-plane resolution counts the camera's full-resolution pixels, so a resized "
+            "image gives a wrong focal)"
+        )
+    return why
+
+
+def _implausible_fov(camera: Camera) -> str | None:
+    """Why a camera with this field of view cannot be (``_FOV_RANGE_DEG``), or None."""
+    low, high = _FOV_RANGE_DEG
+    fov = max(camera.fov_x_deg, camera.fov_y_deg)
+    if low <= fov <= high:
+        return None
+    return (
+        f"implied field of view {fov:.1f} degrees (the wider of horizontal and vertical) is "
+        f"outside {low:g}-{high:g} degrees"
+    )
 
 
 def _zoom_ratio(tags: _Tags) -> float:
@@ -356,7 +426,10 @@ def camera_from_exif(
     ``[W, H]``, ``orientation``, ``tags`` (every relevant tag found, raw), ``ignored``
     (tag -> why), ``rule`` (``"f35_diagonal"``, ``"focal_plane"`` or None), ``rule_detail``,
     ``digital_zoom`` (the ratio found, 1 if none), ``digital_zoom_applied``,
-    ``digital_zoom_reason``, ``focal_px`` (``[fx, fy]`` or None) and ``notes``.
+    ``digital_zoom_reason``, ``focal_px`` (``[fx, fy]`` or None), ``notes`` and ``rejected``
+    (``{"rule", "detail", "reason"}`` per rule whose focal was computed but is implausible; see
+    :func:`_implausible_sensor` and :func:`_implausible_fov`). A rejected rule gives way to the
+    next (``f35_diagonal``, then ``focal_plane``); when all are rejected the camera is None.
 
     Raises ValueError (one line naming the file) only when the file cannot be read as an image.
     """
@@ -391,52 +464,71 @@ def camera_from_exif(
     report["digital_zoom"] = zoom
     f35_mm = tags.positive("FocalLengthIn35mmFilm", *_F35_RANGE_MM)
     plane = _focal_plane(tags, stored, notes)
+    centre = ((stored[0] - 1) / 2.0, (stored[1] - 1) / 2.0)
+    rejected: list[dict[str, str]] = []
+    report["rejected"] = rejected
 
     if f35_mm is not None:
         focal_px = _diagonal_focal_px(f35_mm, *stored)
         fx = fy = focal_px
-        report["rule"] = RULE_F35
-        report["rule_detail"] = (
+        detail = (
             f"FocalLengthIn35mmFilm {f35_mm:g} mm x hypot({stored[0]}, {stored[1]}) / "
             f"hypot(36, 24) = {focal_px:.1f} px"
         )
-        if plane is not None:
-            notes.append(
-                f"FocalLength with the focal plane would give fx={plane[0]:.1f}, "
-                f"fy={plane[1]:.1f} px (stored grid, before zoom); FocalLengthIn35mmFilm wins"
-            )
+        apply, reason = False, report["digital_zoom_reason"]
         if zoom > 1.0:
-            apply, reason = _zoom_for_f35(digital_zoom, zoom, focal_px, plane, tags.text("Make"))
-            report["digital_zoom_applied"], report["digital_zoom_reason"] = apply, reason
+            evidence = plane if plane is not None and plane[4] is None else None
+            apply, reason = _zoom_for_f35(digital_zoom, zoom, focal_px, evidence, tags.text("Make"))
             if apply:
                 fx = fy = focal_px * zoom
-    elif plane is not None:
-        fx, fy, detail = plane
-        report["rule"] = RULE_FOCAL_PLANE
-        report["rule_detail"] = detail
-        if zoom > 1.0:
-            apply = digital_zoom != "ignore"
-            report["digital_zoom_applied"] = apply
-            report["digital_zoom_reason"] = (
-                "the physical focal length never includes digital zoom: multiplied"
-                if apply
-                else "digital_zoom='ignore'"
-            )
-            if apply:
-                fx, fy = fx * zoom, fy * zoom
-    else:
-        if zoom > 1.0:
-            report["digital_zoom_reason"] = "no focal length to apply it to"
-        return None, report
+        camera = Camera(fx, fy, *centre, *stored).rotated(orientation)
+        problem = _implausible_fov(camera)
+        if problem is None:
+            if plane is not None:
+                notes.append(
+                    f"FocalLength with the focal plane would give fx={plane[0]:.1f}, "
+                    f"fy={plane[1]:.1f} px (stored grid, before zoom); "
+                    "FocalLengthIn35mmFilm wins"
+                )
+            report["digital_zoom_applied"], report["digital_zoom_reason"] = apply, reason
+            return _used(camera, report, RULE_F35, detail)
+        rejected.append({"rule": RULE_F35, "detail": detail, "reason": problem})
 
-    centre = ((stored[0] - 1) / 2.0, (stored[1] - 1) / 2.0)
-    camera = Camera(fx, fy, *centre, *stored).rotated(orientation)
+    if plane is not None:
+        fx, fy, detail, _, problem = plane
+        apply = zoom > 1.0 and digital_zoom != "ignore"
+        if apply:
+            fx, fy = fx * zoom, fy * zoom
+        camera = Camera(fx, fy, *centre, *stored).rotated(orientation)
+        if problem is None:
+            problem = _implausible_fov(camera)
+        if problem is None:
+            if zoom > 1.0:
+                report["digital_zoom_applied"] = apply
+                report["digital_zoom_reason"] = (
+                    "the physical focal length never includes digital zoom: multiplied"
+                    if apply
+                    else "digital_zoom='ignore'"
+                )
+            return _used(camera, report, RULE_FOCAL_PLANE, detail)
+        rejected.append({"rule": RULE_FOCAL_PLANE, "detail": detail, "reason": problem})
+
+    if zoom > 1.0 and not rejected:
+        report["digital_zoom_reason"] = "no focal length to apply it to"
+    return None, report
+
+
+def _used(
+    camera: Camera, report: dict[str, Any], rule: str, detail: str
+) -> tuple[Camera, dict[str, Any]]:
+    """``(camera, report)`` with the rule that made the camera filled in."""
+    report["rule"], report["rule_detail"] = rule, detail
     report["focal_px"] = [camera.fx, camera.fy]
     return camera, report
 
 
 def _zoom_for_f35(
-    mode: str, zoom: float, f35_px: float, plane: tuple[float, float, str] | None, make: str
+    mode: str, zoom: float, f35_px: float, plane: tuple[Any, ...] | None, make: str
 ) -> tuple[bool, str]:
     """Whether to multiply the f35 focal by ``zoom``, and why (module docstring)."""
     if mode == "apply":
@@ -622,9 +714,15 @@ def resolve_camera(
         camera = Camera.from_fov(DEFAULT_FOV_X_DEG, width, height)
         source = "default"
         rule = f"default {DEFAULT_FOV_X_DEG:g} degree horizontal field of view, centred"
+        rejected = exif_report.get("rejected") if exif_report else None
+        why = "no usable EXIF focal length"
+        if rejected:
+            reasons = "; ".join(item["reason"] for item in rejected)
+            rule += f"; exif rejected: {reasons}"
+            why = f"the EXIF focal length was rejected ({reasons})"
         warning = (
-            f"no intrinsics given and no usable EXIF focal length; assuming a "
-            f"{DEFAULT_FOV_X_DEG:g} degree horizontal field of view (camera source: default)"
+            f"no intrinsics given and {why}; assuming a {DEFAULT_FOV_X_DEG:g} degree "
+            "horizontal field of view (camera source: default)"
         )
     report = {
         "source": source,
@@ -682,6 +780,8 @@ def camera_report(
         lines.append(f"EXIF camera: fx={exif['focal_px'][0]:.2f} fy={exif['focal_px'][1]:.2f} px")
     else:
         lines.append("EXIF focal: none usable")
+    for item in exif.get("rejected", []):
+        lines.append(f"EXIF focal rejected: {item['rule']}: {item['detail']}: {item['reason']}")
     lines.append(f"camera source: {source}" + ("" if source == "exif" else f" ({report['rule']})"))
     lines.append(
         f"intrinsics: fx={camera.fx:.2f} fy={camera.fy:.2f} cx={camera.cx:.2f} "
