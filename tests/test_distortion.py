@@ -160,6 +160,46 @@ def test_pinhole_view_and_back_reproduce_the_true_depth(name):
     assert close[mask_inside(view)].mean() > 0.8
 
 
+def test_to_original_never_marks_a_non_finite_value_valid():
+    """NaN or inf on the pinhole grid: the original pixels that would blend it are either
+    valid with a finite value (the blend of their finite neighbours) or invalid with 0."""
+    camera = Camera(110.0, 110.0, (W - 1) / 2, (H - 1) / 2, W, H)
+    view = pinhole_view(camera, OPENCV)
+    depth = np.full((H, W), 3.0, np.float32)
+    depth[40:44, 60] = np.nan
+    depth[50, 30:33] = np.inf
+    depth[20, 20] = -np.inf
+    bad = ~np.isfinite(depth)
+    x, y = view.target_xy[..., 0], view.target_xy[..., 1]
+    with np.errstate(invalid="ignore"):
+        x0, y0 = np.floor(x), np.floor(y)
+    # original pixels with a non-finite value among the four they blend
+    touched = np.zeros((H, W), bool)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            ok = np.isfinite(xi) & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
+            touched[ok] |= bad[yi[ok].astype(int), xi[ok].astype(int)]
+    assert touched.sum() > 20
+    every = np.ones((H, W), bool)  # a caller's mask that calls the NaN and inf pixels valid
+    for given in (None, every):
+        back, valid = to_original(depth, view, given)
+        assert np.isfinite(back).all()
+        assert (back[~valid] == 0).all()
+        np.testing.assert_allclose(back[valid], 3.0, rtol=1e-6)
+        # the renormalised blend keeps most of the touched pixels, with finite values
+        assert 0 < (touched & valid).sum() < touched.sum()
+    # a normal map with NaN in one channel of one pixel
+    normal = np.zeros((H, W, 3), np.float32)
+    normal[..., 2] = -1.0
+    normal[40:44, 60, 1] = np.nan
+    back, valid = to_original(normal, view)
+    assert np.isfinite(back).all() and (back[~valid] == 0).all()
+    expected = np.broadcast_to(np.float32([0.0, 0.0, -1.0]), back[valid].shape)
+    np.testing.assert_allclose(back[valid], expected, atol=1e-6)
+    assert (touched & valid).any()
+
+
 def mask_inside(view) -> np.ndarray:
     inside = view.source_xy[..., 0] >= 0
     inside[:3], inside[-3:], inside[:, :3], inside[:, -3:] = False, False, False, False

@@ -397,17 +397,20 @@ def to_original(
     """Sample a pinhole-grid map at every original pixel's ray: ``(mapped, valid)``.
 
     ``values`` is ``(H, W)`` or ``(H, W, C)`` on ``view.pinhole``'s grid, ``valid`` its
-    ``(H, W)`` mask (default: finite and, for a 2-D map, > 0). Each original pixel takes the
-    bilinear blend of the valid pinhole pixels among the four around ``view.target_xy``
-    (weights renormalised), provided the nearest of them is valid; otherwise (ray outside the
-    pinhole image, or onto an invalid area) it is invalid and its value 0. Float32 results.
+    ``(H, W)`` mask (default: finite and, for a 2-D map, > 0). A pixel with a non-finite value
+    (any channel) is invalid whatever ``valid`` says. Each original pixel takes the bilinear
+    blend of the valid pinhole pixels among the four around ``view.target_xy`` (weights
+    renormalised), provided the nearest of them is valid; otherwise (ray outside the pinhole
+    image, or onto an invalid area) it is invalid and its value 0. A blend that is not finite
+    (float32 overflow) is invalid too, so every valid result is finite. Float32 results.
     """
     values = np.asarray(values, dtype=np.float32)
     height, width = values.shape[:2]
+    finite = np.isfinite(values) if values.ndim == 2 else np.isfinite(values).all(-1)
     if valid is None:
-        valid = np.isfinite(values) if values.ndim == 3 else np.isfinite(values) & (values > 0)
-        if values.ndim == 3:
-            valid = valid.all(-1)
+        valid = finite & (values > 0) if values.ndim == 2 else finite
+    else:
+        valid = np.asarray(valid, dtype=bool) & finite
     target = view.target_xy
     x, y = target[..., 0], target[..., 1]
     has_ray = np.isfinite(x) & np.isfinite(y)
@@ -425,12 +428,16 @@ def to_original(
         index = np.where(inside, yi * width + xi, 0)
         ok = inside & flat_valid[index]
         w = np.where(ok, w, 0.0).astype(np.float32)
-        total += flat[index] * w[..., None]
+        # where() rather than a zero weight: 0 x NaN (an invalid neighbour) would be NaN
+        with np.errstate(over="ignore"):  # a float32 overflow is caught below as non-finite
+            total += np.where(ok[..., None], flat[index], 0.0) * w[..., None]
         weight += w
     nearest_x, nearest_y = np.floor(x + 0.5).astype(np.int64), np.floor(y + 0.5).astype(np.int64)
     inside = (nearest_x >= 0) & (nearest_x < width) & (nearest_y >= 0) & (nearest_y < height)
     nearest = np.where(inside, nearest_y * width + nearest_x, 0)
     mapped_valid = has_ray & inside & flat_valid[nearest] & (weight > 0)
-    mapped = np.where(mapped_valid[..., None], total / np.maximum(weight, 1e-12)[..., None], 0.0)
-    mapped = mapped.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        blend = (total / np.maximum(weight, 1e-12)[..., None]).astype(np.float32)
+    mapped_valid &= np.isfinite(blend).all(-1)
+    mapped = np.where(mapped_valid[..., None], blend, 0.0).astype(np.float32)
     return (mapped[..., 0] if values.ndim == 2 else mapped), mapped_valid
