@@ -489,6 +489,7 @@ def camera_from_exif(
                     f"FocalLength with the focal plane would give fx={plane[0]:.1f}, "
                     f"fy={plane[1]:.1f} px (stored grid, before zoom); "
                     "FocalLengthIn35mmFilm wins"
+                    + ("" if plane[4] is None else f" (and that focal is implausible: {plane[4]})")
                 )
             report["digital_zoom_applied"], report["digital_zoom_reason"] = apply, reason
             return _used(camera, report, RULE_F35, detail)
@@ -513,8 +514,12 @@ def camera_from_exif(
             return _used(camera, report, RULE_FOCAL_PLANE, detail)
         rejected.append({"rule": RULE_FOCAL_PLANE, "detail": detail, "reason": problem})
 
-    if zoom > 1.0 and not rejected:
-        report["digital_zoom_reason"] = "no focal length to apply it to"
+    if zoom > 1.0:
+        report["digital_zoom_reason"] = (
+            "no usable focal length to apply it to"
+            if rejected
+            else "no focal length to apply it to"
+        )
     return None, report
 
 
