@@ -200,7 +200,8 @@ def test_downscaled_photo_without_exif_size_is_rejected_not_8x_wrong(tmp_path):
     [rejected] = report["rejected"]
     assert rejected["rule"] == "focal_plane"
     assert rejected["reason"].startswith(
-        "implied sensor width 0.91 mm is outside 2-60 mm (without ExifImageWidth"
+        "implied sensor width 0.91 mm is outside 2-60 mm (no ExifImageWidth: a resized "
+        "image's pixels are not the sensor's)"
     )
     json.dumps(report)
 

@@ -383,11 +383,7 @@ def _implausible_sensor(sensor_width_mm: float, grid_unknown: bool) -> str | Non
         return None
     why = f"implied sensor width {sensor_width_mm:.2f} mm is outside {low:g}-{high:g} mm"
     if grid_unknown:
-        why += (
-            " (without ExifImageWidth the stored pixels are taken as the sensor's; the "
-            "focal-plane resolution counts the camera's full-resolution pixels, so a resized "
-            "image gives a wrong focal)"
-        )
+        why += " (no ExifImageWidth: a resized image's pixels are not the sensor's)"
     return why
 
 
