@@ -1,0 +1,175 @@
+"""Parity of the depth / ranking losses with the official Metric3D v2 code (``../shared/lossfix``).
+
+Each case file holds the inputs' scene, the mask the official loss received, the samples it drew,
+its value (float64 and float32 runs) and the float64 gradients. We feed the recorded samples to
+our functions and compare at the fixture README's tolerances: float64 value rtol 1e-9 and
+gradients 1e-8 * max|g|; float32 value rtol 1e-5 (+1e-8) and gradients 2e-4 * max|g|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lossfix_util_a import (
+    Case,
+    assert_grad,
+    assert_list_grads,
+    assert_value,
+    case_params,
+    load_case,
+    report,
+)
+from metricdepth.train.loss_depth import (
+    gru_sequence_loss,
+    metric3d_silog_loss,
+    sky_regularization_gru_loss,
+    sky_regularization_loss,
+)
+from metricdepth.train.loss_ranking import hdn_random_loss, hdsn_random_loss
+
+pytestmark = pytest.mark.lossfix
+
+DTYPES = [pytest.param(torch.float64, id="f64"), pytest.param(torch.float32, id="f32")]
+
+
+def _sky_kwargs(kwargs: dict) -> dict:
+    return {
+        "weight": kwargs["loss_weight"],
+        "regress_value": kwargs["regress_value"],
+        "normal_regress": kwargs["normal_regress"],
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", case_params("GRUSequenceLoss__*.npz"))
+def test_gru_sequence_loss_parity(path, dtype):
+    case = load_case(path)
+    preds = case.leaves("predictions_list", dtype)
+    confs = case.leaves("confidence_list", dtype)
+    kw = case.kwargs
+    loss = gru_sequence_loss(
+        preds,
+        case.scene_tensor("target", dtype),
+        case.mask,
+        confs,
+        weight=kw["loss_weight"],
+        gamma=kw["loss_gamma"],
+        stereo_sup=kw["stereo_sup"],
+        mode="official",
+    )
+    v_err = assert_value(loss, case, dtype)
+    loss.backward()
+    g_err = max(
+        assert_list_grads(preds, case.arrays["grad__predictions_list"], dtype, "predictions"),
+        assert_list_grads(confs, case.arrays["grad__confidence_list"], dtype, "confidences"),
+    )
+    report(case, dtype, v_err, g_err)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", case_params("SilogLoss__*.npz"))
+def test_silog_loss_parity(path, dtype):
+    case = load_case(path)
+    pred = case.leaves("predictions_list", dtype)[-1]
+    loss = metric3d_silog_loss(
+        pred,
+        case.scene_tensor("target", dtype),
+        case.mask,
+        weight=case.kwargs["loss_weight"],
+        variance_focus=case.kwargs["variance_focus"],
+    )
+    v_err = assert_value(loss, case, dtype)
+    loss.backward()
+    g_err = assert_grad(pred.grad, case.arrays["grad__prediction"], dtype, "prediction")
+    report(case, dtype, v_err, g_err)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", case_params("SkyRegularizationLoss__*.npz"))
+def test_sky_regularization_loss_parity(path, dtype):
+    case = load_case(path)
+    preds = case.leaves("predictions_list", dtype)
+    normals = case.leaves("normal_out_list", dtype)
+    sem_mask = case.scene_tensor("sem_mask")
+    kwargs = _sky_kwargs(case.kwargs)
+    if case.meta["branch"] == "gru":
+        loss = sky_regularization_gru_loss(preds, sem_mask, normals, **kwargs)
+    else:
+        loss = sky_regularization_loss(preds[-1], sem_mask, normals[-1], **kwargs)
+    v_err = assert_value(loss, case, dtype)
+    loss.backward()
+    if case.meta["branch"] == "gru":
+        g_err = max(
+            assert_list_grads(preds, case.arrays["grad__predictions_list"], dtype, "predictions"),
+            assert_list_grads(normals, case.arrays["grad__normal_out_list"], dtype, "normals"),
+        )
+    else:
+        g_err = max(
+            assert_grad(preds[-1].grad, case.arrays["grad__prediction"], dtype, "prediction"),
+            assert_grad(normals[-1].grad, case.arrays["grad__prediction_normal"], dtype, "normal"),
+        )
+    report(case, dtype, v_err, g_err)
+
+
+def _hdn_masks(case: Case) -> dict[int, torch.Tensor]:
+    calls = case.arrays["samples__hdn_call_batch_index"]
+    masks = case.arrays["samples__hdn_masks"]
+    return {int(b): torch.from_numpy(masks[i]) for i, b in enumerate(calls)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", case_params("HDNRandomLoss__*.npz"))
+def test_hdn_random_loss_parity(path, dtype):
+    case = load_case(path)
+    pred = case.leaves("predictions_list", dtype)[-1]
+    loss = hdn_random_loss(
+        pred,
+        case.scene_tensor("target", dtype),
+        case.mask,
+        weight=case.kwargs["loss_weight"],
+        random_num=case.kwargs["random_num"],
+        dataset=case.dataset,
+        masks=_hdn_masks(case),
+        mode="official",
+    )
+    v_err = assert_value(loss, case, dtype)
+    loss.backward()
+    g_err = assert_grad(pred.grad, case.arrays["grad__prediction"], dtype, "prediction")
+    report(case, dtype, v_err, g_err)
+
+
+def _hdsn_samples(case: Case) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    windows = torch.from_numpy(case.arrays["samples__hdsn_windows"].astype(np.int64))
+    calls = case.arrays["samples__hdsn_call_batch_index"]
+    sem = {
+        int(b): torch.from_numpy(case.arrays[f"samples__hdsn_sem_masks_call{i}"])
+        for i, b in enumerate(calls)
+    }
+    return windows, sem
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", case_params("HDSNRandomLoss__*.npz"))
+def test_hdsn_random_loss_parity(path, dtype):
+    case = load_case(path)
+    pred = case.leaves("predictions_list", dtype)[-1]
+    windows, sem_masks = _hdsn_samples(case)
+    loss = hdsn_random_loss(
+        pred,
+        case.scene_tensor("target", dtype),
+        case.mask,
+        case.scene_tensor("sem_mask"),
+        weight=case.kwargs["loss_weight"],
+        random_num=case.kwargs["random_num"],
+        chunk=case.kwargs["batch_limit"],
+        dataset=case.dataset,
+        windows=windows,
+        sem_masks=sem_masks,
+        mode="official",
+    )
+    v_err = assert_value(loss, case, dtype)
+    loss.backward()
+    g_err = assert_grad(pred.grad, case.arrays["grad__prediction"], dtype, "prediction")
+    report(case, dtype, v_err, g_err)
