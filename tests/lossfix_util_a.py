@@ -123,7 +123,7 @@ def assert_value(got: torch.Tensor, case: Case, dtype: torch.dtype) -> float:
     if dtype == torch.float64:
         assert err <= F64_VALUE_RTOL, f"value {float(got)!r} vs {want!r} (rel {err:.3g})"
     else:
-        assert abs(float(got) - want) <= F32_VALUE_ATOL + F32_VALUE_RTOL * abs(want), (
+        assert abs(float(got.detach()) - want) <= F32_VALUE_ATOL + F32_VALUE_RTOL * abs(want), (
             f"float32 value {float(got)!r} vs {want!r} (rel {err:.3g})"
         )
     return err

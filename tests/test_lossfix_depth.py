@@ -27,7 +27,12 @@ from metricdepth.train.loss_depth import (
     sky_regularization_gru_loss,
     sky_regularization_loss,
 )
-from metricdepth.train.loss_ranking import hdn_random_loss, hdsn_random_loss
+from metricdepth.train.loss_ranking import (
+    draw_hdsn_windows,
+    hdn_random_loss,
+    hdsn_random_loss,
+    hdsn_semantic_masks,
+)
 
 pytestmark = pytest.mark.lossfix
 
@@ -173,3 +178,79 @@ def test_hdsn_random_loss_parity(path, dtype):
     loss.backward()
     g_err = assert_grad(pred.grad, case.arrays["grad__prediction"], dtype, "prediction")
     report(case, dtype, v_err, g_err)
+
+
+class _Replay:
+    """A stand-in numpy Generator whose ``choice`` returns recorded outputs in order."""
+
+    def __init__(self, outputs: list[np.ndarray]):
+        self.outputs = list(outputs)
+
+    def choice(self, *args, **kwargs):
+        return self.outputs.pop(0)
+
+
+@pytest.mark.parametrize("path", case_params("HDSNRandomLoss__*.npz"))
+def test_hdsn_draws_rebuild_recorded_samples(path):
+    """The recorded raw draws give the recorded windows; the semantic masks are rebuilt."""
+    case = load_case(path)
+    height, width = case.scene["target"].shape[-2:]
+    raw = [case.arrays[f"rng__{i:03d}"] for i in range(4)]
+    windows = draw_hdsn_windows(height, width, 20, _Replay(raw))
+    assert np.array_equal(windows.numpy(), case.arrays["samples__hdsn_windows"])
+    _, recorded = _hdsn_samples(case)
+    sem_mask = case.scene_tensor("sem_mask")
+    for b, masks in recorded.items():
+        assert torch.equal(hdsn_semantic_masks(sem_mask[b]), masks)
+
+
+@pytest.mark.parametrize("path", case_params("HDSNRandomLoss__pre__indoor.npz"))
+def test_hdsn_corrected_matches_readme_masked_scale(path):
+    """The README quotes 0.322 for HDSN on ``indoor`` with a masked scale (quirk 2)."""
+    case = load_case(path)
+    windows, sem_masks = _hdsn_samples(case)
+    loss = hdsn_random_loss(
+        case.leaves("predictions_list", torch.float64)[-1],
+        case.scene_tensor("target", torch.float64),
+        case.mask,
+        case.scene_tensor("sem_mask"),
+        weight=case.kwargs["loss_weight"],
+        dataset=case.dataset,
+        windows=windows,
+        sem_masks=sem_masks,
+    )
+    assert round(float(loss.detach()), 3) == 0.322
+    assert abs(float(loss.detach()) - case.value(torch.float64)) > 0.2
+
+
+@pytest.mark.parametrize("path", case_params("GRUSequenceLoss__*.npz"))
+def test_gru_corrected_detaches_confidence_target(path):
+    """Same value; same confidence gradient; the depth gradient loses the confidence part."""
+    case = load_case(path)
+    grads = {}
+    for mode in ("official", "corrected"):
+        preds = case.leaves("predictions_list", torch.float64)
+        confs = case.leaves("confidence_list", torch.float64)
+        loss = gru_sequence_loss(
+            preds,
+            case.scene_tensor("target", torch.float64),
+            case.mask,
+            confs,
+            weight=case.kwargs["loss_weight"],
+            mode=mode,
+        )
+        assert_value(loss, case, torch.float64)
+        loss.backward()
+        grads[mode] = (torch.stack([p.grad for p in preds]), torch.stack([c.grad for c in confs]))
+    assert torch.equal(grads["official"][1], grads["corrected"][1])
+    depth_off, depth_cor = grads["official"][0], grads["corrected"][0]
+    assert (depth_off - depth_cor).abs().max() > 0.01 * depth_off.abs().max()
+    # Without the confidence term the depth gradient is the corrected one.
+    preds = case.leaves("predictions_list", torch.float64)
+    gru_sequence_loss(
+        preds,
+        case.scene_tensor("target", torch.float64),
+        case.mask,
+        weight=case.kwargs["loss_weight"],
+    ).backward()
+    assert torch.allclose(torch.stack([p.grad for p in preds]), depth_cor, rtol=0, atol=1e-18)
