@@ -102,9 +102,9 @@ def test_silog_by_hand_and_empty():
     # Scale invariance with variance_focus 1: a global factor changes nothing.
     a = metric3d_silog_loss(pred, target, mask, variance_focus=1.0)
     b = metric3d_silog_loss(pred * 3, target, mask, variance_focus=1.0)
-    assert float(a) == pytest.approx(float(b), rel=1e-5)  # up to the 1e-6 in n + 1e-6
+    assert a.item() == pytest.approx(b.item(), rel=1e-5)  # up to the 1e-6 in n + 1e-6
     zero = metric3d_silog_loss(pred, target, torch.zeros_like(mask))
-    assert float(zero) == 0.0
+    assert zero.item() == 0.0
     zero.backward()
     assert pred.grad is not None and not pred.grad.any()
 
