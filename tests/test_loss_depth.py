@@ -122,19 +122,19 @@ def test_sky_loss_by_hand():
     normal.requires_grad_(True)
     loss = sky_regularization_loss(pred, sem, normal, weight=0.5, regress_value=200)
     n = 2 + 1e-6
-    assert float(loss) == pytest.approx(0.5 * ((50 + 10) / n + 1 / n), rel=1e-6)
+    assert loss.item() == pytest.approx(0.5 * ((50 + 10) / n + 1 / n), rel=1e-6)
     loss.backward()
     assert pred.grad[0, 0, 0, 2] == 0 and pred.grad[0, 0, 0, 0] < 0
     assert not normal.grad[0, :, 0, 0].any()  # the aligned normal gets no gradient
     assert normal.grad[0, :3, 0, 1].any()
     depth_only = sky_regularization_loss(pred, sem, None, regress_value=200)
-    assert float(depth_only) == pytest.approx(60 / n, rel=1e-6)
+    assert depth_only.item() == pytest.approx(60 / n, rel=1e-6)
 
 
 def test_sky_loss_without_sky_is_zero_with_grad_path():
     pred = _ramp().requires_grad_(True)
     loss = sky_regularization_loss(pred, torch.zeros(1, 1, 8, 10, dtype=torch.int32))
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
     loss.backward()
     assert pred.grad is not None
 
@@ -270,7 +270,7 @@ def test_hdsn_padding_prediction_matters_only_officially(mode):
     other = hdsn_random_loss(moved, target, mask, sem, windows=windows, mode=mode)
     if mode == "official":
         assert pad_grad.abs().max() > 0
-        assert not math.isclose(float(loss), float(other), rel_tol=1e-6)
+        assert not math.isclose(loss.item(), float(other), rel_tol=1e-6)
     else:
         assert not pad_grad.any()
-        assert float(loss) == pytest.approx(float(other), rel=1e-12)
+        assert loss.item() == pytest.approx(float(other), rel=1e-12)
