@@ -8,6 +8,8 @@ gradients 1e-8 * max|g|; float32 value rtol 1e-5 (+1e-8) and gradients 2e-4 * ma
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -22,11 +24,15 @@ from lossfix_util_a import (
     report,
 )
 from metricdepth.train.loss_depth import (
+    OFFICIAL_DATA_TYPES,
+    data_type_mask,
     gru_sequence_loss,
+    gru_step_weights,
     metric3d_silog_loss,
     sky_regularization_gru_loss,
     sky_regularization_loss,
 )
+from metricdepth.train.loss_presets import preset
 from metricdepth.train.loss_ranking import (
     draw_hdsn_windows,
     hdn_random_loss,
@@ -254,3 +260,130 @@ def test_gru_corrected_detaches_confidence_target(path):
         weight=case.kwargs["loss_weight"],
     ).backward()
     assert torch.allclose(torch.stack([p.grad for p in preds]), depth_cor, rtol=0, atol=1e-18)
+
+
+def _pipeline_terms(path, dtype) -> dict[str, tuple[float, float]]:
+    """Our terms of a ``pipeline__*`` case (recorded samples, preset kwargs) -> (ours, official)."""
+    case = load_case(path)
+    p = preset(Path(case.meta["config"]).name)
+    data_type = list(case.meta["data_type"])
+    dataset = list(case.meta["dataset"])
+    target = case.scene_tensor("target", dtype)
+    preds = [x.detach() for x in case.leaves("predictions_list", dtype)]
+    confs = [x.detach() for x in case.leaves("confidence_list", dtype)]
+    normals = [x.detach() for x in case.leaves("normal_out_list", dtype)]
+    sem_mask = case.scene_tensor("sem_mask")
+    official = case.meta["terms" if dtype == torch.float64 else "terms_f32"]
+
+    def mask(loss: str) -> torch.Tensor:
+        return data_type_mask(target, data_type, OFFICIAL_DATA_TYPES[loss])
+
+    ours = {}
+    for term in p.branch("decoder"):
+        kw = term.kwargs_dict()
+        if term.loss == "GRUSequenceLoss":
+            ours[term.loss] = gru_sequence_loss(
+                preds,
+                target,
+                mask(term.loss),
+                confs,
+                weight=term.weight,
+                gamma=kw["loss_gamma"],
+                stereo_sup=kw["stereo_sup"],
+                mode="official",
+            )
+        elif term.loss == "SkyRegularizationLoss":
+            ours[term.loss] = sky_regularization_loss(
+                preds[-1], sem_mask, normals[-1], **_sky_kwargs({**kw, "loss_weight": term.weight})
+            )
+        elif term.loss == "HDNRandomLoss":
+            ours[term.loss] = hdn_random_loss(
+                preds[-1],
+                target,
+                mask(term.loss),
+                weight=term.weight,
+                dataset=dataset,
+                masks=_hdn_masks(case),
+                mode="official",
+            )
+        elif term.loss == "HDSNRandomLoss":
+            windows, sem_masks = _hdsn_samples(case)
+            ours[term.loss] = hdsn_random_loss(
+                preds[-1],
+                target,
+                mask(term.loss),
+                sem_mask,
+                weight=term.weight,
+                dataset=dataset,
+                windows=windows,
+                sem_masks=sem_masks,
+                chunk=kw["batch_limit"],
+                mode="official",
+            )
+    out = {name: (float(v), float(official[f"decode_{name}"])) for name, v in ours.items()}
+    for term in p.branch("gru"):
+        assert term.loss == "SkyRegularizationLoss"
+        weights = gru_step_weights(len(preds))
+        kwargs = _sky_kwargs({**term.kwargs_dict(), "loss_weight": term.weight})
+        for i in range(len(preds) - 1):
+            v = sky_regularization_loss(preds[i], sem_mask, normals[i], **kwargs) * weights[i]
+            key = f"gru_{i}_{term.loss}"
+            out[key] = (float(v), float(official[key]))
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", case_params("pipeline__*.npz"))
+def test_pipeline_terms_with_presets(path, dtype):
+    """Presets + our losses reproduce the official pipeline's terms of these five losses."""
+    terms = _pipeline_terms(path, dtype)
+    assert "GRUSequenceLoss" in terms
+    rtol = 1e-9 if dtype == torch.float64 else 1e-5
+    for name, (ours, official) in terms.items():
+        assert abs(ours - official) <= rtol * abs(official) + (
+            0 if dtype == torch.float64 else 1e-8
+        ), (
+            name,
+            ours,
+            official,
+        )
+    worst = max(abs(o - w) / abs(w) if w else abs(o) for o, w in terms.values())
+    print(f"LOSSFIX {path.stem} {dtype} terms={len(terms)} worst_rel={worst:.3g}")
+
+
+MY_CASES = [
+    p
+    for pattern in (
+        "GRUSequenceLoss__*.npz",
+        "SilogLoss__*.npz",
+        "SkyRegularizationLoss__*.npz",
+        "HDNRandomLoss__*.npz",
+        "HDSNRandomLoss__*.npz",
+    )
+    for p in case_params(pattern)
+]
+
+
+@pytest.mark.parametrize("path", MY_CASES)
+def test_data_type_mask_equals_recorded_mask(path):
+    """``data_type_mask`` rebuilds the mask the official ``branch_loss`` gave each loss."""
+    case = load_case(path)
+    data_type = list(case.scene_meta["data_type"])
+    want = case.mask
+    got = data_type_mask(
+        case.scene_tensor("target", torch.float64),
+        data_type,
+        OFFICIAL_DATA_TYPES[case.meta["loss_class"]],
+    )
+    assert torch.equal(got, want)
+
+
+def test_missing_folder_skips_or_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("METRICDEPTH_LOSSFIX", str(tmp_path / "nowhere"))
+    (param,) = case_params("GRUSequenceLoss__*.npz")
+    monkeypatch.delenv("METRICDEPTH_REQUIRE_SHARED", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        load_case(param.values[0])
+    monkeypatch.setenv("METRICDEPTH_REQUIRE_SHARED", "1")
+    with pytest.raises(pytest.fail.Exception):
+        load_case(param.values[0])

@@ -32,6 +32,53 @@ EPS = 1e-6
 STEREO_DATASETS = ("KITTI", "NYU")
 
 
+#: Data types each official loss accepts (its constructor default; no v2 config changes them).
+OFFICIAL_DATA_TYPES: dict[str, tuple[str, ...]] = {
+    "GRUSequenceLoss": ("lidar", "denselidar", "stereo", "denselidar_syn"),
+    "SilogLoss": ("stereo", "lidar"),
+    "SkyRegularizationLoss": (
+        "sfm",
+        "stereo",
+        "lidar",
+        "denselidar",
+        "denselidar_nometric",
+        "denselidar_syn",
+    ),
+    "HDNRandomLoss": (
+        "sfm",
+        "stereo",
+        "lidar",
+        "denselidar",
+        "denselidar_nometric",
+        "denselidar_syn",
+    ),
+    "HDSNRandomLoss": (
+        "sfm",
+        "stereo",
+        "lidar",
+        "denselidar",
+        "denselidar_nometric",
+        "denselidar_syn",
+    ),
+}
+
+
+def data_type_mask(
+    target: torch.Tensor, data_type: Sequence[str], accepted: Sequence[str]
+) -> torch.Tensor:
+    """The official per-loss ``mask``: ``target > 1e-8`` in the samples of an accepted type.
+
+    Args:
+        target: (B, 1, H, W) canonical metres. data_type: B names (``lidar``, ``denselidar`` ...).
+        accepted: the loss's data types (``OFFICIAL_DATA_TYPES[name]``).
+    Returns: (B, 1, H, W) bool.
+    """
+    if len(data_type) != target.shape[0]:
+        raise ValueError(f"data_type has {len(data_type)} names for a batch of {target.shape[0]}")
+    flags = torch.tensor([t in accepted for t in data_type], device=target.device)
+    return (target > 1e-8) & flags[:, None, None, None]
+
+
 def check_mode(mode: str) -> None:
     """Raise ``ValueError`` unless ``mode`` is ``corrected`` or ``official``."""
     if mode not in MODES:
