@@ -34,6 +34,7 @@ from metricdepth.train.loss_depth import (
 )
 from metricdepth.train.loss_presets import preset
 from metricdepth.train.loss_ranking import (
+    draw_hdn_masks,
     draw_hdsn_windows,
     hdn_random_loss,
     hdsn_random_loss,
@@ -387,3 +388,39 @@ def test_missing_folder_skips_or_fails(tmp_path, monkeypatch):
     monkeypatch.setenv("METRICDEPTH_REQUIRE_SHARED", "1")
     with pytest.raises(pytest.fail.Exception):
         load_case(param.values[0])
+
+
+class _UniformReplay:
+    """Stand-in Generator: ``uniform`` gives the recorded ``u_lo``, ``random`` the given U."""
+
+    def __init__(self, u_lo: np.ndarray, unit: np.ndarray):
+        self.u_lo, self.unit = u_lo, unit
+
+    def uniform(self, low, high, size):
+        return self.u_lo
+
+    def random(self, size):
+        return self.unit
+
+
+@pytest.mark.parametrize("path", case_params("HDNRandomLoss__*.npz"))
+def test_hdn_official_draw_rebuilds_recorded_masks(path):
+    """Quirk 1 as read: ``u_hi = s + (1 - 1e-6 - s) U`` with ``s = lo_metres + 0.1``, U in [0, 1).
+
+    Solving the recorded ``u_hi`` for U gives values in [0, 1), and feeding the recorded ``u_lo``
+    and that U to ``draw_hdn_masks(mode="official")`` gives the recorded masks bit for bit.
+    """
+    case = load_case(path)
+    a = case.arrays
+    target = case.scene_tensor("target")
+    for i, b in enumerate(a["samples__hdn_call_batch_index"]):
+        lo_d, hi_d = a["samples__hdn_min_max"][i]
+        u_lo, u_hi = a["samples__hdn_u_lo"][i], a["samples__hdn_u_hi"][i]
+        assert np.array_equal(u_lo * (hi_d - lo_d) + lo_d, a["samples__hdn_range_lo"][i])
+        start = a["samples__hdn_range_lo"][i] + 0.1
+        unit = (u_hi - start) / ((1 - 1e-6) - start)
+        assert ((unit >= 0) & (unit < 1)).all()
+        masks = draw_hdn_masks(
+            target[b], case.mask[b], len(u_lo), _UniformReplay(u_lo, unit), "official"
+        )
+        assert torch.equal(masks, torch.from_numpy(a["samples__hdn_masks"][i]))
