@@ -9,9 +9,10 @@ prediction's median detached) and sum ``|t~ - p~|`` over the region:
   the semantic segments of each sample (``hdsn_semantic_masks``) and the whole image.
 
 Every random draw can be injected (the format the official fixtures record) or drawn from a
-``numpy.random.Generator``. Shapes: ``prediction``/``target`` (B, 1, H, W) canonical metres,
-``mask`` (B, 1, H, W) bool, ``sem_mask`` (B, 1, H, W) int. Disabled samples (``dataset`` in
-``disable_datasets``) take no part. Both return a scalar already multiplied by ``weight``.
+``numpy.random.Generator`` (with neither, a fresh unseeded one). Shapes:
+``prediction``/``target`` (B, 1, H, W) canonical metres, ``mask`` (B, 1, H, W) bool,
+``sem_mask`` (B, 1, H, W) int. Disabled samples (``dataset`` in ``disable_datasets``) take no
+part. Both return a scalar already multiplied by ``weight``.
 """
 
 from __future__ import annotations
