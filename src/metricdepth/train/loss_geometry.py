@@ -21,6 +21,18 @@ import torch
 from metricdepth.train.loss_guard import check_mode, full_precision
 
 
+def inverse_intrinsic(intrinsic: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B,3,3) K^-1 in ``dtype``, inverted in float64 and then rounded.
+
+    The official code inverts a float32 K in float32; LAPACK builds differ there by an ulp
+    (this machine's torch gets u0/fx one ulp off, the fixtures' machine did not), and the
+    differences of neighbouring points amplify that ~300x in the gradients. The rounded
+    float64 inverse is the correctly rounded one, the same on every machine, and reproduces
+    the fixtures exactly.
+    """
+    return torch.linalg.inv(intrinsic.to(torch.float64)).to(dtype)
+
+
 def _cosine_outliers(diff: torch.Tensor, delta_cos: float, eps: float) -> torch.Tensor:
     """Triplets whose difference vectors are nearly parallel.
 
@@ -227,7 +239,7 @@ def _plane_cloud(depth: torch.Tensor, intrinsic: torch.Tensor, official: bool) -
     cols = torch.arange(w, dtype=dtype, device=depth.device).view(1, w).expand(h, w)
     first, second = (rows, cols) if official else (cols, rows)
     pix = torch.stack([first, second, torch.ones_like(rows)], 0).reshape(1, 3, h * w)
-    rays = torch.linalg.inv(intrinsic.to(dtype)) @ pix.expand(b, 3, h * w).contiguous()
+    rays = inverse_intrinsic(intrinsic, dtype) @ pix.expand(b, 3, h * w).contiguous()
     return depth * rays.reshape(b, 3, h, w)
 
 
@@ -370,7 +382,7 @@ def depth_to_normal(
     pix = torch.stack(
         [x.reshape(-1), y.reshape(-1), torch.ones(h * w, dtype=dtype, device=x.device)]
     )
-    rays = torch.matmul(torch.linalg.inv(intrinsic.to(dtype))[:, :3, :3], pix[None])
+    rays = torch.matmul(inverse_intrinsic(intrinsic[:, :3, :3], dtype), pix[None])
     pts = depth.reshape(b, 1, -1) * rays
     if z_scale is not None:
         pts = torch.cat([pts[:, 0:2], pts[:, 2:3] / z_scale.reshape(b, 1, 1)], 1)
