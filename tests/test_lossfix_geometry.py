@@ -117,8 +117,8 @@ def test_vnl_stale_principal_point_is_quirk_4():
     target = tensor(s["target"], torch.float64)
     own = vnl_loss(pred, target, tensor(s["intrinsic"]), mode="official", **common)
     # README quirk 4: with the batch's own u0, v0 the same triplets give 1.0205.
-    assert abs(float(own) - 1.0205) < 1e-4
-    assert abs(float(case.case["value"]) - float(own)) > 0.05
+    assert abs(float(own.detach()) - 1.0205) < 1e-4
+    assert abs(float(case.case["value"]) - float(own.detach())) > 0.05
     with pytest.raises(ValueError, match="official"):
         vnl_loss(pred, target, tensor(s["intrinsic"]), principal_point_from=tensor(s["intrinsic"]))
 
@@ -156,9 +156,9 @@ def test_vnl_corrected_uses_fy_and_own_principal_point():
     kk = k[None].float()
     expected = float((n1 - n2).abs().sum())
     got = vnl_loss(pred, target, kk, triplets=trip)
-    assert abs(float(got) - expected) < 1e-5 * expected
+    assert abs(float(got.detach()) - expected) < 1e-5 * expected
     official = vnl_loss(pred, target, kk, triplets=trip, mode="official")
-    assert abs(float(official) - expected) > 1e-2
+    assert abs(float(official.detach()) - expected) > 1e-2
 
 
 def test_draw_vnl_triplets_format():
@@ -245,8 +245,8 @@ def test_pwn_corrected_axes():
     pred = tensor(s["predictions_list"][-1], torch.float64)
     args = (pred, tensor(s["intrinsic"]), tensor(s["sem_mask"]), case.datasets())
     corrected = pwn_planes_loss(*args, triplets=pwn_triplets(case))
-    assert abs(float(corrected) - 0.1324) < 1e-4
-    assert abs(float(corrected) - float(case.case["value"])) > 1e-3
+    assert abs(float(corrected.detach()) - 0.1324) < 1e-4
+    assert abs(float(corrected.detach()) - float(case.case["value"])) > 1e-3
 
 
 def test_pwn_perfect_plane_is_zero_and_others_ignored():
@@ -413,7 +413,10 @@ def _compare_bf16(ref, low, auto):
     (v_ref, g_ref), (v_low, g_low), (v_auto, g_auto) = ref, low, auto
     assert v_low.dtype == torch.float32 and v_auto.dtype == torch.float32
     for v, g in ((v_low, g_low), (v_auto, g_auto)):
-        assert abs(float(v) - float(v_ref)) <= F32_VALUE_RTOL * abs(float(v_ref)) + F32_VALUE_ATOL
+        assert (
+            abs(float(v.detach()) - float(v_ref.detach()))
+            <= F32_VALUE_RTOL * abs(float(v_ref.detach())) + F32_VALUE_ATOL
+        )
         for a, b in zip(g, g_ref, strict=True):
             b = b.to(a.dtype).float()
             scale = float(b.abs().max())
@@ -509,6 +512,6 @@ def test_bf16_guard_matters():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         guarded = deno_consistency_loss(**deno_inputs(case, torch.float32), **kwargs)
         bare = deno_consistency_loss.__wrapped__(**deno_inputs(case, torch.float32), **kwargs)
-    tol = F32_VALUE_RTOL * abs(float(ref)) + F32_VALUE_ATOL
-    assert abs(float(guarded) - float(ref)) <= tol
-    assert abs(float(bare) - float(ref)) > 10 * tol
+    tol = F32_VALUE_RTOL * abs(float(ref.detach())) + F32_VALUE_ATOL
+    assert abs(float(guarded.detach()) - float(ref.detach())) <= tol
+    assert abs(float(bare.detach()) - float(ref.detach())) > 10 * tol
