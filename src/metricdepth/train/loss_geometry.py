@@ -116,7 +116,7 @@ def _gather_triplets(points: torch.Tensor, triplets: torch.Tensor) -> torch.Tens
     """(B,3,H,W) points, (B,3,N) flat indices -> (B, N, 3 coords, 3 points)."""
     b, c = points.shape[:2]
     flat = points.reshape(b, c, -1)
-    idx = triplets.long()
+    idx = triplets.to(device=points.device, dtype=torch.long)
     per_point = [torch.gather(flat, 2, idx[:, k][:, None, :].expand(b, c, -1)) for k in range(3)]
     return torch.stack(per_point, dim=3).permute(0, 2, 1, 3)
 
@@ -321,7 +321,7 @@ def pwn_planes_loss(
         yx = triplets[b] if triplets is not None else None
         if yx is None:
             yx = draw_pwn_triplets(ids_map, sample_groups, generator)
-        yx = yx.long()
+        yx = yx.to(device=cloud.device, dtype=torch.long)
         for j, pid in enumerate(ids):
             if int((ids_map == pid).sum()) < min_px:
                 continue
