@@ -208,14 +208,15 @@ def rotate(frame: Frame, orientation: int) -> Frame:
     """Apply EXIF ``orientation`` (1-8): the same transform as ``Camera.rotated``."""
     transpose, flip_h, flip_v = exif_steps(orientation)
     if transpose:
-        frame = Frame(
-            np.ascontiguousarray(frame.image.transpose(1, 0, 2)),
-            frame.camera.transposed(),
-            None if frame.depth is None else frame.depth.T,
-            None if frame.mask is None else frame.mask.T,
-            None if frame.sem is None else frame.sem.T,
-            None if frame.normal is None else frame.normal.transpose(1, 0, 2)[..., [1, 0, 2]],
-        )
+
+        def swap(array: np.ndarray | None, axes: tuple[int, ...] = (1, 0)) -> np.ndarray | None:
+            return None if array is None else np.ascontiguousarray(array.transpose(axes))
+
+        normal = swap(frame.normal, (1, 0, 2))
+        frame = _trusted(
+            swap(frame.image, (1, 0, 2)), frame.camera.transposed(), swap(frame.depth),
+            swap(frame.mask), swap(frame.sem), None if normal is None else normal[..., [1, 0, 2]],
+        )  # fmt: skip
     if flip_h:
         frame = flip(frame)
     if flip_v:
@@ -223,15 +224,24 @@ def rotate(frame: Frame, orientation: int) -> Frame:
     return frame
 
 
-def with_depth(frame: Frame, depth: np.ndarray) -> Frame:
-    """``frame`` with ``depth`` (H, W) float32 in place of its depth: same mask and labels.
+def with_depth(frame: Frame, depth: np.ndarray, sem: np.ndarray | None = None) -> Frame:
+    """``frame`` with ``depth`` (H, W) float32 (and ``sem``, if given) in place of its own.
 
-    ``depth`` must be > 0 exactly where ``frame.mask`` is True and 0 elsewhere (e.g. the
-    depth times a positive scale); this is not checked again.
+    The mask becomes ``frame.mask & (depth > 0)``: a pixel can only lose validity, so
+    ``depth`` may zero labels (or scale them by a positive factor) but never adds any.
+    Image, camera and normals are kept as they are (not checked or normalised again).
     """
     if frame.depth is None or depth.shape != frame.depth.shape:
         raise ValueError("with_depth: the frame has no depth of that shape to replace")
-    return _trusted(frame.image, frame.camera, depth, frame.mask, frame.sem, frame.normal)
+    mask = frame.mask & (depth > 0)
+    depth = np.where(mask, depth, np.float32(0)).astype(np.float32, copy=False)
+    if sem is None:
+        sem = frame.sem
+    elif sem.shape != depth.shape:
+        raise ValueError(f"with_depth: sem must be {depth.shape}, got {sem.shape}")
+    else:
+        sem = sem.astype(np.int32, copy=False)
+    return _trusted(frame.image, frame.camera, depth, mask, sem, frame.normal)
 
 
 def _with(frame: Frame, camera: Camera, window: tuple[slice, slice]) -> Frame:

@@ -354,9 +354,7 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
                 sem = np.where(sky & frame.mask, np.int32(-1), sem)  # measured: not sky
             keep &= sem != SKY_ID  # sky is never a depth label
         if not keep.all() or sem is not frame.sem:
-            frame = Frame(
-                frame.image, frame.camera, np.where(keep, depth, 0), frame.mask, sem, frame.normal
-            )
+            frame = frames.with_depth(frame, np.where(keep, depth, np.float32(0)), sem)
         sparse = getattr(origin, "sparse", None)
         if sparse is None:
             sparse = bool(frame.mask.mean() < SPARSE_VALID_FRACTION)
