@@ -312,8 +312,9 @@ def to_canonical(
     Returns a frame on the network canvas: the image resized (bilinear) and placed with
     ``pad_rgb`` around it, its exact camera (``record.camera_c``), and, when ``frame`` has
     depth, canonical labels ``depth_c = depth_m * record.label_scale`` with a mask that
-    excludes padding and invalid pixels. ``sparse`` scatters LiDAR-like depth instead of
-    nearest-neighbour resampling.
+    excludes padding and invalid pixels. Depth is never interpolated: nearest neighbour, or
+    with ``sparse`` (LiDAR) scattered, a valid-only min-pooling (``metricdepth.frame``).
+    Semantic labels and normals follow by nearest neighbour (padding: -1 and 0).
     """
     if frame.camera != record.camera:
         raise ValueError("to_canonical: the frame's camera is not the record's camera")
@@ -323,8 +324,7 @@ def to_canonical(
     canvas = frames.place(moved, top, left, *record.input_hw, pad_value=pad_rgb)
     if canvas.depth is None:
         return canvas
-    depth_c = canvas.depth * np.float32(record.label_scale)
-    return Frame(canvas.image, canvas.camera, depth_c, canvas.mask)
+    return frames.with_depth(canvas, canvas.depth * np.float32(record.label_scale))
 
 
 def normalize(image: np.ndarray, space: CanonicalSpace) -> torch.Tensor:

@@ -265,6 +265,7 @@ def run_predict(
         raise ValueError(f"--workers must be 0 or more, got {workers}")
     shard_range = parse_shard(shard) if shard is not None else None
     net = load_predictor(model, weights, device, backend, precision, workers)
+    warn_assumed_camera(getattr(net, "spec", None), values, focal, focal_mode)
     if lens is not None and getattr(net, "needs_image", False):
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
@@ -282,6 +283,28 @@ def run_predict(
             err=True,
         )
     return summary
+
+
+def warn_assumed_camera(spec, intrinsics, focal, focal_mode) -> None:
+    """One ``warning:`` line when ``spec`` assumed its camera and the run's may differ."""
+    assumed = getattr(spec, "assumed_focal_px", None)
+    if assumed is None:
+        return
+    from metricdepth.predict import assumed_focal_mismatch
+
+    if intrinsics is not None:
+        mode = focal_mode or spec.focal_mode
+        focal = intrinsics[0] if mode == "fx" else (intrinsics[0] + intrinsics[1]) / 2
+    if focal is not None:
+        message = assumed_focal_mismatch(spec, focal)
+    else:
+        message = (
+            f"model {spec.name!r} was trained on one camera of unknown intrinsics with an "
+            f"assumed focal of {assumed:g} px; images get their own cameras here (annotation, "
+            f"EXIF or default): for images of that camera give --focal {assumed:g}"
+        )
+    if message:
+        typer.echo(f"warning: {message}", err=True)
 
 
 def load_predictor(model, weights, device, backend, precision, workers=0):

@@ -10,7 +10,14 @@ resampled without ever turning an invalid pixel into a valid one:
   (source index ``floor((dst + 0.5) * src_size / dst_size)``);
 - sparse depth (LiDAR) can instead be *scattered*: each valid pixel lands on the target pixel
   that contains its centre, the nearest depth wins a collision, and pixels nothing lands on
-  stay invalid.
+  stay invalid. Downscaled, a target pixel holds the minimum valid depth among the source
+  pixels whose centres it contains (min-pooling over valid pixels only: the nearest surface
+  wins, as a LiDAR return would, and nothing is blended); upscaled, every point keeps one
+  pixel and the rest stay invalid (no point is copied onto its neighbours);
+- optional semantic labels (``sem``) and ground-truth normals (``normal``) always follow by
+  nearest neighbour (also when depth is scattered); padding gives them ``-1`` and ``0``, and
+  a mirror negates the normal component of the mirrored axis (a transpose swaps x and y),
+  exactly as the 3-D frame is mirrored.
 
 Depth here is whatever the caller stores (metres before the canonical transform, canonical
 metres after it); these operations never change depth values.
@@ -25,6 +32,9 @@ import numpy as np
 
 from metricdepth.camera import Camera, exif_steps
 
+#: Metric3D's semantic id of sky (``sem == SKY_ID``); ``-1`` means "no label".
+SKY_ID = 142
+
 
 @dataclass(frozen=True, eq=False)
 class Frame:
@@ -36,12 +46,18 @@ class Frame:
         depth: (H, W) float32 depth, 0 where invalid, or None.
         mask: (H, W) bool, True where ``depth`` is valid; derived from ``depth`` when omitted
             (finite and > 0). Invalid depth values are stored as 0.
+        sem: (H, W) int32 semantic labels or None: ``SKY_ID`` (142) is sky, ``-1`` no label.
+        normal: (H, W, 3) float32 unit normals in the camera frame (x right, y down, z
+            forward) or None; ``(0, 0, 0)`` where there is none. Given vectors are
+            normalised; non-finite or zero ones become 0.
     """
 
     image: np.ndarray
     camera: Camera
     depth: np.ndarray | None = None
     mask: np.ndarray | None = None
+    sem: np.ndarray | None = None
+    normal: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         image = np.asarray(self.image)
@@ -54,6 +70,15 @@ class Frame:
                 f"{self.camera.width}x{self.camera.height}"
             )
         object.__setattr__(self, "image", image)
+        if self.sem is not None:
+            sem = np.asarray(self.sem)
+            if sem.shape != (height, width) or sem.dtype.kind not in "iub":
+                raise ValueError(
+                    f"Frame.sem must be {height}x{width} integers, got {sem.dtype} {sem.shape}"
+                )
+            object.__setattr__(self, "sem", sem.astype(np.int32))
+        if self.normal is not None:
+            object.__setattr__(self, "normal", _unit_normals(self.normal, height, width))
         if self.depth is None:
             if self.mask is not None:
                 raise ValueError("Frame.mask needs a depth map")
@@ -82,15 +107,17 @@ def resize(frame: Frame, width: int, height: int, *, sparse: bool = False) -> Fr
     image = cv2.resize(frame.image, (camera.width, camera.height), interpolation=cv2.INTER_LINEAR)
     if image.ndim == 2:  # OpenCV drops a single channel axis
         image = image[:, :, None]
-    if frame.depth is None:
-        return Frame(image, camera)
-    if sparse:
-        depth = _scatter(frame.depth, frame.mask, camera.width, camera.height)
-        return Frame(image, camera, depth)
     rows = _nearest_index(frame.camera.height, camera.height)
     cols = _nearest_index(frame.camera.width, camera.width)
     pick = np.ix_(rows, cols)
-    return _trusted(image, camera, frame.depth[pick], frame.mask[pick])
+    sem = None if frame.sem is None else frame.sem[pick]
+    normal = None if frame.normal is None else frame.normal[pick]
+    if frame.depth is None:
+        return _trusted(image, camera, None, None, sem, normal)
+    if sparse:
+        depth = _scatter(frame.depth, frame.mask, camera.width, camera.height)
+        return _trusted(image, camera, depth, depth > 0, sem, normal)
+    return _trusted(image, camera, frame.depth[pick], frame.mask[pick], sem, normal)
 
 
 def crop(frame: Frame, left: int, top: int, width: int, height: int) -> Frame:
@@ -118,13 +145,19 @@ def pad(
     image[...] = np.asarray(pad_value, dtype=frame.image.dtype)
     window = (slice(top, top + frame.camera.height), slice(left, left + frame.camera.width))
     image[window] = frame.image
-    if frame.depth is None:
-        return Frame(image, camera)
-    depth = np.zeros((camera.height, camera.width), dtype=np.float32)
-    depth[window] = frame.depth
-    mask = np.zeros((camera.height, camera.width), dtype=bool)
-    mask[window] = frame.mask
-    return _trusted(image, camera, depth, mask)
+    sem = normal = depth = mask = None
+    if frame.sem is not None:
+        sem = np.full((camera.height, camera.width), -1, dtype=np.int32)
+        sem[window] = frame.sem
+    if frame.normal is not None:
+        normal = np.zeros((camera.height, camera.width, 3), dtype=np.float32)
+        normal[window] = frame.normal
+    if frame.depth is not None:
+        depth = np.zeros((camera.height, camera.width), dtype=np.float32)
+        depth[window] = frame.depth
+        mask = np.zeros((camera.height, camera.width), dtype=bool)
+        mask[window] = frame.mask
+    return _trusted(image, camera, depth, mask, sem, normal)
 
 
 def place(
@@ -165,19 +198,25 @@ def flip(frame: Frame, vertical: bool = False) -> Frame:
     window = (
         (slice(None, None, -1), slice(None)) if vertical else (slice(None), slice(None, None, -1))
     )
-    return _with(frame, frame.camera.flipped(vertical), window)
+    flipped = _with(frame, frame.camera.flipped(vertical), window)
+    if flipped.normal is not None:  # the mirrored axis of the 3-D frame changes sign
+        flipped.normal[..., 1 if vertical else 0] *= -1
+    return flipped
 
 
 def rotate(frame: Frame, orientation: int) -> Frame:
     """Apply EXIF ``orientation`` (1-8): the same transform as ``Camera.rotated``."""
     transpose, flip_h, flip_v = exif_steps(orientation)
     if transpose:
-        frame = Frame(
-            np.ascontiguousarray(frame.image.transpose(1, 0, 2)),
-            frame.camera.transposed(),
-            None if frame.depth is None else frame.depth.T,
-            None if frame.mask is None else frame.mask.T,
-        )
+
+        def swap(array: np.ndarray | None, axes: tuple[int, ...] = (1, 0)) -> np.ndarray | None:
+            return None if array is None else np.ascontiguousarray(array.transpose(axes))
+
+        normal = swap(frame.normal, (1, 0, 2))
+        frame = _trusted(
+            swap(frame.image, (1, 0, 2)), frame.camera.transposed(), swap(frame.depth),
+            swap(frame.mask), swap(frame.sem), None if normal is None else normal[..., [1, 0, 2]],
+        )  # fmt: skip
     if flip_h:
         frame = flip(frame)
     if flip_v:
@@ -185,21 +224,68 @@ def rotate(frame: Frame, orientation: int) -> Frame:
     return frame
 
 
+def with_depth(frame: Frame, depth: np.ndarray, sem: np.ndarray | None = None) -> Frame:
+    """``frame`` with ``depth`` (H, W) float32 (and ``sem``, if given) in place of its own.
+
+    The mask becomes ``frame.mask & (depth > 0)``: a pixel can only lose validity, so
+    ``depth`` may zero labels (or scale them by a positive factor) but never adds any.
+    Image, camera and normals are kept as they are (not checked or normalised again).
+    """
+    if frame.depth is None or depth.shape != frame.depth.shape:
+        raise ValueError("with_depth: the frame has no depth of that shape to replace")
+    mask = frame.mask & (depth > 0)
+    depth = np.where(mask, depth, np.float32(0)).astype(np.float32, copy=False)
+    if sem is None:
+        sem = frame.sem
+    elif sem.shape != depth.shape:
+        raise ValueError(f"with_depth: sem must be {depth.shape}, got {sem.shape}")
+    else:
+        sem = sem.astype(np.int32, copy=False)
+    return _trusted(frame.image, frame.camera, depth, mask, sem, frame.normal)
+
+
 def _with(frame: Frame, camera: Camera, window: tuple[slice, slice]) -> Frame:
-    image = np.ascontiguousarray(frame.image[window])
-    if frame.depth is None:
-        return Frame(image, camera)
-    depth = np.ascontiguousarray(frame.depth[window])
-    return _trusted(image, camera, depth, np.ascontiguousarray(frame.mask[window]))
+    def cut(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else np.ascontiguousarray(array[window])
+
+    return _trusted(
+        cut(frame.image), camera, cut(frame.depth), cut(frame.mask), cut(frame.sem),
+        cut(frame.normal),
+    )  # fmt: skip
 
 
-def _trusted(image: np.ndarray, camera: Camera, depth: np.ndarray, mask: np.ndarray) -> Frame:
+def _trusted(
+    image: np.ndarray,
+    camera: Camera,
+    depth: np.ndarray | None,
+    mask: np.ndarray | None,
+    sem: np.ndarray | None = None,
+    normal: np.ndarray | None = None,
+) -> Frame:
     """A ``Frame`` from parts of a valid one (its checks already hold: sizes match, depth is
-    0 exactly where ``mask`` is False), without checking them again."""
+    0 exactly where ``mask`` is False, labels typed), without checking them again."""
     frame = object.__new__(Frame)
-    for name, value in (("image", image), ("camera", camera), ("depth", depth), ("mask", mask)):
+    for name, value in (
+        ("image", image), ("camera", camera), ("depth", depth), ("mask", mask), ("sem", sem),
+        ("normal", normal),
+    ):  # fmt: skip
         object.__setattr__(frame, name, value)
     return frame
+
+
+def _unit_normals(normal: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) float32 unit vectors; zero, non-finite or missing ones become 0."""
+    normal = np.asarray(normal)
+    if normal.shape != (height, width, 3) or normal.dtype.kind not in "fiu":
+        raise ValueError(
+            f"Frame.normal must be {height}x{width}x3 numbers, got {normal.dtype} {normal.shape}"
+        )
+    normal = normal.astype(np.float32)
+    length = np.sqrt(np.einsum("hwc,hwc->hw", normal, normal))
+    good = np.isfinite(length) & (length > 1e-6)
+    out = np.zeros_like(normal)
+    np.divide(normal, length[..., None], out=out, where=good[..., None])
+    return out
 
 
 def _nearest_index(src: int, dst: int) -> np.ndarray:

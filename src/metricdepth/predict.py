@@ -8,6 +8,7 @@ resolution that records the camera used and where it came from.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -91,6 +92,33 @@ class Prediction:
             },
             "timings_s": dict(self.timings_s),
         }
+
+
+#: ``predict`` warns when a model trained on one camera of unknown intrinsics
+#: (``ModelSpec.assumed_focal_px``) is given a focal differing by more than this fraction.
+ASSUMED_FOCAL_TOLERANCE = 0.05
+
+
+class CameraMismatchWarning(UserWarning):
+    """A model trained on one assumed camera was given a camera with another focal."""
+
+
+def assumed_focal_mismatch(spec, focal_px: float) -> str | None:
+    """Why ``focal_px`` (pixels of the image given) does not fit ``spec``, or None.
+
+    Only models with ``spec.assumed_focal_px`` (trained on one camera of unknown intrinsics)
+    can mismatch: their metric scale holds for that camera described by that focal, at the
+    training resolution; another focal scales every depth by the ratio of the two.
+    """
+    assumed = getattr(spec, "assumed_focal_px", None)
+    if assumed is None or abs(focal_px / assumed - 1.0) <= ASSUMED_FOCAL_TOLERANCE:
+        return None
+    return (
+        f"model {spec.name!r} was trained on one camera of unknown intrinsics with an assumed "
+        f"focal of {assumed:g} px, but this camera's focal is {focal_px:g} px "
+        f"({focal_px / assumed - 1:+.0%}); depth is metric only for images of that camera "
+        f"given that focal (at its training resolution)"
+    )
 
 
 def default_camera(width: int, height: int) -> Camera:
@@ -181,6 +209,8 @@ def predict_batch(
         image, lens = undistorted(image, camera, distortion, alpha, spec.space.pad_rgb)
         seen = camera if lens is None else lens.pinhole  # the camera the network sees
         record = inference_record(seen, spec.space, mode)
+        if (mismatch := assumed_focal_mismatch(spec, record.focal_px)) is not None:
+            warnings.warn(mismatch, CameraMismatchWarning, stacklevel=2)
         canvas = to_canonical(Frame(image, seen), record, pad_rgb=spec.space.pad_rgb)
         items.append((camera, source, record, normalize(canvas.image, spec.space), lens))
     preprocess = (time.perf_counter() - started) / max(n, 1)

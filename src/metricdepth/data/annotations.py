@@ -6,9 +6,12 @@ Format (``data/*/test_annotations.json`` in Metric3D)::
                 "cam_in": [fx, fy, cx, cy]}, ...]}
 
 ``rgb`` is required; ``depth`` needs ``depth_scale`` (stored value / depth_scale = metres);
-``cam_in`` (pixels, for the *stored* pixel grid of the rgb file) is optional. Other keys are
-ignored. Paths are relative to a root: the JSON's folder by default, or ``root`` (Metric3D's own
-files are relative to its repository root).
+``cam_in`` (pixels, for the *stored* pixel grid of the rgb file) is optional. Optional labels
+for training: ``sky_mask`` (an 8- or 16-bit image, nonzero = sky), or Metric3D's ``sem`` (a
+grey semantic-label image, 142 = sky, 255 = no label; not both), and ``normal`` (a ``.npy``
+(H, W, 3) float array of camera-frame normals, x right, y down, z forward, zero = none).
+Other keys are ignored. Paths are relative to a root: the JSON's folder by default, or
+``root`` (Metric3D's own files are relative to its repository root).
 
 A path may not leave its root: absolute paths and ``..`` segments that climb above the root are
 refused. The check is lexical (``os.path.normpath``), so symlinks *inside* the root that point
@@ -25,15 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from metricdepth.camera import Camera
+from metricdepth.frame import SKY_ID
 from metricdepth.io import atomic_write
+
+#: Optional per-file label keys (see the module docstring).
+LABEL_KEYS: tuple[str, ...] = ("sky_mask", "sem", "normal")
 
 
 @dataclass(frozen=True)
 class AnnotationEntry:
     """One image of an annotation file.
 
-    ``rgb``/``depth``: absolute, normalised paths. ``depth_scale``: stored depth units per metre.
+    ``rgb``/``depth`` (and the optional ``sky_mask``, ``sem``, ``normal`` label files):
+    absolute, normalised paths. ``depth_scale``: stored depth units per metre.
     ``intrinsics``: ``(fx, fy, cx, cy)`` in pixels of the image as displayed (EXIF orientation
     applied, as OpenCV and Metric3D read it). ``key``: the rgb path
     relative to the root, POSIX separators, extension dropped (``"rgb/0001"``); outputs are
@@ -45,6 +56,9 @@ class AnnotationEntry:
     depth_scale: float | None
     intrinsics: tuple[float, float, float, float] | None
     key: str
+    sky_mask: Path | None = None
+    sem: Path | None = None
+    normal: Path | None = None
 
 
 def _is_number(value: Any) -> bool:
@@ -98,6 +112,16 @@ def _parse(data: Any, root: Path, source: str) -> list[AnnotationEntry]:
                     f"fx, fy > 0, got {intrinsics!r}"
                 )
             intrinsics = tuple(float(v) for v in values)
+        labels: dict[str, Path] = {}
+        for name in LABEL_KEYS:
+            if item.get(name) is not None:
+                labels[name], _ = _inside(root, item[name], f"{where}: {name!r}")
+        if "sky_mask" in labels and "sem" in labels:
+            raise ValueError(f"{where}: give 'sky_mask' or 'sem', not both")
+        if "normal" in labels and labels["normal"].suffix.lower() != ".npy":
+            raise ValueError(
+                f"{where}: 'normal' must be a .npy (H, W, 3) float array, got {item['normal']!r}"
+            )
         key = PurePosixPath(rgb_rel).with_suffix("").as_posix()
         if key in seen:
             raise ValueError(
@@ -105,7 +129,9 @@ def _parse(data: Any, root: Path, source: str) -> list[AnnotationEntry]:
             )
         seen[key] = index
         entries.append(
-            AnnotationEntry(rgb, depth, None if scale is None else float(scale), intrinsics, key)
+            AnnotationEntry(
+                rgb, depth, None if scale is None else float(scale), intrinsics, key, **labels
+            )
         )
     return entries
 
@@ -142,6 +168,50 @@ def camera_for(entry: AnnotationEntry, width: int, height: int) -> Camera:
     return Camera.from_intrinsics(entry.intrinsics, width, height)
 
 
+def read_sem(entry: AnnotationEntry) -> np.ndarray | None:
+    """``entry``'s semantic labels, (H, W) int32: 142 = sky, -1 = no label; None if it has none.
+
+    ``sky_mask``: nonzero (in any colour channel; alpha ignored) -> 142, else 0. ``sem``:
+    Metric3D's grey label image as stored, with 255 -> -1 (its "no label").
+    """
+    path = entry.sky_mask or entry.sem
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as image:
+            image.load()
+            bands = image.getbands()
+            stored = np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the label image ({type(exc).__name__})") from None
+    if entry.sem is not None:
+        if stored.ndim != 2 or stored.dtype.kind not in "iub":
+            raise ValueError(f"{path}: 'sem' must be a grey integer image, got {bands}")
+        sem = stored.astype(np.int32)
+        sem[sem == 255] = -1
+        return sem
+    if stored.ndim == 3:
+        stored = stored[..., [i for i, band in enumerate(bands) if band != "A"]]
+        stored = stored.any(axis=2)
+    return np.where(stored != 0, np.int32(SKY_ID), np.int32(0))
+
+
+def read_normal(entry: AnnotationEntry) -> np.ndarray | None:
+    """``entry``'s normals, (H, W, 3) float32 as stored (``Frame`` normalises them), or None."""
+    if entry.normal is None:
+        return None
+    try:
+        normal = np.load(entry.normal, allow_pickle=False)
+    except Exception as exc:  # numpy raises many types for a bad file
+        raise ValueError(f"{entry.normal}: cannot read normals ({type(exc).__name__})") from None
+    if normal.ndim != 3 or normal.shape[2] != 3 or normal.dtype.kind != "f":
+        raise ValueError(
+            f"{entry.normal}: normals must be an (H, W, 3) float array, "
+            f"got {normal.dtype} {normal.shape}"
+        )
+    return normal.astype(np.float32)
+
+
 def write_annotations(
     path: str | os.PathLike, entries: Iterable[AnnotationEntry], root: str | os.PathLike
 ) -> None:
@@ -156,7 +226,7 @@ def write_annotations(
         item: dict[str, Any] = {}
         if entry.intrinsics is not None:
             item["cam_in"] = [float(v) for v in entry.intrinsics]
-        for name in ("rgb", "depth"):
+        for name in ("rgb", "depth", *LABEL_KEYS):
             value = getattr(entry, name)
             if value is None:
                 continue

@@ -1,11 +1,19 @@
 """Training data: frame sources, weighted mixing, and the canonical transform per sample.
 
-Sources give ``Frame(image uint8 (H, W, 3), camera, depth_m (H, W) float32, 0 = invalid)``:
+Sources give ``Frame(image uint8 (H, W, 3), camera, depth_m (H, W) float32, 0 = invalid)``,
+optionally with semantic labels (142 = sky) and normals:
 
 - ``AnnotationSource``: any Metric3D-format annotation JSON with depth and ``cam_in``
-  (``metricdepth.data.annotations``);
+  (``metricdepth.data.annotations``), or without ``cam_in`` for one camera of unknown
+  intrinsics when an ``assumed_focal_px`` is given;
 - ``SyntheticSource``: scenes rendered on the fly by ``metricdepth.data.synthetic``
-  (scene ``i`` is ``render_scene(scene_seed(seed, i), config)``).
+  (scene ``i`` is ``render_scene(scene_seed(seed, i), config)``; sky labelled).
+
+Each source has a ``name`` and a Metric3D ``data_type`` (``DATA_TYPES``), which the official
+losses read to decide which samples they apply to, and a ``sparse`` flag: True scatters the
+depth when it is resized (``frame.resize(sparse=True)``: valid-only min-pooling, no point
+copied), False resamples it by nearest neighbour, None decides per frame (sparse when fewer
+than ``SPARSE_VALID_FRACTION`` of its pixels are valid). Depth is never interpolated.
 
 ``CanonicalTrainingSet`` is a map-style ``torch.utils.data.Dataset`` over *global sample
 indices*: sample ``g`` is a pure function of ``(seed, g)``. The source is drawn by weight from
@@ -30,11 +38,25 @@ import torch
 
 from metricdepth import frame as frames
 from metricdepth.canonical import CanonicalSpace, normalize, to_canonical, training_record
-from metricdepth.frame import Frame
+from metricdepth.frame import SKY_ID, Frame
+
+#: Metric3D's data types (``data_type`` of a dataset); the official losses apply by type.
+DATA_TYPES: tuple[str, ...] = (
+    "lidar", "denselidar", "denselidar_nometric", "denselidar_syn", "stereo", "sfm",
+)  # fmt: skip
+#: Data types whose sky pixels that *have* a depth lose their sky label (Metric3D's loader:
+#: the sky mask is trusted only where the sensor saw nothing).
+SKY_RELABEL_TYPES: tuple[str, ...] = ("lidar", "sfm", "denselidar", "denselidar_nometric")
+#: ``sparse=None``: a frame with fewer valid depth pixels than this fraction is scattered.
+SPARSE_VALID_FRACTION = 0.3
 
 
 class FrameSource(Protocol):
-    """A finite, indexable collection of frames with metric depth."""
+    """A finite, indexable collection of frames with metric depth.
+
+    Optional attributes read by ``CanonicalTrainingSet`` (defaults in brackets):
+    ``data_type`` (``"denselidar"``) and ``sparse`` (None: decide per frame).
+    """
 
     name: str
 
@@ -44,11 +66,17 @@ class FrameSource(Protocol):
 
 
 class AnnotationSource:
-    """Frames of a Metric3D-format annotation JSON (every entry needs ``depth`` and ``cam_in``).
+    """Frames of a Metric3D-format annotation JSON (every entry needs ``depth``).
 
     Images are read with ``metricdepth.io.load_image`` (EXIF orientation applied: ``cam_in``
     describes the image as displayed, as in Metric3D), depth with ``read_depth`` and the
-    entry's ``depth_scale`` (or ``depth_scale`` given here).
+    entry's ``depth_scale`` (or ``depth_scale`` given here: the dataset's, for every entry),
+    ``sky_mask``/``sem`` and ``normal`` with ``annotations.read_sem``/``read_normal``.
+
+    An entry without ``cam_in`` is refused unless ``assumed_focal_px`` is given: then its
+    camera is ``fx = fy = assumed_focal_px`` (pixels of the stored image) with the principal
+    point at the image centre, for data from one camera whose intrinsics are unknown (the
+    trained model records the assumption; ``predict`` warns for other cameras).
     """
 
     def __init__(
@@ -58,15 +86,27 @@ class AnnotationSource:
         *,
         cache: bool = True,
         depth_scale: float | None = None,
+        name: str | None = None,
+        data_type: str = "lidar",
+        sparse: bool | None = None,
+        assumed_focal_px: float | None = None,
     ) -> None:
         from metricdepth.data.annotations import read_annotations
 
-        self.name = str(json_path)
+        self.name = name or Path(json_path).resolve().parent.name or str(json_path)
+        self.data_type = _check_data_type(data_type)
+        self.sparse = sparse
+        self.assumed_focal_px = assumed_focal_px
         self.entries = read_annotations(json_path, root)
         for entry in self.entries:
-            if entry.depth is None or entry.intrinsics is None:
-                missing = "depth" if entry.depth is None else "cam_in"
-                raise ValueError(f"{json_path}: entry {entry.key!r} has no {missing!r} to train on")
+            if entry.depth is None:
+                raise ValueError(f"{json_path}: entry {entry.key!r} has no 'depth' to train on")
+            if entry.intrinsics is None and assumed_focal_px is None:
+                raise ValueError(
+                    f"{json_path}: entry {entry.key!r} has no 'cam_in'; give its intrinsics, or "
+                    "set assumed_focal_px in the dataset config to train on one camera of "
+                    "unknown intrinsics (the model records the assumed focal)"
+                )
         if not self.entries:
             raise ValueError(f"{json_path}: no entries")
         self.depth_scale = depth_scale
@@ -78,19 +118,28 @@ class AnnotationSource:
     def frame(self, index: int) -> Frame:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        from metricdepth.data.annotations import camera_for
+        from metricdepth.camera import Camera
+        from metricdepth.data.annotations import camera_for, read_normal, read_sem
         from metricdepth.io import load_image, read_depth
 
         entry = self.entries[index]
         image, _, _ = load_image(entry.rgb)
         depth_m = read_depth(entry.depth, self.depth_scale or entry.depth_scale)
+        sem, normal = read_sem(entry), read_normal(entry)
         height, width = image.shape[:2]
-        if depth_m.shape != (height, width):
-            raise ValueError(
-                f"{entry.depth}: depth is {depth_m.shape[1]}x{depth_m.shape[0]} but the image is "
-                f"{width}x{height}"
-            )
-        result = Frame(image, camera_for(entry, width, height), depth_m)
+        for path, label in ((entry.depth, depth_m), (entry.sky_mask or entry.sem, sem),
+                            (entry.normal, normal)):  # fmt: skip
+            if label is not None and label.shape[:2] != (height, width):
+                raise ValueError(
+                    f"{path}: label is {label.shape[1]}x{label.shape[0]} but the image is "
+                    f"{width}x{height}"
+                )
+        if entry.intrinsics is None:
+            f = float(self.assumed_focal_px)
+            camera = Camera(f, f, (width - 1) / 2.0, (height - 1) / 2.0, width, height)
+        else:
+            camera = camera_for(entry, width, height)
+        result = Frame(image, camera, depth_m, sem=sem, normal=normal)
         if self._cache is not None:
             self._cache[index] = result
         return result
@@ -104,7 +153,9 @@ class SyntheticSource:
 
         if num_scenes < 1:
             raise ValueError(f"SyntheticSource: num_scenes must be >= 1, got {num_scenes}")
-        self.name = f"synthetic(seed={seed}, n={num_scenes})"
+        self.name = "synthetic"
+        self.data_type = "denselidar_syn"
+        self.sparse = False
         self.seed = int(seed)
         self.num_scenes = int(num_scenes)
         self.config = SynthConfig() if config is None else config
@@ -119,7 +170,8 @@ class SyntheticSource:
         from metricdepth.data.synthetic import render_scene, scene_seed
 
         sample = render_scene(scene_seed(self.seed, index), self.config)
-        result = Frame(sample.image, sample.camera, sample.depth_m)
+        sky = np.where(sample.depth_m > 0, np.int32(0), np.int32(SKY_ID))  # nothing hit: sky
+        result = Frame(sample.image, sample.camera, sample.depth_m, sem=sky)
         if self._cache is not None:
             self._cache[index] = result
         return result
@@ -127,15 +179,50 @@ class SyntheticSource:
 
 def build_source(dataset) -> FrameSource:
     """The source of a ``metricdepth.train.config.DatasetConfig``."""
+    name = getattr(dataset, "name", None)
+    data_type = getattr(dataset, "data_type", None)
+    sparse = getattr(dataset, "sparse", None)
     if dataset.kind == "annotations":
         return AnnotationSource(
-            dataset.path, dataset.root, cache=dataset.cache, depth_scale=dataset.depth_scale
-        )
+            dataset.path, dataset.root, cache=dataset.cache, depth_scale=dataset.depth_scale,
+            name=name, data_type=data_type or "lidar", sparse=sparse,
+            assumed_focal_px=getattr(dataset, "assumed_focal_px", None),
+        )  # fmt: skip
     from metricdepth.train.config import make_synth_config
 
-    return SyntheticSource(
+    source = SyntheticSource(
         dataset.seed, dataset.num_scenes, make_synth_config(dataset.synth), cache=dataset.cache
     )
+    source.name = name or source.name
+    source.data_type = _check_data_type(data_type or source.data_type)
+    source.sparse = bool(sparse)  # rendered depth is dense unless told otherwise
+    return source
+
+
+def assumed_focal(config) -> float | None:
+    """The ``assumed_focal_px`` a model trained on ``config.datasets`` must record, or None.
+
+    Every dataset that sets one must set the same value (one camera of unknown intrinsics);
+    different values are a ValueError. The trainer writes it into ``ModelSpec``
+    (``assumed_focal_px``), so ``predict`` can warn when given another camera.
+    """
+    values = {
+        float(d.assumed_focal_px)
+        for d in config.datasets
+        if getattr(d, "assumed_focal_px", None) is not None
+    }
+    if len(values) > 1:
+        raise ValueError(
+            f"datasets assume different focal lengths {sorted(values)}; a model can record "
+            "one assumed camera"
+        )
+    return values.pop() if values else None
+
+
+def _check_data_type(data_type: str) -> str:
+    if data_type not in DATA_TYPES:
+        raise ValueError(f"data_type must be one of {', '.join(DATA_TYPES)}, got {data_type!r}")
+    return data_type
 
 
 def step_indices(step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> range:
@@ -172,7 +259,14 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
       ``label_scale``), 0 where invalid;
     - ``mask``: bool (1, H, W), True on valid labels (not padding, not invalid, metric depth in
       ``[min_depth_m, max_depth_m]``);
-    - ``label_scale``, ``f_eff_px``, ``focal_px``: float32 scalars; ``source``: int64 index.
+    - ``label_scale``, ``f_eff_px``, ``focal_px``: float32 scalars; ``source``: int64 index;
+    - ``sem_mask``: int32 (1, H, W), Metric3D's semantic labels: 142 sky, -1 none (padding,
+      or no sky mask); sky pixels are never depth labels, and for ``SKY_RELABEL_TYPES`` sky
+      pixels that have a depth lose the sky label (Metric3D's loader);
+    - ``normal``: float32 (3, H, W) camera-frame unit normals, 0 where there are none;
+    - ``pad``: int64 (4,) padding ``(top, bottom, left, right)`` of the canvas;
+    - ``dataset``: the source's name, ``data_type``: its Metric3D data type (strings; the
+      default collation makes lists of them), the names the official losses read.
 
     Args:
         sources: the frame sources; ``weights``: their sampling weights (> 0).
@@ -248,13 +342,22 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
         if index < 0:
             raise IndexError(f"sample index must be >= 0, got {index}")
         source, item = self.locate(index)
+        origin = self.sources[source]
         frame = self.sources[source].frame(item)
         depth = frame.depth
         if depth is None:
-            raise ValueError(f"{self.sources[source].name}: item {item} has no depth")
-        in_range = (depth >= self.min_depth_m) & (depth <= self.max_depth_m)
-        if not in_range.all():
-            frame = Frame(frame.image, frame.camera, np.where(in_range, depth, 0), frame.mask)
+            raise ValueError(f"{origin.name}: item {item} has no depth")
+        keep = (depth >= self.min_depth_m) & (depth <= self.max_depth_m)
+        sem = frame.sem
+        if sem is not None and (sky := sem == SKY_ID).any():
+            if getattr(origin, "data_type", "denselidar") in SKY_RELABEL_TYPES:
+                sem = np.where(sky & frame.mask, np.int32(-1), sem)  # measured: not sky
+            keep &= sem != SKY_ID  # sky is never a depth label
+        if not keep.all() or sem is not frame.sem:
+            frame = frames.with_depth(frame, np.where(keep, depth, np.float32(0)), sem)
+        sparse = getattr(origin, "sparse", None)
+        if sparse is None:
+            sparse = bool(frame.mask.mean() < SPARSE_VALID_FRACTION)
         rng = np.random.default_rng([self.seed, 3, index])
         if self.flip_prob and rng.random() < self.flip_prob:
             frame = frames.flip(frame)
@@ -269,11 +372,21 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
             focal_mode=self.focal_mode,
             resize_base=self.resize_base,
         )
-        canvas = to_canonical(frame, record, pad_rgb=self.space.pad_rgb)
+        canvas = to_canonical(frame, record, pad_rgb=self.space.pad_rgb, sparse=sparse)
         return canvas, record, source
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         canvas, record, source = self.sample(int(index))
+        height, width = self.space.input_hw
+        if canvas.sem is None:
+            sem = torch.full((1, height, width), -1, dtype=torch.int32)
+        else:
+            sem = torch.from_numpy(np.ascontiguousarray(canvas.sem))[None]
+        if canvas.normal is None:
+            normal = torch.zeros((3, height, width), dtype=torch.float32)
+        else:
+            normal = torch.from_numpy(np.ascontiguousarray(canvas.normal.transpose(2, 0, 1)))
+        origin = self.sources[source]
         return {
             "image": normalize(canvas.image, self.space)[0],
             "depth_c": torch.from_numpy(np.ascontiguousarray(canvas.depth))[None],
@@ -282,4 +395,9 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
             "f_eff_px": torch.tensor(record.f_eff_px, dtype=torch.float32),
             "focal_px": torch.tensor(record.focal_px, dtype=torch.float32),
             "source": torch.tensor(source, dtype=torch.int64),
+            "sem_mask": sem,
+            "normal": normal,
+            "pad": torch.tensor(record.pad, dtype=torch.int64),
+            "dataset": origin.name,
+            "data_type": getattr(origin, "data_type", "denselidar"),
         }

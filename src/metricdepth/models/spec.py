@@ -7,6 +7,7 @@ its model (no name lookup, no guessing of the input size or the canonical focal)
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ class ModelSpec:
             None for no clamp.
         outputs: what the network returns besides depth: ``"confidence"``, ``"normal"``.
         description: one line for ``list_models``.
+        assumed_focal_px: set when the model was trained on one camera of unknown
+            intrinsics: the focal (pixels of its training images) assumed for it; ``predict``
+            warns when given a camera whose focal differs. Serialised only when set.
     """
 
     name: str
@@ -41,9 +45,16 @@ class ModelSpec:
     max_depth_m: float | None = None
     outputs: tuple[str, ...] = ()
     description: str = ""
+    assumed_focal_px: float | None = None
 
     def __post_init__(self) -> None:
         check_focal_mode(self.focal_mode)
+        focal = self.assumed_focal_px
+        if focal is not None:
+            number = isinstance(focal, (int, float)) and not isinstance(focal, bool)
+            if not (number and 0 < focal < math.inf):
+                raise ValueError(f"ModelSpec.assumed_focal_px must be > 0, got {focal!r}")
+            object.__setattr__(self, "assumed_focal_px", float(focal))
         object.__setattr__(self, "outputs", tuple(self.outputs))
         unknown = set(self.outputs) - {"confidence", "normal"}
         if unknown:
@@ -53,6 +64,8 @@ class ModelSpec:
         """JSON-ready, with a format tag."""
         data = asdict(self)
         data["space"] = asdict(self.space)
+        if self.assumed_focal_px is None:  # specs without it stay as they were
+            del data["assumed_focal_px"]
         data["format"] = SPEC_FORMAT
         return data
 

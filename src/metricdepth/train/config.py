@@ -58,6 +58,17 @@ class DatasetConfig:
         synth: ``SynthConfig`` fields (``synthetic``), e.g. ``{focal_range: [100, 600]}``.
         cache: keep decoded/rendered frames in memory after first use.
         depth_scale: override the JSON's ``depth_scale`` (stored units per metre); None: keep.
+        name: the dataset's name in batches (``dataset``; the official losses treat some
+            names specially, e.g. ``NYU``); default: the JSON's folder name, or ``synthetic``.
+        data_type: Metric3D's data type (``metricdepth.data.dataset.DATA_TYPES``), which the
+            official losses read; default ``lidar`` (annotations, as Metric3D's KITTI and NYU)
+            or ``denselidar_syn`` (synthetic).
+        sparse: resize depth by scattering (LiDAR: valid-only min-pooling) instead of nearest
+            neighbour; None: per frame, sparse when under 30 % of its pixels are valid
+            (annotations) or dense (synthetic).
+        assumed_focal_px: focal in pixels of the stored images for entries without
+            ``cam_in`` (one camera of unknown intrinsics; principal point at the centre);
+            without it such entries are refused. The trained model records it.
     """
 
     kind: str
@@ -69,6 +80,10 @@ class DatasetConfig:
     synth: dict[str, Any] = field(default_factory=dict)
     cache: bool = True
     depth_scale: float | None = None
+    name: str | None = None
+    data_type: str | None = None
+    sparse: bool | None = None
+    assumed_focal_px: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -292,6 +307,7 @@ def _dataset(raw: Any, index: int, base_dir: Path, check: _Checker) -> DatasetCo
     values["cache"] = raw.get("cache", True)
     if not isinstance(values["cache"], bool):
         check.fail(f"{where}.cache", f"must be true or false, got {values['cache']!r}")
+    _dataset_labels(raw, kind, where, check, values)
     if kind == "annotations":
         for key in ("seed", "num_scenes", "synth"):  # written configs hold the defaults
             if key in raw and raw[key] != DatasetConfig(kind).to_dict()[key]:
@@ -321,6 +337,30 @@ def _dataset(raw: Any, index: int, base_dir: Path, check: _Checker) -> DatasetCo
             check.fail(f"{where}.synth", " ".join(str(error).split()))
         values["synth"] = synth
     return DatasetConfig(**values)
+
+
+def _dataset_labels(
+    raw: dict[str, Any], kind: str, where: str, check: _Checker, values: dict[str, Any]
+) -> None:
+    """Validate ``name``, ``data_type``, ``sparse`` and ``assumed_focal_px`` into ``values``."""
+    from metricdepth.data.dataset import DATA_TYPES
+
+    name = raw.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        check.fail(f"{where}.name", f"must be a non-empty string, got {name!r}")
+    if raw.get("data_type") is not None:
+        values["data_type"] = check.choice(f"{where}.data_type", raw["data_type"], DATA_TYPES)
+    sparse = raw.get("sparse")
+    if sparse is not None and not isinstance(sparse, bool):
+        check.fail(f"{where}.sparse", f"must be true, false or null (auto), got {sparse!r}")
+    values.update(name=name, sparse=sparse)
+    focal = raw.get("assumed_focal_px")
+    if focal is not None:
+        if kind != "annotations":
+            check.fail(f"{where}.assumed_focal_px", "only applies to kind 'annotations'")
+        values["assumed_focal_px"] = check.number(
+            f"{where}.assumed_focal_px", focal, 0, strict=True
+        )
 
 
 def make_synth_config(values: dict[str, Any]):
@@ -374,6 +414,9 @@ def config_from_dict(
     values["datasets"] = tuple(
         _dataset(item, i, Path(base_dir), check) for i, item in enumerate(datasets)
     )
+    focals = {d.assumed_focal_px for d in values["datasets"]} - {None}
+    if len(focals) > 1:
+        check.fail("datasets", f"assume different focal lengths {sorted(focals)}; use one")
     for key in ("out_dir", "model_name", "description"):
         if key in raw:
             if not isinstance(raw[key], str) or (key != "description" and not raw[key]):
