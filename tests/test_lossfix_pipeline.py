@@ -303,3 +303,17 @@ def test_geometry_data_type_masks_equal_recorded(path):
         OFFICIAL_DATA_TYPES[case.meta["loss_class"]],
     )
     assert torch.equal(got, case.mask)
+
+
+def test_single_output_runs_the_gru_branch_on_nothing():
+    """With one output the gru branch has no term (the official loop stops before weighting)."""
+    torch.manual_seed(0)
+    pred = (torch.rand(1, 1, 8, 8, dtype=torch.float64) + 1).requires_grad_(True)
+    target = torch.full((1, 1, 8, 8), 1.5, dtype=torch.float64)
+    sem = torch.full((1, 1, 8, 8), 142, dtype=torch.int32)
+    batch = {"target": target, "sem_mask": sem, "dataset": ["KITTI"], "data_type": ["lidar"]}
+    terms = terms_from_config({"silog": 1.0, "sky_gru": 0.5})
+    for mode in ("official", "corrected"):
+        out = loss_terms({"predictions_list": [pred]}, batch, terms, mode=mode)
+        assert list(out) == ["decode_SilogLoss", "total"]
+        assert torch.equal(out["total"], out["decode_SilogLoss"])

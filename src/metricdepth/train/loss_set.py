@@ -375,6 +375,7 @@ def loss_terms(
 
 
 def _evaluate(terms, preds, confs, normals, mode, batch, dataset, data_type, draws):
+    """The decoder terms in list order, then the gru terms by output (as ``get_loss``)."""
     out: dict[str, torch.Tensor] = {}
     context = dict(batch=batch, dataset=dataset, data_type=data_type, samples=draws, mode=mode)
     for term in terms:
@@ -386,7 +387,7 @@ def _evaluate(terms, preds, confs, normals, mode, batch, dataset, data_type, dra
         if term.loss == "DeNoConsistencyLoss" and mode == "official":
             confs, normals = _deno_overwrite(confs, normals, batch)
     gru_terms = [t for t in terms if t.branch == "gru"]
-    if gru_terms:
+    if gru_terms and len(preds) > 1:  # one output: the official loop stops before weighting
         step_weights = gru_step_weights(len(preds), 0.9, mode)
         for i in range(len(preds) - 1):
             for term in gru_terms:
