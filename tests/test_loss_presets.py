@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lossfix_util_a import lossfix_dir, missing
+from lossfix_util import lossfix_dir, missing
 from metricdepth.train.loss_presets import CONSTANTS, PRESETS, UPSTREAM_COMMIT, preset
 
 

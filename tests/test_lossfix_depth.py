@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossfix_util_a import (
+from lossfix_util import (
     Case,
     assert_grad,
     assert_list_grads,

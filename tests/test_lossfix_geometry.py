@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossfix_util_b import (
+from lossfix_util import (
     F32_GRAD_FRAC,
     F32_VALUE_ATOL,
     F32_VALUE_RTOL,
@@ -58,15 +58,15 @@ def check(case: Case, dtype: torch.dtype, value, grads, *, pwn: bool = False):
     if dtype == torch.float64:
         v_tol = PWN_F64_TOL if pwn else F64_VALUE_RTOL
         g_tol = PWN_F64_TOL if pwn else F64_GRAD_FRAC
-        want = float(case.case["value"])
+        want = float(case.arrays["value"])
         assert abs(float(value.detach()) - want) <= v_tol * abs(want), (float(value), want)
     else:
         g_tol = F32_GRAD_FRAC
-        want = float(case.case["value"])
+        want = float(case.arrays["value"])
         got = float(value.detach())
         assert abs(got - want) <= F32_VALUE_RTOL * abs(want) + F32_VALUE_ATOL, (got, want)
     for key, got in grads.items():
-        err = grad_error(got, case.case[key])
+        err = grad_error(got, case.arrays[key])
         assert err <= g_tol, (key, err)
 
 
@@ -90,8 +90,8 @@ def run_vnl(case: Case, dtype: torch.dtype, mode: str = "official"):
         pred,
         tensor(s["target"], dtype),
         intrinsic,
-        mask=tensor(case.case["mask"]),
-        triplets=tensor(case.case["samples__vnl_p_idx"]),
+        mask=tensor(case.arrays["mask"]),
+        triplets=tensor(case.arrays["samples__vnl_p_idx"]),
         sample_ratio=case.kwargs["sample_ratio"],
         weight=case.kwargs["loss_weight"],
         mode=mode,
@@ -112,13 +112,15 @@ def test_vnl_parity(path, dtype):
 def test_vnl_stale_principal_point_is_quirk_4():
     case = load_case(case_params("VNLoss__pre__lidar_after_indoor.npz")[0].values[0])
     s = case.scene
-    common = dict(mask=tensor(case.case["mask"]), triplets=tensor(case.case["samples__vnl_p_idx"]))
+    common = dict(
+        mask=tensor(case.arrays["mask"]), triplets=tensor(case.arrays["samples__vnl_p_idx"])
+    )
     pred = tensor(s["predictions_list"][-1], torch.float64)
     target = tensor(s["target"], torch.float64)
     own = vnl_loss(pred, target, tensor(s["intrinsic"]), mode="official", **common)
     # README quirk 4: with the batch's own u0, v0 the same triplets give 1.0205.
     assert abs(float(own.detach()) - 1.0205) < 1e-4
-    assert abs(float(case.case["value"]) - float(own.detach())) > 0.05
+    assert abs(float(case.arrays["value"]) - float(own.detach())) > 0.05
     with pytest.raises(ValueError, match="official"):
         vnl_loss(pred, target, tensor(s["intrinsic"]), principal_point_from=tensor(s["intrinsic"]))
 
@@ -182,9 +184,9 @@ def test_draw_vnl_triplets_format():
 def pwn_triplets(case: Case) -> list:
     b = case.scene["target"].shape[0]
     out: list = [None] * b
-    if "samples__pwn_call_batch_index" in case.case:
-        for i, s in enumerate(case.case["samples__pwn_call_batch_index"]):
-            out[int(s)] = tensor(case.case[f"samples__pwn_call{i}_p_yx"])
+    if "samples__pwn_call_batch_index" in case.arrays:
+        for i, s in enumerate(case.arrays["samples__pwn_call_batch_index"]):
+            out[int(s)] = tensor(case.arrays[f"samples__pwn_call{i}_p_yx"])
     return out
 
 
@@ -198,7 +200,7 @@ def test_pwn_parity(path, dtype):
         pred,
         tensor(s["intrinsic"]),
         tensor(s["sem_mask"]),
-        case.datasets(),
+        case.dataset,
         triplets=pwn_triplets(case),
         weight=case.kwargs["loss_weight"],
         mode="official",
@@ -221,19 +223,19 @@ def test_draw_pwn_triplets_matches_official_format(path):
     case = load_case(path)
     ids = tensor(case.scene["sem_mask"])
     gen = torch.Generator().manual_seed(3)
-    calls = case.case.get("samples__pwn_call_batch_index", np.zeros(0, np.int32))
+    calls = case.arrays.get("samples__pwn_call_batch_index", np.zeros(0, np.int32))
     for i, b in enumerate(calls):
         yx = draw_pwn_triplets(ids[int(b), 0], 5000, gen)
-        want = case.case[f"samples__pwn_call{i}_p_yx"]
+        want = case.arrays[f"samples__pwn_call{i}_p_yx"]
         assert yx.shape == want.shape
-        assert case.case[f"samples__pwn_call{i}_plane_ids"].tolist() == sorted(
+        assert case.arrays[f"samples__pwn_call{i}_plane_ids"].tolist() == sorted(
             int(v) for v in ids[int(b), 0].unique() if int(v) != 0
         )
-        for j, pid in enumerate(case.case[f"samples__pwn_call{i}_plane_ids"]):
-            if case.case[f"samples__pwn_call{i}_valid_plane"][j]:
+        for j, pid in enumerate(case.arrays[f"samples__pwn_call{i}_plane_ids"]):
+            if case.arrays[f"samples__pwn_call{i}_valid_plane"][j]:
                 assert (ids[int(b), 0][yx[j, :, :, 0], yx[j, :, :, 1]] == int(pid)).all()
     if "error" in case.meta:  # the sample the official code fails on
-        for b, name in enumerate(case.datasets()):
+        for b, name in enumerate(case.dataset):
             if name == "Taskonomy":
                 draw_pwn_triplets(ids[b, 0], 5000, gen)
 
@@ -243,10 +245,10 @@ def test_pwn_corrected_axes():
     case = load_case(case_params("PWNPlanesLoss__pre__planes_b.npz")[0].values[0])
     s = case.scene
     pred = tensor(s["predictions_list"][-1], torch.float64)
-    args = (pred, tensor(s["intrinsic"]), tensor(s["sem_mask"]), case.datasets())
+    args = (pred, tensor(s["intrinsic"]), tensor(s["sem_mask"]), case.dataset)
     corrected = pwn_planes_loss(*args, triplets=pwn_triplets(case))
     assert abs(float(corrected.detach()) - 0.1324) < 1e-4
-    assert abs(float(corrected.detach()) - float(case.case["value"])) > 1e-3
+    assert abs(float(corrected.detach()) - float(case.arrays["value"])) > 1e-3
 
 
 def test_pwn_perfect_plane_is_zero_and_others_ignored():
@@ -278,11 +280,11 @@ def test_normal_branch_parity(path, dtype):
     loss = normal_branch_loss(
         outs,
         tensor(s["normal"], dtype),
-        tensor(case.case["mask"]),
+        tensor(case.arrays["mask"]),
         weight=case.kwargs["loss_weight"],
     )
     loss.backward()
-    want = case.case["grad__normal_out_list"]
+    want = case.arrays["grad__normal_out_list"]
     tol = F64_GRAD_FRAC if dtype == torch.float64 else F32_GRAD_FRAC
     for i, out in enumerate(outs):
         assert grad_error(out.grad, want[i]) <= tol, i
@@ -321,7 +323,7 @@ def deno_inputs(case: Case, dtype: torch.dtype):
         intrinsic=tensor(s["intrinsic"]),
         pad=tensor(s["pad"]),
         scale=tensor(s["scale"]),
-        dataset=case.datasets(),
+        dataset=case.dataset,
     )
 
 
@@ -340,7 +342,7 @@ def test_deno_parity(path, dtype):
     inputs = deno_inputs(case, dtype)
     before = {k: v.detach().clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     loss = deno_consistency_loss(
-        **inputs, mask=tensor(case.case["mask"]), mode="official", **deno_kwargs(case)
+        **inputs, mask=tensor(case.arrays["mask"]), mode="official", **deno_kwargs(case)
     )
     loss.backward()
     for key, old in before.items():  # no in-place writes (quirk 8)
@@ -355,7 +357,7 @@ def test_deno_parity(path, dtype):
 def test_deno_corrected_honours_mask():
     """mixed: the sfm sample has an empty mask; official ignores it, corrected drops it."""
     case = load_case(case_params("DeNoConsistencyLoss__pre__mixed.npz")[0].values[0])
-    mask = tensor(case.case["mask"])
+    mask = tensor(case.arrays["mask"])
     assert not mask[1].any() and mask[0].any()
     grads = {}
     for mode in ("official", "corrected"):
@@ -441,8 +443,8 @@ def test_bf16_vnl():
                 pred,
                 tensor(tgt_np, dtype),
                 tensor(s["intrinsic"]),
-                mask=tensor(case.case["mask"]),
-                triplets=tensor(case.case["samples__vnl_p_idx"]),
+                mask=tensor(case.arrays["mask"]),
+                triplets=tensor(case.arrays["samples__vnl_p_idx"]),
             )
         v.backward()
         return v, [pred.grad]
@@ -462,7 +464,7 @@ def test_bf16_pwn():
                 pred,
                 tensor(s["intrinsic"]),
                 tensor(s["sem_mask"]),
-                case.datasets(),
+                case.dataset,
                 triplets=pwn_triplets(case),
             )
         v.backward()
@@ -480,7 +482,7 @@ def test_bf16_normal_branch():
     def call(dtype, auto):
         outs = [tensor(o, dtype, grad=True) for o in outs_np]
         with _ctx(auto):
-            v = normal_branch_loss(outs, tensor(normal_np, dtype), tensor(case.case["mask"]))
+            v = normal_branch_loss(outs, tensor(normal_np, dtype), tensor(case.arrays["mask"]))
         v.backward()
         return v, [o.grad for o in outs]
 
@@ -497,7 +499,9 @@ def test_bf16_deno():
         inputs["prediction"] = tensor(rounded["predictions_list"], dtype, grad=True)
         inputs["normal_pred"] = tensor(rounded["normal_out_list"], dtype, grad=True)
         with _ctx(auto):
-            v = deno_consistency_loss(**inputs, mask=tensor(case.case["mask"]), **deno_kwargs(case))
+            v = deno_consistency_loss(
+                **inputs, mask=tensor(case.arrays["mask"]), **deno_kwargs(case)
+            )
         v.backward()
         return v, [inputs["prediction"].grad, inputs["normal_pred"].grad]
 
@@ -507,7 +511,7 @@ def test_bf16_deno():
 def test_bf16_guard_matters():
     """Without the float32 guard, autocast moves DeNo's value beyond the float32 tolerance."""
     case = load_case(case_params("DeNoConsistencyLoss__ft__indoor.npz")[0].values[0])
-    kwargs = dict(mask=tensor(case.case["mask"]), mode="official", **deno_kwargs(case))
+    kwargs = dict(mask=tensor(case.arrays["mask"]), mode="official", **deno_kwargs(case))
     ref = deno_consistency_loss(**deno_inputs(case, torch.float32), **kwargs)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         guarded = deno_consistency_loss(**deno_inputs(case, torch.float32), **kwargs)

@@ -60,6 +60,25 @@ OFFICIAL_DATA_TYPES: dict[str, tuple[str, ...]] = {
         "denselidar_nometric",
         "denselidar_syn",
     ),
+    "VNLoss": (
+        "sfm",
+        "stereo",
+        "lidar",
+        "denselidar",
+        "denselidar_nometric",
+        "denselidar_syn",
+    ),
+    # PWN reads neither the mask nor the data type (quirk 5); its default list, for the record.
+    "PWNPlanesLoss": ("lidar", "denselidar"),
+    "NormalBranchLoss": ("sfm", "stereo", "denselidar", "denselidar_syn"),
+    # DeNo's official forward ignores the mask (quirk 8); corrected mode honours it.
+    "DeNoConsistencyLoss": (
+        "stereo",
+        "lidar",
+        "denselidar",
+        "denselidar_nometric",
+        "denselidar_syn",
+    ),
 }
 
 

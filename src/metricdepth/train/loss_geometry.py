@@ -9,7 +9,7 @@ in canonical metres. Every loss returns a scalar already multiplied by ``weight`
 
 ``mode="official"`` reproduces Metric3D's training code value for value (the numbered quirks of
 ``shared/lossfix/README.md``); ``mode="corrected"`` (default) fixes the documented bugs. See
-``docs/losses-geometry.md``.
+``docs/losses.md``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The normal head outputs (B,4,H,W): channels 0-2 a unit normal, channel 3 the concentration
 kappa > 0 (``elu + 1.01``). Depth is in canonical metres. Both losses run under
-``full_precision`` (float32 even inside bf16 autocast). See ``docs/losses-geometry.md``.
+``full_precision`` (float32 even inside bf16 autocast). See ``docs/losses.md``.
 """
 
 from __future__ import annotations
