@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1145,14 +1146,16 @@ def test_the_real_command_stopped_mid_run_then_resumed(tmp_path, cli_run, stop):
 
 
 # ================================================================== fuzzing the core
-#: Every fuzz test: reproducible (derandomized), no deadline; the sum of max_examples is the
-#: number of generated cases (FUZZ_EXAMPLES).
+#: Every fuzz test: reproducible (derandomized), no deadline; FUZZ_EXAMPLES is the number of
+#: cases asked of each, and ``test_fuzz_case_count`` checks that they were all drawn and run.
 FUZZ = settings(
     deadline=None,
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+#: The cases each fuzz test was really given in this session (its body counts them).
+FUZZ_RUN: Counter[str] = Counter()
 FUZZ_EXAMPLES = {
     "camera construction": 2000,
     "camera operations": 3000,
@@ -1186,6 +1189,7 @@ extreme_cameras = st.builds(
 @settings(FUZZ, max_examples=FUZZ_EXAMPLES["camera construction"])
 @given(fx=anything, fy=anything, cx=anything, cy=anything, width=anything, height=anything)
 def test_fuzz_camera_construction_is_valid_or_a_value_error(fx, fy, cx, cy, width, height):
+    FUZZ_RUN["camera construction"] += 1
     try:
         camera = Camera(fx, fy, cx, cy, width, height)
     except ValueError as error:
@@ -1219,6 +1223,7 @@ offsets = st.integers(-3, 200_000)
 def test_fuzz_camera_operations_keep_every_ray(camera, operation, args, u, v):
     """Any operation with any arguments: a ValueError, or a camera that sees each 3-D point
     exactly where the operation moved its pixel (mirrored for flips and transposes)."""
+    FUZZ_RUN["camera operations"] += 1
     a, b, c, d = args
     W, H = camera.size  # noqa: N806
     pixel = np.array([u * W, v * H])
@@ -1309,6 +1314,7 @@ def check_record(record, camera: Camera, space: CanonicalSpace, mode: str) -> No
     mode=st.sampled_from(["mean", "fx"]),
 )
 def test_fuzz_inference_record_invariants(camera, space, mode):
+    FUZZ_RUN["inference record"] += 1
     try:
         record = inference_record(camera, space, mode)
     except ValueError as error:
@@ -1347,6 +1353,7 @@ def test_fuzz_inference_record_invariants(camera, space, mode):
 def test_fuzz_training_record_invariants(
     camera, space, seed, resize_range, resize_prob, crop, variant, mode
 ):
+    FUZZ_RUN["training record"] += 1
     try:
         record = training_record(
             camera, space, np.random.default_rng(seed), variant=variant,
@@ -1387,6 +1394,7 @@ def test_fuzz_tiny_images_round_trip_through_canonical_space(
 ):
     """prepare_input / to_canonical / from_canonical on 1-12 px images: the canvas, labels,
     mask and padding are right, and a constant canonical prediction comes back as the depth."""
+    FUZZ_RUN["canonical round trip"] += 1
     W, H = size  # noqa: N806
     camera = Camera(focal, focal * aspect, centre[0] * W, centre[1] * H, W, H)
     space = CanonicalSpace(
@@ -1422,4 +1430,19 @@ def test_fuzz_tiny_images_round_trip_through_canonical_space(
 
 
 def test_fuzz_case_count():
-    assert sum(FUZZ_EXAMPLES.values()) >= 10_000
+    """Every fuzz test ran at least the cases asked of it (Hypothesis stops early, without
+    failing, when its strategies give too few valid cases), and together >= 10,000. A fuzz
+    test this session did not run (deselected with ``-k``) is run here, to be counted."""
+    fuzz_tests = {
+        "camera construction": test_fuzz_camera_construction_is_valid_or_a_value_error,
+        "camera operations": test_fuzz_camera_operations_keep_every_ray,
+        "inference record": test_fuzz_inference_record_invariants,
+        "training record": test_fuzz_training_record_invariants,
+        "canonical round trip": test_fuzz_tiny_images_round_trip_through_canonical_space,
+    }
+    assert sorted(fuzz_tests) == sorted(FUZZ_EXAMPLES)
+    for name, test in fuzz_tests.items():
+        if name not in FUZZ_RUN:
+            test()
+        assert FUZZ_RUN[name] >= FUZZ_EXAMPLES[name], (name, FUZZ_RUN[name])
+    assert sum(FUZZ_RUN[name] for name in FUZZ_EXAMPLES) >= 10_000
