@@ -233,14 +233,25 @@ def _crop(a: torch.Tensor, origin: list[int], size: int) -> torch.Tensor:
 
 
 @needs_parity
-def test_position_embedding_interpolation_is_bit_exact(small_model: Metric3DViT) -> None:
+def test_position_embedding_interpolation_matches_official(small_model: Metric3DViT) -> None:
+    """The bicubic resampling of the position embedding, against the official run's.
+
+    Not bit for bit (the fixtures' SHA-256 of it was equal on the machines tried): each value
+    is a sum of 16 weighted float32 terms, which another CPU kernel (AVX2, AVX-512, NEON, with
+    or without fused multiply-adds) may round differently by a few ulp. 1e-6 (8 ulp at 1.0,
+    values reach 1.27) is 4x below the official code's own float32 error (4.3e-6 against
+    float64, shared/parity/README.md) and 1e5x below what a wrong resampling gives (0.22 for
+    ``size=`` instead of ``scale_factor=``); the sum over all 1.28 M values checks every channel.
+    """
     constants = np.load(PARITY / "vit_small__constants.npz")
     with torch.inference_mode():
         pos = small_model.depth_model.encoder.interpolate_pos_encoding(44, 76)
     assert tuple(pos.shape) == (1, 1 + 44 * 76, 384)
-    digest = hashlib.sha256(pos.contiguous().numpy().tobytes()).hexdigest()
-    assert digest == str(constants["pos_embed_interp_sha256"])
-    np.testing.assert_array_equal(pos[0, :, :8].numpy(), constants["pos_embed_interp_ch0_8"])
+    np.testing.assert_allclose(
+        pos[0, :, :8].numpy(), constants["pos_embed_interp_ch0_8"], rtol=0, atol=1e-6
+    )
+    total = float(pos.double().sum())
+    assert total == pytest.approx(float(constants["pos_embed_interp_sum"]), rel=0, abs=1e-3)
 
 
 @needs_parity
