@@ -47,10 +47,33 @@ PARITY_IMAGES = {
     "wild": ("img_wild_jonathan-borba-CnthDZXCdoY-unsplash.jpg", (1000.0, 1000.0, 400.0, 600.0)),
 }
 
-needs_parity = pytest.mark.skipif(
-    not (PARITY / "make_weights.py").is_file(),
-    reason=f"parity fixtures not found at {PARITY} (set METRICDEPTH_SHARED to the shared folder)",
-)
+#: Set to 1 (``.ci/run`` does) to make a test that needs a missing shared file fail instead of
+#: skip, so that a run can tell "checked against the fixtures" from "fixtures not there".
+REQUIRE_SHARED = "METRICDEPTH_REQUIRE_SHARED"
+
+
+def require_shared(path: Path, what: str) -> None:
+    """Skip the calling test or fixture when ``path`` (a shared file or folder: the parity
+    fixtures, the samples, ...) does not exist; fail it instead when ``METRICDEPTH_REQUIRE_SHARED``
+    is 1. ``what`` names it in the message, e.g. "parity fixtures"."""
+    if path.exists():
+        return
+    message = f"{what} not found at {path} (set METRICDEPTH_SHARED to the shared folder)"
+    if os.environ.get(REQUIRE_SHARED) == "1":
+        pytest.fail(f"{REQUIRE_SHARED}=1 but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def parity_fixtures() -> Path:
+    """The parity folder (``require_shared``: skipped, or failed, without it)."""
+    require_shared(PARITY / "make_weights.py", "parity fixtures")
+    return PARITY
+
+
+#: ``@needs_parity``: the test needs shared/parity (skipped without it, failed under
+#: METRICDEPTH_REQUIRE_SHARED=1), checked before any of its other fixtures is built.
+needs_parity = pytest.mark.usefixtures("parity_fixtures")
 
 
 def make_weights_module() -> ModuleType:
@@ -67,8 +90,7 @@ def make_weights_module() -> ModuleType:
 def official_keys(model: str) -> list:
     """The official state-dict key list ``[name, shape, dtype]`` of ``model`` (e.g. vit_small)."""
     path = PARITY / f"{model}_keys.json"
-    if not path.is_file():
-        pytest.skip(f"official key list {path} not found (set METRICDEPTH_SHARED)")
+    require_shared(path, "official key list")
     return json.loads(path.read_text())
 
 
@@ -82,8 +104,7 @@ def state_layout(model: torch.nn.Module) -> list:
 
 def synthetic_weights(model: str) -> dict[str, torch.Tensor]:
     """The fixtures' synthetic state dict of ``model``, checked against its published SHA-256."""
-    if not (PARITY / "make_weights.py").is_file():
-        pytest.skip(f"parity fixtures not found at {PARITY} (set METRICDEPTH_SHARED)")
+    require_shared(PARITY / "make_weights.py", "parity fixtures")
     make_weights = make_weights_module()
     arrays = make_weights.make_state_dict(official_keys(model))
     _, global_sha = make_weights.sha256_report(arrays)
@@ -186,6 +207,13 @@ def assert_file_matches(name: str, got: bytes, want: bytes, rtol: float = PATH_R
     """
     if got == want:
         return
+    try:
+        _assert_same_values(name, got, want, rtol)
+    except (ValueError, EOFError, KeyError, IndexError) as error:  # it does not parse
+        raise AssertionError(f"{name}: not a whole file ({error})") from error
+
+
+def _assert_same_values(name: str, got: bytes, want: bytes, rtol: float) -> None:
     if name.endswith(".npy"):
         a, b = np.load(io.BytesIO(got)), np.load(io.BytesIO(want))
         assert a.shape == b.shape and a.dtype == b.dtype, name

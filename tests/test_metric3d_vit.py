@@ -32,7 +32,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PARITY, needs_parity, official_keys, state_layout, synthetic_weights
+from conftest import (
+    PARITY,
+    needs_parity,
+    official_keys,
+    require_shared,
+    state_layout,
+    synthetic_weights,
+)
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalSpace, from_canonical, prepare_input
 from metricdepth.models.metric3d_vit import (
@@ -101,8 +108,7 @@ def test_input_size_is_checked() -> None:
 
 def test_depth_bins_match_official() -> None:
     path = PARITY / "vit_small__constants.npz"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set METRICDEPTH_SHARED)")
+    require_shared(path, "parity constants")
     got = depth_bins(256, 0.1, 200.0, torch.device("cpu")).numpy()
     assert got.dtype == np.float32
     # Same operations as upstream (float32 linspace, then exp); torch's vectorised exp rounds
