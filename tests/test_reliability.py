@@ -450,7 +450,7 @@ def test_intrinsics_for_another_size_are_rescaled_exactly(work, cli_run):
     )
     direct = cli_run("predict", image, "--intrinsics", "50,45,39.5,29.5", "--out", work / "b")
     assert rescaled.code == direct.code == 0, rescaled.err + direct.err
-    assert tree(work / "a") == tree(work / "b")
+    assert tree(work / "a") == tree(work / "b")  # the same camera, code and threads: bytes
     record = json.loads((work / "a" / "good1.json").read_text())
     assert record["camera_source"] == "given" and record["camera"]["fx"] == 50.0
     same_size = camera_for_size([50, 45, 39.5, 29.5, 40, 30], 40, 30)
