@@ -40,21 +40,34 @@ def test_require_shared_skips_without_the_switch_and_fails_with_it(tmp_path, mon
         require_shared(missing, "lossfix cases")
 
 
-PARITY_TESTS = [  # one that calls require_shared, one marked @needs_parity
-    "tests/test_canonical.py::test_official_input_bytes_match_the_parity_fixture",
-    "tests/test_predict.py::test_no_camera_is_recorded_as_default",
-]
+PARITY_TESTS = """
+from conftest import PARITY, needs_parity, require_shared
 
 
-def run_parity_tests(shared: Path, required: bool) -> subprocess.CompletedProcess:
+@needs_parity
+def test_marked():
+    pass
+
+
+def test_calling():
+    require_shared(PARITY / "vit_small__nyu.npz", "parity fixtures")
+"""
+
+
+def run_parity_tests(folder: Path, required: bool) -> subprocess.CompletedProcess:
+    """Two tiny parity tests, with tests/conftest.py as a plugin and ``folder`` as the shared
+    folder (it has no parity/)."""
+    (folder / "test_tiny_parity.py").write_text(PARITY_TESTS)
     env = {k: v for k, v in os.environ.items() if k != REQUIRE_SHARED}
-    env["METRICDEPTH_SHARED"] = str(shared)
+    env["METRICDEPTH_SHARED"] = str(folder)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     if required:
         env[REQUIRE_SHARED] = "1"
-    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p"]
     return subprocess.run(
-        [*command, *PARITY_TESTS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+        [*command, "conftest", "test_tiny_parity.py"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 def test_without_the_parity_folder_the_parity_tests_skip_or_under_the_switch_fail(tmp_path):
@@ -65,8 +78,9 @@ def test_without_the_parity_folder_the_parity_tests_skip_or_under_the_switch_fai
     failed = run_parity_tests(tmp_path, required=True)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "skipped" not in failed.stdout, failed.stdout
-    message = f"{REQUIRE_SHARED}=1 but parity fixtures not found at {tmp_path / 'parity'}"
-    assert failed.stdout.count(message) == 2, failed.stdout
+    assert "1 failed, 1 error" in failed.stdout, failed.stdout  # the marked one: in its setup
+    message = f"{REQUIRE_SHARED}=1 but parity fixtures not found at {tmp_path / 'parity'}/"
+    assert failed.stdout.count(message) >= 2, failed.stdout
     assert f"export {REQUIRE_SHARED}=1\n" in (ROOT / ".ci" / "run").read_text()
 
 
