@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED, require_shared
 from metricdepth.camera import Camera
 from metricdepth.data.annotations import (
     AnnotationEntry,
@@ -18,7 +19,7 @@ from metricdepth.data.annotations import (
 )
 from metricdepth.io import load_image, read_depth
 
-SAMPLES = Path("/work/shared/samples/metric3d_demo")
+SAMPLES = SHARED / "samples" / "metric3d_demo"
 CAM = [707.0493, 707.0493, 604.0814, 180.5066]
 
 
@@ -197,8 +198,8 @@ def test_write_refuses_bad_entries_and_keeps_old_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.json"]
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"Metric3D demo samples not found at {SAMPLES}")
 def test_metric3d_demo_samples():
+    require_shared(SAMPLES, "Metric3D demo samples")
     kitti = read_annotations(SAMPLES / "kitti" / "test_annotations.json")
     nyu = read_annotations(SAMPLES / "nyu" / "test_annotations.json")
     assert [e.key for e in kitti] == [f"rgb/{n:010d}" for n in (5, 50, 100)]

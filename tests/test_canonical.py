@@ -81,9 +81,9 @@ def test_official_input_bytes_match_the_parity_fixture():
     import json
 
     from conftest import PARITY as parity
+    from conftest import require_shared
 
-    if not (parity / "vit_small__nyu.npz").exists():
-        pytest.skip(f"parity fixtures not found in {parity} (set METRICDEPTH_SHARED)")
+    require_shared(parity / "vit_small__nyu.npz", "parity fixtures")
     image = cv2.imread(str(parity / "img_nyu_rgb_00000.jpg"))[:, :, ::-1]
     meta = json.loads(str(np.load(parity / "vit_small__nyu.npz")["meta_json"]))
     record = inference_record(NYU, VIT, "fx")

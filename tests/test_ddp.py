@@ -61,6 +61,9 @@ def test_two_process_torchrun_keeps_the_replicas_identical(tmp_path):
     ranks = [json.loads((run_dir / f"rank_{r}.json").read_text()) for r in range(2)]
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["world_size"] == 2 and r["step"] == 4 for r in ranks)
+    # The replicas, not two ways of computing: each rank applies the same all-reduced gradient
+    # (gloo hands both ranks the same bytes) with the same code on one thread, so they are
+    # identical to the bit; a rank that drifted is the bug this test is for.
     assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]
     assert ranks[0]["parameters_and_buffers_sha256"] == ranks[1]["parameters_and_buffers_sha256"]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -76,5 +79,5 @@ def test_two_process_torchrun_keeps_the_replicas_identical(tmp_path):
     initial = build_network(train_config)
     _init_output_bias(initial, build_dataset(train_config))
     assert parameter_digest(initial) != ranks[0]["parameters_sha256"]
-    trained = load_model(run_dir / "model.safetensors").net
+    trained = load_model(run_dir / "model.safetensors").net  # rank 0's weights, as saved
     assert parameter_digest(trained) == ranks[0]["parameters_sha256"]

@@ -55,7 +55,19 @@ def metrics_of(result: dict) -> dict:
     return {k: result[k] for k in ("n_images", "skipped", *METRIC_NAMES)}
 
 
-def test_model_and_predictions_give_identical_metrics(tmp_path, monkeypatch):
+def assert_metrics_close(got: dict, want: dict) -> None:
+    """The metrics of predictions made on another execution path (see the caller)."""
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        if name == "protocol":
+            continue
+        if name.startswith("delta"):
+            assert got[name] == pytest.approx(value, abs=1e-3), name
+        else:
+            assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+def test_model_and_predictions_give_the_same_metrics(tmp_path, monkeypatch):
     annotations = write_set(tmp_path / "data")
     model = tiny_model()
     out = tmp_path / "pred"
@@ -65,14 +77,19 @@ def test_model_and_predictions_give_identical_metrics(tmp_path, monkeypatch):
     assert summary.done == 4 and (out / "rgb" / "000.depth.npy").is_file()
     from_files = run_eval(annotations, predictions=out, align="median")
     from_model = run_eval(annotations, model=model, align="median")
-    assert metrics_of(from_files) == metrics_of(from_model)  # exactly, not approximately
-    assert from_files["aligned"] == from_model["aligned"]
+    # The files come from 2 loader workers and the writer process (fewer torch threads, one in
+    # the writer), the model here runs on this process's: depth within PATH_RTOL (conftest),
+    # so each mean metric (and the alignment scale) within 1e-4 of itself, and a delta may
+    # count a pixel on its 1.25**k bound the other way (1 of 763 in one of 4 images: 3.3e-4).
+    assert_metrics_close(metrics_of(from_files), metrics_of(from_model))
+    assert from_files["aligned"]["protocol"] == from_model["aligned"]["protocol"]
+    assert_metrics_close(from_files["aligned"], from_model["aligned"])
     assert from_files["n_images"] == 4 and 0 < from_files["abs_rel"] < 10
     # the same through a model file loaded by path (architecture registered for the test)
     monkeypatch.setitem(registry.ARCHITECTURES, "tiny_test", TinyNet)
     path = save_model(model.net, TINY_SPEC, tmp_path / "tiny.safetensors")
     from_path = run_eval(annotations, model=str(path), align="median")
-    assert metrics_of(from_path) == metrics_of(from_files)
+    assert metrics_of(from_path) == metrics_of(from_model)  # the same code and threads: exactly
     assert from_path["source"] == {"model": "tiny-test", "model_argument": str(path)}
 
 

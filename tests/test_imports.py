@@ -6,6 +6,7 @@ import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import metricdepth
 
@@ -48,6 +49,16 @@ def test_cli_help_does_not_import_torch():
     assert result.stdout.strip() == "False", result.stderr
 
 
-def test_every_public_name_resolves():
-    for name in metricdepth.__all__:
+def test_the_public_api_is_the_committed_list_and_every_name_imports():
+    """``metricdepth.__all__`` is tests/public_api.txt (one name a line, sorted): a name added
+    or removed is a change of the public API, made in both places. Each name imports, in a
+    fresh interpreter (the lazy ones too) and here."""
+    listed = (Path(__file__).with_name("public_api.txt")).read_text().split()
+    assert listed == sorted(set(listed)), "public_api.txt: one name a line, sorted, no repeats"
+    assert sorted(metricdepth.__all__) == listed
+    assert len(set(metricdepth.__all__)) == len(metricdepth.__all__)
+    code = f"from metricdepth import {', '.join(listed)}; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    for name in listed:
         assert getattr(metricdepth, name) is not None, name

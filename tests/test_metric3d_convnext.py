@@ -24,7 +24,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PARITY, needs_parity, official_keys, state_layout, synthetic_weights
+from conftest import (
+    PARITY,
+    needs_parity,
+    official_keys,
+    require_shared,
+    state_layout,
+    synthetic_weights,
+)
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalSpace, from_canonical, prepare_input
 from metricdepth.models.convnext import ConvNeXt, convnext
@@ -78,8 +85,7 @@ def test_unknown_size_is_rejected() -> None:
 
 def test_depth_bins_match_official() -> None:
     path = PARITY / "convnext_tiny__constants.npz"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set METRICDEPTH_SHARED)")
+    require_shared(path, "parity constants")
     ref = np.load(path)["depth_bins"]
     got = depth_bins(0.3, 150.0, 512).numpy()
     assert got.dtype == np.float32

@@ -32,7 +32,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PARITY, needs_parity, official_keys, state_layout, synthetic_weights
+from conftest import (
+    PARITY,
+    needs_parity,
+    official_keys,
+    require_shared,
+    state_layout,
+    synthetic_weights,
+)
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalSpace, from_canonical, prepare_input
 from metricdepth.models.metric3d_vit import (
@@ -101,8 +108,7 @@ def test_input_size_is_checked() -> None:
 
 def test_depth_bins_match_official() -> None:
     path = PARITY / "vit_small__constants.npz"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set METRICDEPTH_SHARED)")
+    require_shared(path, "parity constants")
     got = depth_bins(256, 0.1, 200.0, torch.device("cpu")).numpy()
     assert got.dtype == np.float32
     # Same operations as upstream (float32 linspace, then exp); torch's vectorised exp rounds
@@ -233,14 +239,25 @@ def _crop(a: torch.Tensor, origin: list[int], size: int) -> torch.Tensor:
 
 
 @needs_parity
-def test_position_embedding_interpolation_is_bit_exact(small_model: Metric3DViT) -> None:
+def test_position_embedding_interpolation_matches_official(small_model: Metric3DViT) -> None:
+    """The bicubic resampling of the position embedding, against the official run's.
+
+    Not bit for bit (the fixtures' SHA-256 of it was equal on the machines tried): each value
+    is a sum of 16 weighted float32 terms, which another CPU kernel (AVX2, AVX-512, NEON, with
+    or without fused multiply-adds) may round differently by a few ulp. 1e-6 (8 ulp at 1.0,
+    values reach 1.27) is 4x below the official code's own float32 error (4.3e-6 against
+    float64, shared/parity/README.md) and 1e5x below what a wrong resampling gives (0.22 for
+    ``size=`` instead of ``scale_factor=``); the sum over all 1.28 M values checks every channel.
+    """
     constants = np.load(PARITY / "vit_small__constants.npz")
     with torch.inference_mode():
         pos = small_model.depth_model.encoder.interpolate_pos_encoding(44, 76)
     assert tuple(pos.shape) == (1, 1 + 44 * 76, 384)
-    digest = hashlib.sha256(pos.contiguous().numpy().tobytes()).hexdigest()
-    assert digest == str(constants["pos_embed_interp_sha256"])
-    np.testing.assert_array_equal(pos[0, :, :8].numpy(), constants["pos_embed_interp_ch0_8"])
+    np.testing.assert_allclose(
+        pos[0, :, :8].numpy(), constants["pos_embed_interp_ch0_8"], rtol=0, atol=1e-6
+    )
+    total = float(pos.double().sum())
+    assert total == pytest.approx(float(constants["pos_embed_interp_sum"]), rel=0, abs=1e-3)
 
 
 @needs_parity

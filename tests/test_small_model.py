@@ -62,7 +62,7 @@ def test_internal_padding_matches_explicit_zero_padding():
         a = model(x)["log_depth_c"]
         b = model(padded)["log_depth_c"]
     assert a.shape == (1, 1, 20, 30) and b.shape == (1, 1, 24, 32)
-    assert torch.equal(a, b[..., :20, :30])
+    assert torch.equal(a, b[..., :20, :30])  # the same 24 x 32 input to every layer: same bits
 
 
 def test_a_few_steps_fit_a_constant_depth():

@@ -230,6 +230,8 @@ def test_predict_matches_the_python_api_and_writes_every_artefact(client, model,
 
     depth_file = tmp_path / "d.npy"
     depth_file.write_bytes(client.get(body["urls"]["depth"]).content)
+    # byte for byte: the server runs this same predict() in this process, on its worker
+    # thread with the same torch thread count (a process-wide setting)
     np.testing.assert_array_equal(np.load(depth_file), direct.depth_m)
     png = client.get(body["urls"]["png16"])
     assert png.headers["content-disposition"] == 'attachment; filename="photo.depth.png"'
