@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_shared
+
 #: Tolerances of the fixture README ("Tolerances for an independent implementation").
 F64_VALUE_RTOL = 1e-9
 F64_GRAD_FRAC = 1e-8  # times max |g| of the array
@@ -36,15 +38,10 @@ def lossfix_dir() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "lossfix"
 
 
-def require_shared() -> bool:
-    return os.environ.get("METRICDEPTH_REQUIRE_SHARED") == "1"
-
-
-def missing(reason: str) -> None:
-    """Skip the calling test, or fail it when the shared fixtures are required."""
-    if require_shared():
-        pytest.fail(f"{reason} (METRICDEPTH_REQUIRE_SHARED=1)")
-    pytest.skip(reason)
+def missing(path: Path, what: str) -> None:
+    """Skip the calling test when ``path`` is missing, or fail it under the CI switch
+    (``conftest.require_shared``, the one policy for every shared fixture)."""
+    require_shared(path, f"{what} (set METRICDEPTH_LOSSFIX)")
 
 
 def case_params(pattern: str) -> list:
@@ -105,21 +102,18 @@ class Case:
 
 def load_case(path: Path) -> Case:
     """The case file and its scene; skips (or fails) when either is missing."""
-    if not path.is_file():
-        missing(f"lossfix fixture not found: {path} (set METRICDEPTH_LOSSFIX)")
+    missing(path, "lossfix fixture")
     arrays = _read(path)
     meta = json.loads(str(arrays["meta_json"]))
     scene_path = path.parent / meta["scene_file"]
-    if not scene_path.is_file():
-        missing(f"lossfix scene not found: {scene_path}")
+    missing(scene_path, "lossfix scene")
     scene = _read(scene_path)
     return Case(path, arrays, scene, meta, json.loads(str(scene["meta_json"])))
 
 
 def load_scene(name: str) -> dict[str, np.ndarray]:
     path = lossfix_dir() / f"scene__{name}.npz"
-    if not path.is_file():
-        missing(f"lossfix scene not found: {path}")
+    missing(path, "lossfix scene")
     return _read(path)
 
 

@@ -13,8 +13,7 @@ from metricdepth.train.loss_presets import CONSTANTS, PRESETS, UPSTREAM_COMMIT, 
 @pytest.fixture(scope="module")
 def table() -> dict:
     path = lossfix_dir() / "loss_config_table.json"
-    if not path.is_file():
-        missing(f"loss config table not found: {path}")
+    missing(path, "loss config table")
     return json.loads(path.read_text())
 
 
