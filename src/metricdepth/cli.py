@@ -66,6 +66,13 @@ def resolve_camera(image: Path, intrinsics: str | None, focal: float | None):
     return camera, source
 
 
+def trust_warning(net) -> None:
+    """One ``warning:`` line on stderr when the model is not meant for real photographs."""
+    warning = net.spec.trust_warning()
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+
+
 @app.callback()
 def root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
@@ -265,6 +272,7 @@ def run_predict(
         raise ValueError(f"--workers must be 0 or more, got {workers}")
     shard_range = parse_shard(shard) if shard is not None else None
     net = load_predictor(model, weights, device, backend, precision, workers)
+    trust_warning(net)
     if lens is not None and getattr(net, "needs_image", False):
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
@@ -423,6 +431,7 @@ def measure(
         pairs = parse_points(points, (rgb.shape[1], rgb.shape[0]))
         cam, source = resolve_camera(image, intrinsics, focal)
         net = load_model(model, weights=weights, device=device)
+        trust_warning(net)
         prediction = run_model(net, rgb, cam, camera_source=source, distortion=lens)
         results = [measure_pair(prediction, p1, p2, window=window) for p1, p2 in pairs]
         typer.echo(measure_report(results, camera=prediction.camera, camera_source=source))
@@ -550,12 +559,16 @@ def serve(
 
 @app.command("models")
 def models_command() -> None:
-    """List the registered models."""
-    from metricdepth.models.registry import DEFAULT_MODEL, MODELS
+    """List the registered models and what each is meant for."""
+    from metricdepth.models.registry import ASSETS, DEFAULT_MODEL, MODELS, read_spec
 
-    typer.echo(f"{DEFAULT_MODEL}  (default, bundled)")
+    try:
+        bundled = read_spec(ASSETS / f"{DEFAULT_MODEL}.safetensors")
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(f"{DEFAULT_MODEL}  (default, bundled); for: {bundled.use_line()}")
     for name, (spec, filename) in MODELS.items():
-        typer.echo(f"{name}  {spec.description}; checkpoint {filename}")
+        typer.echo(f"{name}  {spec.description}; checkpoint {filename}; for: {spec.use_line()}")
 
 
 class _Interrupted(BaseException):

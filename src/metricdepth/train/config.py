@@ -102,6 +102,10 @@ class TrainConfig:
         size_multiple: inference canvas multiple for ``"focal"``/``"none"``.
         model_name: the name in the saved model spec.
         description: one line for the saved model spec.
+        intended_use: what the trained model is for, in the saved spec (default: a line on the
+            training data, e.g. synthetic scenes only, not for real photographs).
+        real_photos: whether it is meant for real photographs (default: false when every
+            dataset is synthetic, else not stated); anything but true makes ``predict`` warn.
         arch: architecture (only ``"small_unet"``).
         model_kwargs: builder keyword arguments (JSON values).
         datasets: the sources, sampled by weight.
@@ -151,6 +155,8 @@ class TrainConfig:
     size_multiple: int = 32
     model_name: str = "metricdepth-small"
     description: str = ""
+    intended_use: str = ""
+    real_photos: bool | None = None
     arch: str = "small_unet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 16
@@ -199,6 +205,8 @@ class TrainConfig:
             "device",
             "workers",
             "description",
+            "intended_use",
+            "real_photos",
             "format",
         ):
             data.pop(key, None)
@@ -374,9 +382,10 @@ def config_from_dict(
     values["datasets"] = tuple(
         _dataset(item, i, Path(base_dir), check) for i, item in enumerate(datasets)
     )
-    for key in ("out_dir", "model_name", "description"):
+    for key in ("out_dir", "model_name", "description", "intended_use"):
         if key in raw:
-            if not isinstance(raw[key], str) or (key != "description" and not raw[key]):
+            optional = key in ("description", "intended_use")
+            if not isinstance(raw[key], str) or (not optional and not raw[key]):
                 check.fail(key, f"must be a string, got {raw[key]!r}")
             values[key] = raw[key]
     ints = {
@@ -441,6 +450,10 @@ def config_from_dict(
         if not isinstance(raw["progress"], bool):
             check.fail("progress", f"must be true or false, got {raw['progress']!r}")
         values["progress"] = raw["progress"]
+    if raw.get("real_photos") is not None:
+        if not isinstance(raw["real_photos"], bool):
+            check.fail("real_photos", f"must be true, false or null, got {raw['real_photos']!r}")
+        values["real_photos"] = raw["real_photos"]
     config = TrainConfig(**values)
     if config.min_depth_m >= config.max_depth_m:
         check.fail(
