@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import struct
 import subprocess
@@ -135,12 +136,20 @@ def skipped_line(run: Run, *parts: str, done: int = 2) -> str:
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (hidden ones too): relative path -> bytes."""
+    """Every file under ``folder`` (hidden ones too): relative path -> bytes (records
+    without their wall-clock ``timings_ms``, the one part of a run that is not reproducible)."""
     if not folder.is_dir():
         return {}
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    }
+    return {p.relative_to(folder).as_posix(): untimed(p) for p in folder.rglob("*") if p.is_file()}
+
+
+def untimed(path: Path) -> bytes:
+    """The bytes of ``path``; for a record (``S.json``) with ``timings_ms``, its bytes with
+    that entry removed (the rest of the record unchanged, byte for byte)."""
+    data = path.read_bytes()
+    if path.suffix != ".json" or b'"timings_ms"' not in data:
+        return data
+    return re.sub(rb'\n  "timings_ms": \{[^}]*\},?', b"", data)
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:

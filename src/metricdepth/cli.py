@@ -272,7 +272,6 @@ def run_predict(
         raise ValueError(f"--workers must be 0 or more, got {workers}")
     shard_range = parse_shard(shard) if shard is not None else None
     net = load_predictor(model, weights, device, backend, precision, workers)
-    trust_warning(net)
     if lens is not None and getattr(net, "needs_image", False):
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
@@ -289,6 +288,8 @@ def run_predict(
             "(camera source: default)",
             err=True,
         )
+    if summary.done:
+        trust_warning(net)  # after the run: a refused or failed run stays one error line
     return summary
 
 
@@ -431,9 +432,9 @@ def measure(
         pairs = parse_points(points, (rgb.shape[1], rgb.shape[0]))
         cam, source = resolve_camera(image, intrinsics, focal)
         net = load_model(model, weights=weights, device=device)
-        trust_warning(net)
         prediction = run_model(net, rgb, cam, camera_source=source, distortion=lens)
         results = [measure_pair(prediction, p1, p2, window=window) for p1, p2 in pairs]
+        trust_warning(net)
         typer.echo(measure_report(results, camera=prediction.camera, camera_source=source))
     except ValueError as error:
         fail(str(error))
