@@ -664,6 +664,8 @@ def test_serve_binds_localhost_unless_told(monkeypatch, host):
     with TestClient(web) as client:
         assert client.get("/api/health").json()["max_upload_bytes"] == 2_000_000
     assert ("warning: serving on 0.0.0.0" in result.output) == (host is not None)
+    trust = [line for line in result.output.splitlines() if "For real photos:" in line]
+    assert len(trust) == 1 and trust[0].startswith("warning: metricdepth-small")
 
 
 @pytest.mark.parametrize(

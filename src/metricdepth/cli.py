@@ -551,6 +551,7 @@ def serve(
         fail(str(error))
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: serving on {host}: other machines can reach this page", err=True)
+    trust_warning(net)  # the page shows it too
     typer.echo(f"metricdepth: serving {net.spec.name} on http://{host}:{port}/ (Ctrl-C stops)")
     try:
         uvicorn.run(web, host=host, port=port, log_level="warning")
