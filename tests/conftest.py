@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -192,6 +193,23 @@ def assert_outputs_match(
                     assert len(files[listed]) == size, (name, kind)
 
 
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too): relative path -> bytes (records
+    without their wall-clock ``timings_ms``, the one part of a run that is not reproducible)."""
+    if not folder.is_dir():
+        return {}
+    return {p.relative_to(folder).as_posix(): untimed(p) for p in folder.rglob("*") if p.is_file()}
+
+
+def untimed(path: Path) -> bytes:
+    """The bytes of ``path``; for a record (``S.json``) with ``timings_ms``, its bytes with
+    that entry removed (the rest of the record unchanged, byte for byte)."""
+    data = path.read_bytes()
+    if path.suffix != ".json" or b'"timings_ms"' not in data:
+        return data
+    return re.sub(rb'\n  "timings_ms": \{[^}]*\},?', b"", data)
+
 def assert_file_matches(name: str, got: bytes, want: bytes, rtol: float = PATH_RTOL) -> None:
     """One output file of another execution path holds the values of ``want``.
 
@@ -201,9 +219,9 @@ def assert_file_matches(name: str, got: bytes, want: bytes, rtol: float = PATH_R
     the other way). ``.ply``: the same header (so the same valid points), colours exact,
     coordinates within ``rtol``. ``.vis.png``: same size, at most 2 % of pixels differ (those
     near a step of the 256-colour map). ``.json``: the same keys and values, numbers within
-    ``rtol``; ``timings_s`` values and the byte counts of PNGs (compressed: their size follows
-    the pixels) are not compared. Anything else: byte for byte. A file cut short or another
-    image's file fails (it does not parse, or its shape or values differ).
+    ``rtol``; ``timings_ms`` values (wall-clock) and the byte counts of PNGs (compressed:
+    their size follows the pixels) are not compared. Anything else: byte for byte. A file
+    cut short or another image's file fails (it does not parse, or its shape or values differ).
     """
     if got == want:
         return
@@ -268,7 +286,7 @@ def _assert_json_close(got, want, rtol: float, where: str) -> None:
     if isinstance(want, dict):
         assert isinstance(got, dict) and sorted(got) == sorted(want), where
         for key, value in want.items():
-            if key == "timings_s":
+            if key == "timings_ms":  # wall-clock, not reproducible
                 continue
             if key == "bytes":  # PNG sizes follow their pixels (assert_outputs_match checks)
                 value = {k: v for k, v in value.items() if k not in ("png16", "vis")}

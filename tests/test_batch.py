@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import assert_file_matches, assert_outputs_match, tiny_model
+from conftest import assert_file_matches, assert_outputs_match, tiny_model, tree
 from metricdepth.data.inputs import collect_inputs, parse_shard, shard_items
 from metricdepth.outputs import _MAX_WRITES_AHEAD, output_paths, predict_to_files, run_batch
 
@@ -41,11 +41,6 @@ def make_images(folder: Path, count: int = N_IMAGES) -> list[Path]:
     return paths
 
 
-def tree(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (hidden ones included), relative path -> bytes."""
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    }
 
 
 def records(folder: Path) -> set[str]:
@@ -226,6 +221,7 @@ def test_workers_write_the_outputs_of_an_in_process_run(tmp_path, images):
     assert_outputs_match(second, first)
     record = json.loads(first["img00.json"])
     assert record["camera_source"] == "default" and "timings_s" not in record
+    assert set(record["timings_ms"]) == {"pre", "forward", "post"}  # per image, in ms
     assert record["files"] == {
         "depth": "img00.depth.npy",
         "ply": "img00.ply",

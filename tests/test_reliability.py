@@ -37,7 +37,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import assert_file_matches, assert_outputs_match, tiny_model, torch_threads
+from conftest import (
+    assert_file_matches,
+    assert_outputs_match,
+    tiny_model,
+    torch_threads,
+    tree,
+)
 from metricdepth import cli
 from metricdepth.camera import Camera
 from metricdepth.canonical import (
@@ -135,13 +141,6 @@ def skipped_line(run: Run, *parts: str, done: int = 2) -> str:
     return failed[0]
 
 
-def tree(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (hidden ones too): relative path -> bytes."""
-    if not folder.is_dir():
-        return {}
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    }
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:

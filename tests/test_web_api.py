@@ -4,6 +4,7 @@ the cleanup of temporary files (FastAPI's TestClient, and a real uvicorn server 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
@@ -162,6 +163,30 @@ def test_health(client, model):
     body = answer.json()
     assert body["status"] == "ok" and body["model"] == model.spec.name
     assert body["max_upload_bytes"] == DEFAULT_MAX_UPLOAD_BYTES == 25_000_000
+    # the tiny test model states no intended use: the page is told to warn
+    assert body["intended_use"] == {"real_photos": None, "text": "not stated"}
+    assert body["warnings"] == [model.spec.trust_warning()] and body["warnings"][0]
+
+
+def test_the_answer_and_record_say_what_made_them_and_how_far_to_trust_it(work_dir):
+    from metricdepth import __version__
+    from metricdepth.models.registry import ASSETS, load_model
+
+    bundled = load_model()
+    with TestClient(create_app(bundled, work_dir=work_dir)) as bundled_client:
+        body = post_ok(bundled_client, EXAMPLE.read_bytes())
+        record = bundled_client.get(body["urls"]["record"]).json()
+    warning = bundled.spec.trust_warning()
+    assert "not for real photographs" in warning
+    assert body["warnings"] == record["warnings"] == [warning]
+    assert body["intended_use"] == record["intended_use"]
+    assert body["intended_use"]["real_photos"] is False
+    assert body["metricdepth_version"] == record["metricdepth_version"] == __version__
+    digest = hashlib.sha256((ASSETS / "metricdepth-small.safetensors").read_bytes()).hexdigest()
+    assert body["weights_sha256"] == record["weights_sha256"] == digest
+    assert record["input"] == "photo.jpg"  # the upload's name
+    assert set(body["timings_ms"]) == {"pre", "forward", "post"}
+    assert body["timings_ms"] == record["timings_ms"]
 
 
 def test_page_and_openapi_are_served(client):
@@ -641,6 +666,8 @@ def test_serve_binds_localhost_unless_told(monkeypatch, host):
     with TestClient(web) as client:
         assert client.get("/api/health").json()["max_upload_bytes"] == 2_000_000
     assert ("warning: serving on 0.0.0.0" in result.output) == (host is not None)
+    trust = [line for line in result.output.splitlines() if "For real photos:" in line]
+    assert len(trust) == 1 and trust[0].startswith("warning: metricdepth-small")
 
 
 @pytest.mark.parametrize(

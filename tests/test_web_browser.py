@@ -152,10 +152,20 @@ def _use_the_page(page, base: str, tmp_path: Path) -> None:
 
     page.goto(base + "/")
     page.wait_for_function("document.getElementById('model').textContent.includes('metricdepth')")
+    # the bundled model is not meant for real photographs: the page says so, visibly
+    trust = page.locator("#trust")
+    trust.wait_for(state="visible")
+    notice = trust.text_content()
+    assert notice.startswith("warning: metricdepth-small") and "not for real photographs" in notice
+    assert "--model metric3d-vit-small" in notice
+    box = trust.bounding_box()
+    assert box["height"] >= 14 and box["width"] > 600
     page.set_input_files("#file", str(EXAMPLE))
     page.wait_for_function("document.body.dataset.ready === '1'", timeout=30_000)
     result_id = page.evaluate("document.body.dataset.resultId")
     summary = httpx.get(f"{base}/api/results/{result_id}").json()
+    assert summary["warnings"] and page.locator("#trust").is_visible()
+    assert page.text_content("#trust") == "warning: " + summary["warnings"][0]
 
     # intrinsics prefilled, with their source (the example has no EXIF focal: the default)
     assert page.get_attribute("#camera-source", "data-source") == summary["camera_source"]

@@ -66,6 +66,13 @@ def resolve_camera(image: Path, intrinsics: str | None, focal: float | None):
     return camera, source
 
 
+def trust_warning(net) -> None:
+    """One ``warning:`` line on stderr when the model is not meant for real photographs."""
+    warning = net.spec.trust_warning()
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+
+
 @app.callback()
 def root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
@@ -282,6 +289,8 @@ def run_predict(
             "(camera source: default)",
             err=True,
         )
+    if summary.done:
+        trust_warning(net)  # after the run: a refused or failed run stays one error line
     return summary
 
 
@@ -448,6 +457,7 @@ def measure(
         net = load_model(model, weights=weights, device=device)
         prediction = run_model(net, rgb, cam, camera_source=source, distortion=lens)
         results = [measure_pair(prediction, p1, p2, window=window) for p1, p2 in pairs]
+        trust_warning(net)
         typer.echo(measure_report(results, camera=prediction.camera, camera_source=source))
     except ValueError as error:
         fail(str(error))
@@ -571,6 +581,7 @@ def serve(
         fail(str(error))
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: serving on {host}: other machines can reach this page", err=True)
+    trust_warning(net)  # the page shows it too
     typer.echo(f"metricdepth: serving {net.spec.name} on http://{host}:{port}/ (Ctrl-C stops)")
     try:
         uvicorn.run(web, host=host, port=port, log_level="warning")
@@ -580,12 +591,16 @@ def serve(
 
 @app.command("models")
 def models_command() -> None:
-    """List the registered models."""
-    from metricdepth.models.registry import DEFAULT_MODEL, MODELS
+    """List the registered models and what each is meant for."""
+    from metricdepth.models.registry import ASSETS, DEFAULT_MODEL, MODELS, read_spec
 
-    typer.echo(f"{DEFAULT_MODEL}  (default, bundled)")
+    try:
+        bundled = read_spec(ASSETS / f"{DEFAULT_MODEL}.safetensors")
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(f"{DEFAULT_MODEL}  (default, bundled); for: {bundled.use_line()}")
     for name, (spec, filename) in MODELS.items():
-        typer.echo(f"{name}  {spec.description}; checkpoint {filename}")
+        typer.echo(f"{name}  {spec.description}; checkpoint {filename}; for: {spec.use_line()}")
 
 
 class _Interrupted(BaseException):

@@ -22,8 +22,9 @@ files and stops the run, ``keep_going`` or not.
   then runs on a thread and a core of its own, one image ahead of the thread that feeds it,
   the loader and writer processes on the other cores (``data.loader.split_cores``);
 * one image per forward pass, so an image's output never depends on which other images ran
-  with it: a resumed or sharded run writes the same bytes as one uninterrupted run (records hold
-  no wall-clock timings for the same reason; throughput is in the ``BatchSummary``); a network
+  with it: a resumed or sharded run writes the same bytes as one uninterrupted run, but for the
+  wall-clock timings in each record (``timings_ms``: pre-processing, forward pass and
+  post-processing of that image); a network
   whose forward is short is traced after the first image (``traced_network``), kept only if
   it gives that image's outputs to the bit;
 * ``resume`` skips images whose record exists, lists every requested kind and whose files
@@ -51,7 +52,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ from metricdepth.io import (
     write_ply,
 )
 from metricdepth.predict import Prediction
+from metricdepth.vis import colorize_depth, inverse_depth_range, visualization  # noqa: F401 - re-exported
 
 #: What ``--save`` accepts; ``depth`` (S.depth.npy) and the record (S.json) are always written.
 SAVE_KINDS = ("depth", "png16", "normal", "confidence", "ply", "vis")
@@ -87,49 +89,6 @@ def parse_save(text: str) -> set[str]:
             f"--save: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(SAVE_KINDS)}"
         )
     return kinds | {"depth"}
-
-
-def inverse_depth_range(depth_m: np.ndarray) -> tuple[float, float]:
-    """``(low, high)`` in 1/m: the 2nd and 98th percentile of valid inverse depth.
-
-    ``colorize_depth`` maps ``low`` (far, ``1 / low`` metres) to the cold end of the colour map
-    and ``high`` (near) to the warm end; ``(0, 1)`` when no pixel is valid.
-    """
-    valid = depth_m > 0
-    if not valid.any():
-        return 0.0, 1.0
-    low, high = np.percentile(1.0 / depth_m[valid].astype(np.float32), [2, 98])
-    return float(low), float(high)
-
-
-def colorize_depth(depth_m: np.ndarray) -> np.ndarray:
-    """(H, W) metres -> (H, W, 3) RGB uint8: inverse depth through OpenCV's turbo map.
-
-    Near is warm, far is cold; the range is ``inverse_depth_range`` (the 2nd-98th percentile of
-    valid inverse depth), linear in 1/m; invalid pixels are black.
-    """
-    valid = depth_m > 0
-    inverse = np.zeros_like(depth_m, dtype=np.float32)
-    inverse[valid] = 1.0 / depth_m[valid]
-    low, high = inverse_depth_range(depth_m)
-    scaled = np.clip((inverse - low) / max(high - low, 1e-12), 0, 1)
-    bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
-    bgr[~valid] = 0
-    return bgr[:, :, ::-1].copy()
-
-
-def visualization(image: np.ndarray, prediction: Prediction) -> np.ndarray:
-    """The image and its colour-mapped depth side by side, with the depth range written on it."""
-    colour = colorize_depth(prediction.depth_m)
-    valid = prediction.depth_m[prediction.depth_m > 0]
-    text = f"{valid.min():.2f}-{valid.max():.2f} m" if valid.size else "no depth"
-    canvas = np.concatenate([image, colour], axis=1)
-    scale = max(0.4, image.shape[0] / 600)
-    cv2.putText(
-        canvas, text, (image.shape[1] + 8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-        (255, 255, 255), max(1, int(2 * scale)), cv2.LINE_AA,
-    )  # fmt: skip
-    return canvas
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
@@ -177,13 +136,18 @@ def write_prediction(
     save: set[str],
     *,
     sync: bool = False,
+    about: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the requested files of one prediction, the record last; returns kind -> path.
 
     ``image`` (the RGB the prediction was made from) is needed only for ``ply`` and ``vis``.
     The record holds ``files`` (what was written), ``bytes`` (their sizes, which
     ``is_finished`` checks) and ``save`` (what was requested; a model without normals or
-    confidence writes no such file); empty ``timings_s`` are left out. The files appear
+    confidence writes no such file) and, from ``about`` (``models.registry.provenance`` plus
+    ``input``, the input path as given), what made it: the metricdepth version, the model, the
+    SHA-256 of its weights, its intended use and ``warnings`` (also drawn on ``vis``); the
+    prediction's ``timings_s`` become ``timings_ms`` (``pre``, ``forward``, ``post``; left out
+    when it has none). The files appear
     together (``io.atomic_group``): if any cannot be written, none of this image's files
     changes and a ``WriteError`` names the image and the problem. ``sync``: fsync each data
     file before the renames (it then survives a power loss; without it a power loss can leave
@@ -194,7 +158,7 @@ def write_prediction(
         raise ValueError(f"{stem}: saving ply or vis needs the image")
     try:
         with atomic_group(sync=sync):
-            return _write_files(prediction, image, paths, save)
+            return _write_files(prediction, image, paths, save, about or {})
     except OSError as error:
         reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
         where = f" ({error.filename})" if error.filename else ""
@@ -204,7 +168,11 @@ def write_prediction(
 
 
 def _write_files(
-    prediction: Prediction, image: np.ndarray | None, paths: dict[str, Path], save: set[str]
+    prediction: Prediction,
+    image: np.ndarray | None,
+    paths: dict[str, Path],
+    save: set[str],
+    about: dict[str, Any],
 ) -> dict[str, Path]:
     _write_npy(paths["depth"], prediction.depth_m.astype(np.float32))
     written = {"depth": paths["depth"]}
@@ -222,15 +190,22 @@ def _write_files(
         write_ply(paths["ply"], prediction.points(), image, prediction.normal, mask=valid)
         written["ply"] = paths["ply"]
     if "vis" in save:
-        _write_png(paths["vis"], visualization(image, prediction))
+        picture = visualization(image, prediction.depth_m, about.get("warnings", ()))
+        _write_png(paths["vis"], picture)
         written["vis"] = paths["vis"]
-    record = prediction.summary()
+    from metricdepth import __version__
+
+    record = {"metricdepth_version": __version__, **about, **prediction.summary()}
+    timings = record.pop("timings_s", None) or {}
+    if timings:
+        names = {"preprocess": "pre", "forward": "forward", "postprocess": "post"}
+        record["timings_ms"] = {
+            short: round(timings[key] * 1000, 3) for key, short in names.items() if key in timings
+        }
     record["files"] = {kind: path.name for kind, path in written.items()}
     record["bytes"] = {kind: pending_size(path) for kind, path in written.items()}
     record["save"] = sorted(save | {"depth"})
     record["depth_png_scale"] = 1000.0 if "png16" in written else None
-    if not record.get("timings_s"):
-        record.pop("timings_s", None)
     # Never fsync'ed: after a power loss the record is missing or unreadable, or it lists
     # files whose sizes do not match, and resume redoes the image.
     with atomic_file(paths["record"], sync=False) as handle:
@@ -286,6 +261,7 @@ class PreparedInput:
         error: one line naming the file and the problem when the image could not be prepared.
         distortion, alpha: the lens of ``camera`` (the network input is the undistorted
             pinhole image; ``to_prediction`` maps the outputs back), or None.
+        pre_s: seconds spent preparing it (decoding, camera, canonical canvas).
     """
 
     index: int
@@ -297,6 +273,7 @@ class PreparedInput:
     error: str | None = None
     distortion: Distortion | None = None
     alpha: float | None = None
+    pre_s: float = 0.0
 
 
 class PredictionInputs:
@@ -340,6 +317,7 @@ class PredictionInputs:
         from metricdepth.predict import undistorted
 
         item = self.items[index]
+        started = time.perf_counter()
         try:
             rgb, _ = read_image(item.image)
             height, width = rgb.shape[:2]
@@ -365,6 +343,7 @@ class PredictionInputs:
             kept,
             distortion=self.distortion,
             alpha=self.alpha,
+            pre_s=time.perf_counter() - started,
         )
 
 
@@ -797,16 +776,27 @@ def _torch_threads(count: int) -> Iterator[None]:
 
 def _write(
     prediction: Prediction, image: np.ndarray | None, out_dir: Path, stem: str, save: set[str],
-    sync: bool = False,
+    sync: bool = False, about: dict[str, Any] | None = None,
 ) -> tuple[Prediction, dict[str, Path]]:  # fmt: skip
-    return prediction, write_prediction(prediction, image, out_dir, stem, save, sync=sync)
+    written = write_prediction(prediction, image, out_dir, stem, save, sync=sync, about=about)
+    return prediction, written
 
 
 def _finish(
     model, sample: PreparedInput, out: dict[str, torch.Tensor], out_dir: Path, stem: str,
-    save: set[str], sync: bool = False,
+    save: set[str], sync: bool = False, about: dict[str, Any] | None = None,
+    forward_s: float = 0.0,
 ) -> tuple[Prediction, dict[str, Path]]:  # fmt: skip
-    return _write(to_prediction(model, sample, out), sample.image, out_dir, stem, save, sync)
+    """Post-process one image's network outputs and write its files (timed: ``timings_s``)."""
+    started = time.perf_counter()
+    prediction = to_prediction(model, sample, out)
+    timings = {
+        "preprocess": sample.pre_s,
+        "forward": forward_s,
+        "postprocess": time.perf_counter() - started,
+    }
+    prediction = replace(prediction, timings_s=timings)
+    return _write(prediction, sample.image, out_dir, stem, save, sync, about)
 
 
 class _ThreadSink:
@@ -817,13 +807,21 @@ class _ThreadSink:
         self.model, self.out_dir, self.save, self.sync = model, out_dir, save, sync
         self.pool = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="metricdepth-writer")
 
-    def finish(self, position: int, sample: PreparedInput, out: dict, stem: str) -> Future:
+    def finish(
+        self, position: int, sample: PreparedInput, out: dict, stem: str, about: dict,
+        forward_s: float,
+    ) -> Future:  # fmt: skip
         return self.pool.submit(
-            _finish, self.model, sample, out, self.out_dir, stem, self.save, self.sync
-        )
+            _finish, self.model, sample, out, self.out_dir, stem, self.save, self.sync, about,
+            forward_s,
+        )  # fmt: skip
 
-    def write(self, prediction: Prediction, image: np.ndarray | None, stem: str) -> Future:
-        return self.pool.submit(_write, prediction, image, self.out_dir, stem, self.save, self.sync)
+    def write(
+        self, prediction: Prediction, image: np.ndarray | None, stem: str, about: dict
+    ) -> Future:
+        return self.pool.submit(
+            _write, prediction, image, self.out_dir, stem, self.save, self.sync, about
+        )
 
     def collect(self, wait_for: Future | None) -> None:
         """Nothing to move: the threads complete their futures themselves."""
@@ -850,10 +848,13 @@ class _ProcessSink:
         self.writer = writer
         self.futures: dict[int, Future] = {}
 
-    def finish(self, position: int, sample: PreparedInput, out: dict, stem: str) -> Future:
+    def finish(
+        self, position: int, sample: PreparedInput, out: dict, stem: str, about: dict,
+        forward_s: float,
+    ) -> Future:  # fmt: skip
         future: Future = Future()
         self.futures[position] = future
-        self.writer.submit(position, sample, out, stem)
+        self.writer.submit(position, sample, out, stem, about, forward_s)
         return future
 
     def collect(self, wait_for: Future | None) -> None:
@@ -919,7 +920,9 @@ class _NetworkThread:
                         continue  # closing early: the forwards still queued are not wanted
                     network, x = job
                     try:
-                        self.outbox.put(network(x))
+                        started = time.perf_counter()
+                        out = network(x)
+                        self.outbox.put((out, time.perf_counter() - started))
                     except BaseException as error:  # noqa: BLE001 - raised in the caller
                         self.outbox.put(error)
         except BaseException as error:  # noqa: BLE001 - the thread itself failed: tell result()
@@ -928,7 +931,8 @@ class _NetworkThread:
     def start(self, network, x: torch.Tensor) -> None:
         self.inbox.put((network, x))
 
-    def result(self) -> dict[str, torch.Tensor]:
+    def result(self) -> tuple[dict[str, torch.Tensor], float]:
+        """The outputs of the oldest forward started and its duration in seconds."""
         out = self.outbox.get()
         if isinstance(out, BaseException):
             raise out
@@ -1025,6 +1029,12 @@ def run_batch(
     pending = [item for item in items if not (resume and is_finished(out_dir, item.stem, save))]
     summary.skipped = len(items) - len(pending)
     keep_images = bool(save & {"ply", "vis"}) or getattr(model, "needs_image", False)
+    from metricdepth.models.registry import provenance
+
+    made_by = provenance(model)  # hashes the weights file once, here
+
+    def about(item: InputItem) -> dict[str, Any]:
+        return {**made_by, "input": str(item.image)}
 
     def fail(message: str) -> None:
         if not keep_going:
@@ -1096,11 +1106,12 @@ def run_batch(
             def finish_oldest() -> dict[str, torch.Tensor]:
                 position, item, sample = running.popleft()
                 try:
-                    out = forwards.result()
+                    out, seconds = forwards.result()
                 except BaseException:
                     running.clear()  # those started after it are not written either
                     raise
-                queue.append((item, sink.finish(position, sample, out, item.stem)))
+                written = sink.finish(position, sample, out, item.stem, about(item), seconds)
+                queue.append((item, written))
                 return out
 
             try:
@@ -1110,12 +1121,17 @@ def run_batch(
                         advance()
                     elif own_pipeline:
                         prediction = model.predict_prepared(sample)
-                        queue.append((item, sink.write(prediction, sample.image, item.stem)))
+                        written = sink.write(prediction, sample.image, item.stem, about(item))
+                        queue.append((item, written))
                     else:  # the post-processing and writes overlap the next forward
                         started_forward = time.perf_counter()
                         if forwards is None:
                             out = run_network(model, sample, network)
-                            queue.append((item, sink.finish(position, sample, out, item.stem)))
+                            seconds = time.perf_counter() - started_forward
+                            finished = sink.finish(
+                                position, sample, out, item.stem, about(item), seconds
+                            )
+                            queue.append((item, finished))
                         else:  # one image ahead on the network thread
                             forwards.start(network or model, network_input(model, sample))
                             running.append((position, item, sample))

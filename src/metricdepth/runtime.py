@@ -55,7 +55,7 @@ class OptimizedModel(DepthModel):
     """A ``DepthModel`` run for speed: see ``optimize``. ``forward(x)`` as ``DepthModel``."""
 
     def __init__(self, model: DepthModel, precision: str, channels_last: bool) -> None:
-        super().__init__(model.spec, model.net)
+        super().__init__(model.spec, model.net, model.weights_file)
         self.precision = precision
         self.channels_last = channels_last
 
@@ -101,7 +101,7 @@ def optimize(model: DepthModel, precision: str = "fp32", channels_last: bool | N
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if isinstance(model, OptimizedModel):
-        model = DepthModel(model.spec, model.net)
+        model = DepthModel(model.spec, model.net, model.weights_file)
     if channels_last is None:
         channels_last = model.spec.arch != "metric3d_vit"
     if channels_last:
@@ -149,10 +149,21 @@ class OnnxModel:
                 "write one with 'metricdepth export'"
             )
         self.spec = ModelSpec.from_json(self.meta[META_SPEC])
+        self.weights_file = self.path
+        self._weights_sha256: str | None = None
         self.camera_input = self.meta.get("metricdepth.camera_input", "focal")
         self.image_dtype = self.meta.get("metricdepth.image_dtype", "uint8")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def weights_sha256(self) -> str:
+        """The SHA-256 of the ``.onnx`` file (computed once)."""
+        if self._weights_sha256 is None:
+            from metricdepth.models.registry import file_sha256
+
+            self._weights_sha256 = file_sha256(self.path)
+        return self._weights_sha256
 
     def run(self, image: np.ndarray, camera: Camera, focal_mode: str) -> dict[str, np.ndarray]:
         """Raw graph outputs (``depth`` metres, ``confidence``, ``normal``) for one image."""
@@ -212,7 +223,9 @@ class OnnxModel:
         prediction = self.predict(
             sample.image, sample.camera, sample.source, sample.record.focal_mode
         )
-        return replace(prediction, timings_s={})  # as the torch batch path: no timings
+        timings = dict(prediction.timings_s)  # the decoding in the loader is pre-processing
+        timings["preprocess"] = timings.get("preprocess", 0.0) + sample.pre_s
+        return replace(prediction, timings_s=timings)
 
     def describe(self) -> dict:
         return json.loads(self.spec.to_json())

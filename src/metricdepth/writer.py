@@ -99,9 +99,11 @@ def _serve(
                 break
             if job is None:
                 break
-            position, sample, arrays, stem = job
+            position, sample, arrays, stem, about, forward_s = job
             out = {key: torch.from_numpy(value) for key, value in arrays.items()}
-            future = pool.submit(_finish, model, sample, out, out_dir, stem, save, sync)
+            future = pool.submit(
+                _finish, model, sample, out, out_dir, stem, save, sync, about, forward_s
+            )
             future.add_done_callback(lambda done, position=position: report(position, done))
     results.close()
 
@@ -136,14 +138,18 @@ class WriterProcess:
         self._jobs_in.close()
         results_out.close()
 
-    def submit(self, position: int, sample: Any, out: dict, stem: str) -> None:
-        """Queue one image: its ``PreparedInput`` and the network's outputs (moved to the CPU)."""
+    def submit(
+        self, position: int, sample: Any, out: dict, stem: str, about: dict | None = None,
+        forward_s: float = 0.0,
+    ) -> None:  # fmt: skip
+        """Queue one image: its ``PreparedInput`` and the network's outputs (moved to the CPU),
+        what the record says made it (``about``) and its forward pass's duration in seconds."""
         arrays = {
             key: value.detach().cpu().numpy() for key, value in out.items() if key in POST_KEYS
         }
         light = replace(sample, canvas=None)  # the canvas is not needed after the forward
         try:
-            self._jobs.send((position, light, arrays, stem))
+            self._jobs.send((position, light, arrays, stem, about, forward_s))
         except OSError as error:
             raise WorkerDied(self._ended("while receiving work")) from error
 

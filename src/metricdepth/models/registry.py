@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from metricdepth.canonical import CanonicalSpace
 from metricdepth.io import atomic_write
-from metricdepth.models.spec import ModelSpec
+from metricdepth.models.spec import OFFICIAL_USE, ModelSpec
 from metricdepth.models.weights import load_strict, read_torch_checkpoint
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -42,6 +42,8 @@ def _official(name: str, arch: str, size: str, space: CanonicalSpace, outputs, t
         max_depth_m=300.0,
         outputs=outputs,
         description=text,
+        real_photos=True,
+        intended_use=OFFICIAL_USE,
     )
 
 
@@ -121,12 +123,24 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 
 class DepthModel(nn.Module):
-    """A network together with its spec: ``forward(x)`` returns the network's dict."""
+    """A network together with its spec: ``forward(x)`` returns the network's dict.
 
-    def __init__(self, spec: ModelSpec, net: nn.Module) -> None:
+    ``weights_file``: the file its weights were loaded from (None for a model built in
+    memory); ``weights_sha256`` is that file's SHA-256, computed once when first asked for.
+    """
+
+    def __init__(self, spec: ModelSpec, net: nn.Module, weights_file: Path | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.net = net
+        self.weights_file = weights_file
+        self._weights_sha256: str | None = None
+
+    @property
+    def weights_sha256(self) -> str | None:
+        if self._weights_sha256 is None and self.weights_file is not None:
+            self._weights_sha256 = file_sha256(self.weights_file)
+        return self._weights_sha256
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.net(x)
@@ -134,6 +148,35 @@ class DepthModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def provenance(model: Any) -> dict[str, Any]:
+    """What identifies a loaded model in a record: the metricdepth version, the model's name,
+    the SHA-256 of its weights file (None for a model built in memory), its intended use
+    and, unless it is meant for real photographs, the warning that says so.
+
+    ``model``: a ``DepthModel`` or any object with a ``spec`` (``runtime.OnnxModel``: the
+    hash is that of the ``.onnx`` file).
+    """
+    from metricdepth import __version__
+
+    spec: ModelSpec = model.spec
+    warning = spec.trust_warning()
+    return {
+        "metricdepth_version": __version__,
+        "model": spec.name,
+        "weights_sha256": getattr(model, "weights_sha256", None),
+        "intended_use": {"real_photos": spec.real_photos, "text": spec.use_line()},
+        "warnings": [] if warning is None else [warning],
+    }
 
 
 def list_models() -> list[str]:
@@ -195,6 +238,7 @@ def _load_safetensors(path: Path, device: torch.device | str | None) -> DepthMod
         load_strict(model.net, state, f"{spec.name} ({spec.arch})")
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+    model.weights_file = Path(path)
     return model.to(device) if device is not None else model
 
 
@@ -228,6 +272,7 @@ def _load_official(name: str, path: Path, device) -> DepthModel:
         OFFICIAL_LOADERS[spec.arch](model.net, state)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+    model.weights_file = Path(path)
     return model.to(device) if device is not None else model
 
 

@@ -16,6 +16,18 @@ from metricdepth.canonical import CanonicalSpace
 
 SPEC_FORMAT = "metricdepth-spec/1"
 
+#: The command a warning names for real photographs (an official Metric3D model).
+REAL_PHOTOS_COMMAND = (
+    "metricdepth predict photo.jpg --model metric3d-vit-small "
+    "--weights metric_depth_vit_small_800k.pth"
+)
+#: Intended use of the bundled model (its spec states it; files written before specs carried
+#: an intended use get it from ``_stated_before``).
+SYNTHETIC_ONLY = "synthetic scenes only, not for real photographs"
+OFFICIAL_USE = (
+    "real photographs (Metric3D's published weights, trained on real RGB-D and LiDAR data)"
+)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -35,6 +47,11 @@ class ModelSpec:
         assumed_focal_px: set when the model was trained on one camera of unknown
             intrinsics: the focal (pixels of its training images) assumed for it; ``predict``
             warns when given a camera whose focal differs. Serialised only when set.
+        real_photos: whether the model is meant for real photographs: True (the official
+            Metric3D weights), False (e.g. the bundled model, trained on synthetic scenes only)
+            or None (not stated). Anything but True makes ``trust_warning`` speak.
+        intended_use: one line on what the model is for (shown by ``metricdepth models``,
+            recorded in every ``S.json``).
     """
 
     name: str
@@ -46,6 +63,8 @@ class ModelSpec:
     outputs: tuple[str, ...] = ()
     description: str = ""
     assumed_focal_px: float | None = None
+    real_photos: bool | None = None
+    intended_use: str = ""
 
     def __post_init__(self) -> None:
         check_focal_mode(self.focal_mode)
@@ -59,6 +78,35 @@ class ModelSpec:
         unknown = set(self.outputs) - {"confidence", "normal"}
         if unknown:
             raise ValueError(f"ModelSpec.outputs: unknown output(s) {sorted(unknown)}")
+        if self.real_photos is not None and not isinstance(self.real_photos, bool):
+            raise ValueError(
+                f"ModelSpec.real_photos must be true, false or null, got {self.real_photos!r}"
+            )
+
+    def use_line(self) -> str:
+        """What the model is for, in a few words (``intended_use``, else a stated default)."""
+        if self.intended_use:
+            return self.intended_use
+        if self.real_photos:
+            return "real photographs"
+        return "not for real photographs" if self.real_photos is False else "not stated"
+
+    def trust_warning(self) -> str | None:
+        """One line saying that this model's depths of a real photo are not to be trusted, and
+        the command for real photos; None for a model meant for real photographs."""
+        if self.real_photos:
+            return None
+        use = self.use_line()
+        if self.real_photos is False and "real photo" in use:
+            what = f"{self.name}: {use}"
+        elif self.real_photos is False:
+            what = f"{self.name} is not meant for real photographs ({use})"
+        else:
+            what = f"{self.name} does not state that it is meant for real photographs"
+        return (
+            f"{what}; its depths of a photo are not measurements. "
+            f"For real photos: {REAL_PHOTOS_COMMAND}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with a format tag."""
@@ -83,6 +131,8 @@ class ModelSpec:
         for key in ("input_hw", "mean_rgb", "std_rgb", "pad_rgb"):
             if key in space:
                 space[key] = tuple(space[key])
+        if "real_photos" not in data and "intended_use" not in data:
+            data.update(_stated_before(data.get("name"), data.get("arch")))
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -101,3 +151,20 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise ValueError("model spec must be a JSON object")
         return cls.from_dict(data)
+
+
+def _stated_before(name: Any, arch: Any) -> dict[str, Any]:
+    """The intended use of a spec written before specs carried one (known models only)."""
+    if name == "metricdepth-small" and arch == "small_unet":
+        return {"real_photos": False, "intended_use": SYNTHETIC_ONLY}
+    if (
+        isinstance(name, str)
+        and name.startswith("metric3d-")
+        and arch
+        in (
+            "metric3d_vit",
+            "metric3d_convnext",
+        )
+    ):
+        return {"real_photos": True, "intended_use": OFFICIAL_USE}
+    return {}

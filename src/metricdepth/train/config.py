@@ -117,6 +117,10 @@ class TrainConfig:
         size_multiple: inference canvas multiple for ``"focal"``/``"none"``.
         model_name: the name in the saved model spec.
         description: one line for the saved model spec.
+        intended_use: what the trained model is for, in the saved spec (default: a line on the
+            training data, e.g. synthetic scenes only, not for real photographs).
+        real_photos: whether it is meant for real photographs (default: false when every
+            dataset is synthetic, else not stated); anything but true makes ``predict`` warn.
         arch: architecture (only ``"small_unet"``).
         model_kwargs: builder keyword arguments (JSON values).
         datasets: the sources, sampled by weight.
@@ -166,6 +170,8 @@ class TrainConfig:
     size_multiple: int = 32
     model_name: str = "metricdepth-small"
     description: str = ""
+    intended_use: str = ""
+    real_photos: bool | None = None
     arch: str = "small_unet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 16
@@ -214,6 +220,8 @@ class TrainConfig:
             "device",
             "workers",
             "description",
+            "intended_use",
+            "real_photos",
             "format",
         ):
             data.pop(key, None)
@@ -417,9 +425,10 @@ def config_from_dict(
     focals = {d.assumed_focal_px for d in values["datasets"]} - {None}
     if len(focals) > 1:
         check.fail("datasets", f"assume different focal lengths {sorted(focals)}; use one")
-    for key in ("out_dir", "model_name", "description"):
+    for key in ("out_dir", "model_name", "description", "intended_use"):
         if key in raw:
-            if not isinstance(raw[key], str) or (key != "description" and not raw[key]):
+            optional = key in ("description", "intended_use")
+            if not isinstance(raw[key], str) or (not optional and not raw[key]):
                 check.fail(key, f"must be a string, got {raw[key]!r}")
             values[key] = raw[key]
     ints = {
@@ -484,6 +493,10 @@ def config_from_dict(
         if not isinstance(raw["progress"], bool):
             check.fail("progress", f"must be true or false, got {raw['progress']!r}")
         values["progress"] = raw["progress"]
+    if raw.get("real_photos") is not None:
+        if not isinstance(raw["real_photos"], bool):
+            check.fail("real_photos", f"must be true, false or null, got {raw['real_photos']!r}")
+        values["real_photos"] = raw["real_photos"]
     config = TrainConfig(**values)
     if config.min_depth_m >= config.max_depth_m:
         check.fail(

@@ -100,7 +100,27 @@ def model_spec(config: TrainConfig):
         max_depth_m=config.max_depth_m,
         outputs=(),
         description=description,
+        **intended_use(config),
     )
+
+
+def intended_use(config: TrainConfig) -> dict:
+    """``real_photos`` and ``intended_use`` of the saved spec: the config's, else a line on
+    the training data (synthetic only: not for real photographs; else not stated)."""
+    synthetic = all(d.kind == "synthetic" for d in config.datasets)
+    real_photos = config.real_photos
+    if real_photos is None and synthetic:
+        real_photos = False
+    text = config.intended_use
+    if not text and synthetic:
+        text = "trained on synthetic scenes only (metricdepth.data.synthetic)"
+        text += "" if real_photos else ", not for real photographs"
+    elif not text:
+        names = ", ".join(
+            Path(d.path).name if d.kind == "annotations" else d.kind for d in config.datasets
+        )
+        text = f"trained on {names}"
+    return {"real_photos": real_photos, "intended_use": text}
 
 
 def build_network(config: TrainConfig) -> nn.Module:

@@ -55,7 +55,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from metricdepth.models.registry import DepthModel, load_model
+from metricdepth.models.registry import DepthModel, load_model, provenance
 from metricdepth.web.store import Result, ResultStore
 
 #: Default upload limit: 25 MB.
@@ -93,6 +93,13 @@ class HealthAnswer(BaseModel):
     status: str = Field(description='"ok" while the server serves.')
     model: str = Field(description="Registered name of the loaded model.")
     outputs: list[str] = Field(description='Besides depth: "normal", "confidence".')
+    intended_use: dict[str, Any] = Field(
+        description='What the model is meant for: {"real_photos": true/false/null, "text": ...}.'
+    )
+    warnings: list[str] = Field(
+        description="One line when the model is not meant for real photographs (shown on the "
+        "page and returned with every prediction)."
+    )
     max_upload_bytes: int
     results: int = Field(description="Predictions currently kept (oldest deleted first).")
     max_results: int
@@ -285,12 +292,17 @@ def _viewer_points(prediction, rgb: np.ndarray, path: Path) -> tuple[int, int]:
 
 
 def _write_result(
-    result_id: str, folder: Path, stem: str, prediction, rgb: np.ndarray, report: dict
-) -> Result:
-    """Every artefact of one prediction (the package's writers) and the /api/predict answer."""
+    result_id: str, folder: Path, stem: str, prediction, rgb: np.ndarray, report: dict,
+    about: dict[str, Any] | None = None,
+) -> Result:  # fmt: skip
+    """Every artefact of one prediction (the package's writers) and the /api/predict answer.
+
+    ``about``: what made it (``models.registry.provenance`` and the upload's name as
+    ``input``), recorded in the JSON record and returned in the answer."""
     from metricdepth.outputs import colorize_depth, inverse_depth_range, write_prediction
 
-    written = write_prediction(prediction, rgb, folder, stem, SAVED_KINDS)
+    about = about or {}
+    written = write_prediction(prediction, rgb, folder, stem, SAVED_KINDS, about=about)
     files = {kind: (path, path.name) for kind, path in written.items()}
     views = folder / "views"
     views.mkdir()
@@ -324,6 +336,10 @@ def _write_result(
         "id": result_id,
         "image": {"name": stem, "width": camera.width, "height": camera.height},
         "model": prediction.model,
+        "metricdepth_version": record.get("metricdepth_version"),
+        "weights_sha256": record.get("weights_sha256"),
+        "intended_use": record.get("intended_use"),
+        "warnings": record.get("warnings", []),
         "outputs": [k for k in ("normal", "confidence") if getattr(prediction, k) is not None],
         "camera": camera.to_dict(),
         "camera_source": prediction.camera_source,
@@ -333,7 +349,7 @@ def _write_result(
         "fov_y_deg": camera.fov_y_deg,
         "depth_m": record["depth_m"],
         "canonical": record["canonical"],
-        "timings_s": record.get("timings_s", {}),
+        "timings_ms": record.get("timings_ms", {}),
         "colormap": {
             "name": "turbo",
             "linear_in": "inverse depth (1/m)",
@@ -371,6 +387,7 @@ def create_app(
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
     net = model if isinstance(model, DepthModel) else load_model(model)
+    made_by = provenance(net)  # version, name, weights SHA-256, intended use, warnings
     store = ResultStore(max_results, work_dir)
     # one prediction at a time: the others wait in this executor's queue, not on a lock held
     # across the server's thread pool (40 queued requests would otherwise block every endpoint)
@@ -475,6 +492,8 @@ def create_app(
             "status": "ok",
             "model": net.spec.name,
             "outputs": list(net.spec.outputs),
+            "intended_use": made_by["intended_use"],
+            "warnings": made_by["warnings"],
             "max_upload_bytes": max_upload_bytes,
             "results": len(store),
             "max_results": store.max_results,
@@ -524,7 +543,8 @@ def create_app(
             rgb, cam, source, report = decode(image, path, values, focal_px)
             path.unlink()
             prediction = predict(net, rgb, cam, camera_source=source)
-            return _write_result(result_id, folder, stem, prediction, rgb, report)
+            about = {**made_by, "input": image.filename or stem}
+            return _write_result(result_id, folder, stem, prediction, rgb, report, about)
 
         try:
             result = await asyncio.wrap_future(runner.submit(run))

@@ -14,6 +14,12 @@
     box.hidden = !text;
     box.textContent = text ? "error: " + text : "";
   }
+  // The model's own warning (not meant for real photographs): a band under the header.
+  function showTrust(warnings) {
+    const box = $("trust");
+    box.hidden = !(warnings && warnings.length);
+    box.textContent = box.hidden ? "" : warnings.map((w) => "warning: " + w).join(" ");
+  }
   function busy(on, fraction) {
     $("progress-box").hidden = !on;
     const bar = $("progress");
@@ -184,6 +190,7 @@
     state.result = result;
     state.picks = [];
     fillCamera(result.camera, result.camera_source, result.camera_rule);
+    showTrust(result.warnings);
     const urls = result.urls;
     $("results").hidden = false;
     await Promise.all([
@@ -201,6 +208,7 @@
     list.textContent = "";
     const d = result.depth_m;
     stat(list, "model", result.model);
+    if (result.intended_use) stat(list, "meant for", result.intended_use.text);
     stat(list, "image", `${result.image.width} × ${result.image.height} px`);
     stat(list, "depth", `${d.min.toFixed(2)} – ${d.max.toFixed(2)} m (median ${d.median.toFixed(2)})`);
     stat(list, "camera", `${result.camera_source}: fx ${result.camera.fx.toFixed(1)}, fy ${result.camera.fy.toFixed(1)} px`);
@@ -323,5 +331,6 @@
 
   fetch("/api/health").then((r) => r.json()).then((h) => {
     $("model").textContent = `model: ${h.model}` + (h.outputs.length ? ` (+ ${h.outputs.join(", ")})` : "");
+    showTrust(h.warnings);
   }).catch(() => { $("model").textContent = "the server does not answer"; });
 })();
