@@ -193,7 +193,6 @@ def assert_outputs_match(
                     assert len(files[listed]) == size, (name, kind)
 
 
-
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (hidden ones too): relative path -> bytes (records
     without their wall-clock ``timings_ms``, the one part of a run that is not reproducible)."""
@@ -209,6 +208,7 @@ def untimed(path: Path) -> bytes:
     if path.suffix != ".json" or b'"timings_ms"' not in data:
         return data
     return re.sub(rb'\n  "timings_ms": \{[^}]*\},?', b"", data)
+
 
 def assert_file_matches(name: str, got: bytes, want: bytes, rtol: float = PATH_RTOL) -> None:
     """One output file of another execution path holds the values of ``want``.

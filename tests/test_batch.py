@@ -41,8 +41,6 @@ def make_images(folder: Path, count: int = N_IMAGES) -> list[Path]:
     return paths
 
 
-
-
 def records(folder: Path) -> set[str]:
     """The records under ``folder`` (not the temporaries of records still being written)."""
     return {

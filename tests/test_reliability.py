@@ -141,8 +141,6 @@ def skipped_line(run: Run, *parts: str, done: int = 2) -> str:
     return failed[0]
 
 
-
-
 def write_png(path: Path, rgb: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(path)
