@@ -386,3 +386,25 @@ def test_trained_vit_is_a_self_describing_model_predict_takes(tmp_path):
     assert parameter_digest(net) == rank["parameters_sha256"]
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2] and all(np.isfinite(e["loss"]) for e in log)
+
+
+def test_cli_train_takes_an_official_arch_config_and_rejects_a_bad_one(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = vit_tiny(tmp_path, name="cli", steps=1, checkpoint_every=1).to_dict()
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump(config))
+    bad.write_text(yaml.safe_dump(dict(config, losses={"vnl": 1.0})))
+    base = [sys.executable, "-m", "metricdepth", "train"]
+    done = subprocess.run(
+        [*base, str(good), "--out", str(tmp_path / "cli-runs")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "cli-runs" / "cli" / "model.safetensors").is_file()
+    failed = subprocess.run([*base, str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 2
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "unknown loss 'vnl'" in lines[0]
