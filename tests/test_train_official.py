@@ -408,3 +408,72 @@ def test_cli_train_takes_an_official_arch_config_and_rejects_a_bad_one(tmp_path)
     assert failed.returncode == 2
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "unknown loss 'vnl'" in lines[0]
+
+
+def test_resume_with_accumulation_freeze_and_checkpointing_equals_an_uninterrupted_run(tmp_path):
+    extra = {"steps": 3, "accumulate": 2, "freeze": ["depth_model.encoder.blocks"], "lr": 1e-3}
+    whole = _state(train(vit_tiny(tmp_path, name="whole", **extra)))
+    cut = vit_tiny(tmp_path, name="cut", checkpoint_every=1, activation_checkpointing=True, **extra)
+    train(cut, stop_at_step=1)
+    resumed = _state(train(cut))  # activation checkpointing may change on resume: same weights
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    with pytest.raises(ValueError, match="'accumulate' changed"):
+        train(vit_tiny(tmp_path, name="cut", checkpoint_every=1, **dict(extra, accumulate=1)))
+
+
+def test_bf16_forward_and_float32_loss_outside_autocast(tmp_path, monkeypatch):
+    from metricdepth.train import step
+
+    seen = []
+    original = step.compute_loss
+
+    def spy(outputs, batch, config):
+        seen.append(
+            (
+                torch.is_autocast_enabled("cpu"),
+                {t.dtype for t in outputs["predictions_list"]} | {outputs["depth_c"].dtype},
+            )
+        )
+        return original(outputs, batch, config)
+
+    monkeypatch.setattr(step, "compute_loss", spy)
+    config = vit_tiny(tmp_path, name="spy", precision="bf16", steps=1)
+    dataset = build_dataset(config)
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    torch.manual_seed(0)
+    net = build_network(config)
+    raw = []
+    net.register_forward_hook(lambda m, i, out: raw.append(out["depth_c"].dtype))
+    step.accumulate_gradients(net, [batch], config, torch.device("cpu"))
+    assert raw == [torch.bfloat16]  # the network ran under bfloat16 autocast
+    assert seen == [(False, {torch.float32})]  # the objective: float32, autocast off
+    assert all(p.grad.dtype == torch.float32 for p in net.parameters() if p.grad is not None)
+
+
+def test_convnext_tiny_trains_a_step_and_saves_a_loadable_model(tmp_path):
+    from metricdepth.models.registry import load_model
+
+    synth = dict(SYNTH, height=64, width=96, sizes=[[64, 96]])
+    config = vit_tiny(
+        tmp_path,
+        name="convnext",
+        arch="metric3d_convnext",
+        model_kwargs={"size": "tiny"},
+        input_hw=[64, 96],
+        infer_hw=[64, 96],
+        datasets=[{"kind": "synthetic", "seed": 3, "num_scenes": 4, "synth": synth}],
+        steps=1,
+        checkpoint_every=1,
+        lr_encoder=1e-6,
+        lr_decoder=1e-4,
+    )
+    assert config.losses == {"gru_sequence": 1.0}  # one-entry list: a plain L1 on depth
+    torch.manual_seed(config.seed)
+    initial = build_network(config).state_dict()
+    run_dir = train(config)
+    model = load_model(run_dir / "model.safetensors")
+    assert model.spec.arch == "metric3d_convnext" and model.spec.outputs == ("confidence",)
+    trained = model.net.state_dict()
+    changed = [k for k in initial if not torch.equal(initial[k], trained[k])]
+    assert any(k.startswith("depth_model.encoder.") for k in changed)
+    assert any(k.startswith("depth_model.decoder.") for k in changed)
