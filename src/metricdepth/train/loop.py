@@ -1,9 +1,15 @@
 """The training loop: canonical labels, AdamW with warm-up and decay, checkpoints, resume, DDP.
 
+Pieces live beside it: ``train.arch`` (building any registered architecture, ``init_from``,
+freezing, activation checkpointing), ``train.optim`` (encoder/decoder groups, schedule),
+``train.step`` (micro-batches, autocast forward, float32 objective outside autocast) and
+``train.objective`` (``compute_loss``, the seam every loss goes through).
+
 ``run_training(config_path)`` trains one run into ``out_dir / name`` and returns that folder::
 
     config.yaml            the resolved config (every field)
-    log.jsonl              step, loss, learning rate, images/s every ``log_every`` steps
+    log.jsonl              step, loss (and each weighted term when there are several),
+                           learning rates (``lr``: decoder, ``lr_encoder``), images/s
     checkpoints/step_*.pt  resumable state every ``checkpoint_every`` steps (and at the end)
     model.safetensors      final weights with their ModelSpec (``models.registry.save_model``)
     model.json             the spec, readable
