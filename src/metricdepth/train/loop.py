@@ -36,7 +36,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -56,11 +55,19 @@ from metricdepth.frame import Frame
 from metricdepth.io import atomic_write
 from metricdepth.train import arch
 from metricdepth.train.arch import ARCHS
-from metricdepth.train.config import TrainConfig, config_from_dict, load_config
+from metricdepth.train.checkpoint import (  # noqa: F401 (latest_checkpoint re-exported)
+    CHECKPOINT_FORMAT,
+    check_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    read_log,
+    save_checkpoint,
+)
+from metricdepth.train.config import TrainConfig, load_config
 from metricdepth.train.optim import lr_factor, make_optimizer, make_scheduler  # noqa: F401 (lr_factor re-exported)
 from metricdepth.train.step import accumulate_gradients, split_batch
 
-CHECKPOINT_FORMAT = "metricdepth-train-checkpoint/1"
 _PROBE_SAMPLES = 32
 
 
@@ -173,12 +180,6 @@ def predict_depth_m(
     return from_canonical(depth_c[0, 0].float().cpu(), record).numpy()
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest step in ``run_dir/checkpoints``, or None."""
-    files = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
-    return files[-1] if files else None
-
-
 # ---------------------------------------------------------------------- distributed
 @dataclasses.dataclass(frozen=True)
 class _Dist:
@@ -208,45 +209,6 @@ def _device(config: TrainConfig) -> torch.device:
             raise ValueError("config device is 'cuda' but no CUDA device is available")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
-
-
-# ---------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _prune_checkpoints(run_dir: Path, keep: int) -> None:
-    files = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
-    for old in files[:-keep]:
-        old.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint (``weights_only=True``); a bad file is a ValueError."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated or foreign files raise many types
-        raise ValueError(f"{path}: cannot read checkpoint ({type(error).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a metricdepth training checkpoint")
-    return state
-
-
-def _check_resumable(state: dict[str, Any], config: TrainConfig, world: int, path: Path) -> None:
-    saved = config_from_dict(state["config"], source=f"{path} (config)").training_fields()
-    current = config.training_fields()
-    for key in current:
-        if saved.get(key) != current[key]:
-            raise ValueError(
-                f"{path}: cannot resume, the config's {key!r} changed ({saved.get(key)!r} -> "
-                f"{current[key]!r}); use another run name or out_dir, or resume=False"
-            )
-    if int(state["world_size"]) != world:
-        raise ValueError(
-            f"{path}: cannot resume with {world} process(es), the run used "
-            f"{int(state['world_size'])} (the data order depends on it)"
-        )
 
 
 # ---------------------------------------------------------------------- progress
@@ -319,7 +281,7 @@ def _train(
         )
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     if state is not None:
-        _check_resumable(state, config, ctx.world_size, checkpoint)
+        check_resumable(state, config, ctx.world_size, checkpoint)
         if int(state["step"]) >= config.steps and (run_dir / "model.safetensors").is_file():
             return run_dir  # already finished
     _barrier(ctx)  # every rank has read the checkpoint before rank 0 may prune it
@@ -363,7 +325,7 @@ def _train(
         ),
         num_workers=config.workers,
     )
-    log_lines = _read_log(run_dir, start) if ctx.rank == 0 else []
+    log_lines = read_log(run_dir, start) if ctx.rank == 0 else []
 
     images_per_step = config.batch_size * config.accumulate * ctx.world_size
     trainable = [p for p in net.parameters() if p.requires_grad]
@@ -514,26 +476,11 @@ def _checkpoint(run_dir, step, net, optimizer, scheduler, config, ctx, log_lines
             "config": config.to_dict(),
             "world_size": ctx.world_size,
         }
-        _save_checkpoint(run_dir / "checkpoints" / f"step_{step:07d}.pt", state)
-        _prune_checkpoints(run_dir, config.keep_checkpoints)
+        save_checkpoint(run_dir / "checkpoints" / f"step_{step:07d}.pt", state)
+        prune_checkpoints(run_dir, config.keep_checkpoints)
         with atomic_write(run_dir / "log.jsonl") as tmp:
             tmp.write_text("".join(line + "\n" for line in log_lines))
     _barrier(ctx)
-
-
-def _read_log(run_dir: Path, start: int) -> list[str]:
-    """The log lines of steps <= ``start`` (a resumed run rewrites what came after)."""
-    path = run_dir / "log.jsonl"
-    if start == 0 or not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= start:
-                lines.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    return lines
 
 
 @torch.no_grad()
