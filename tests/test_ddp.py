@@ -83,8 +83,9 @@ def test_two_process_torchrun_keeps_the_replicas_identical(tmp_path):
 
 @pytest.mark.slow  # about 25 s: two torchrun processes plus one in-process run
 def test_two_process_tiny_vit_matches_one_process_on_the_same_global_batch(tmp_path):
-    """torchrun, 2 CPU processes (gloo) x 2 images vs 1 process x 4 images, 3 steps of the
-    test-only tiny ``metric3d_vit``. SiLog averages over images and the model has no
+    """torchrun, 2 CPU processes (gloo) x 2 micro-batches of 1 image (``accumulate: 2``, only
+    the last one synchronises) vs 1 process x 4 images, 3 steps of the test-only tiny
+    ``metric3d_vit``. SiLog averages over images and the model has no
     BatchNorm, so the averaged gradient is the batch-4 gradient up to float32 summation order;
     the weights agree to 1e-5 absolute (1 % of one AdamW step at lr 1e-3)."""
     from safetensors.torch import load_file
@@ -103,7 +104,8 @@ def test_two_process_tiny_vit_matches_one_process_on_the_same_global_batch(tmp_p
         "resize_range": [0.9, 1.1],
         "datasets": [{"kind": "synthetic", "seed": 6, "num_scenes": 16, "synth": synth}],
         "losses": {"silog": 1.0},
-        "batch_size": 2,
+        "batch_size": 1,
+        "accumulate": 2,
         "steps": 3,
         "warmup_steps": 0,
         "lr": 1e-3,
@@ -125,7 +127,8 @@ def test_two_process_tiny_vit_matches_one_process_on_the_same_global_batch(tmp_p
     assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]
 
     torch.set_num_threads(1)
-    single = dict(config, name="vit-one", batch_size=4, out_dir=str(tmp_path / "runs"))
+    single = dict(config, name="vit-one", batch_size=4, accumulate=1)
+    single["out_dir"] = str(tmp_path / "runs")
     one_dir = train(config_from_dict(single, base_dir=tmp_path))
     two = load_file(str(run_dir / "model.safetensors"))
     one = load_file(str(one_dir / "model.safetensors"))
