@@ -216,6 +216,12 @@ def test_compute_loss_returns_weighted_terms_and_their_total(tmp_path):
     )
     terms["total"].backward()
     assert net.depth_model.decoder.update_block.flow_head.conv2d.weight.grad.abs().sum() > 0
+    # losses written against the official names read the same tensors
+    from metricdepth.train.objective import with_official_aliases
+
+    aliased = with_official_aliases(out)
+    assert aliased["prediction"] is out["depth_c"] is out["predictions_list"][-1]
+    assert aliased["prediction_normal"] is out["normal"] and aliased["pred_logit"] is None
 
 
 # ---------------------------------------------------------------------- optimisation

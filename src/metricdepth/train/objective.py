@@ -14,6 +14,10 @@
   ``data_type``, ``scale``.
 * ``config``: a ``TrainConfig``; ``config.losses`` maps loss names (``LOSSES``) to weights.
 
+The loss functions see ``outputs`` with the official aliases added (``OUTPUT_ALIASES``:
+``prediction`` is ``depth_c``, ``prediction_normal`` is ``normal``, ``pred_logit`` None), so
+a function written against the official ``paras`` names reads them unchanged.
+
 Every entry but ``"total"`` is one weighted term (``weight x loss``); ``"total"`` is their sum.
 Terms are computed in float32 and must be called outside autocast. A term with no valid pixel
 is 0 with a gradient path, so every process of a data-parallel run can call ``backward``.
@@ -29,6 +33,19 @@ import torch
 from torch import Tensor
 
 from metricdepth.train.losses import l1_log_loss, silog_loss
+
+#: Official output names -> ours (the same tensors).
+OUTPUT_ALIASES = {"prediction": "depth_c", "prediction_normal": "normal"}
+
+
+def with_official_aliases(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``outputs`` plus ``OUTPUT_ALIASES`` (same tensor objects) and ``pred_logit=None``."""
+    out = dict(outputs)
+    for alias, ours in OUTPUT_ALIASES.items():
+        if ours in out:
+            out[alias] = out[ours]
+    out.setdefault("pred_logit", None)
+    return out
 
 
 def _valid(target: Tensor, mask: Tensor) -> Tensor:
@@ -106,6 +123,7 @@ LOSSES: dict[str, LossTerm] = {
 
 def check_losses(losses: Mapping[str, float], outputs: tuple[str, ...], arch: str) -> None:
     """ValueError unless every name is in ``LOSSES`` and ``arch`` returns what it reads."""
+    outputs = (*outputs, *(a for a, ours in OUTPUT_ALIASES.items() if ours in outputs))
     for name in losses:
         if name not in LOSSES:
             raise ValueError(f"unknown loss {name!r} (known: {', '.join(LOSSES)})")
@@ -122,6 +140,7 @@ def compute_loss(
 ) -> dict[str, Tensor]:
     """Every weighted term of ``config.losses`` and their sum ``"total"`` (module docstring)."""
     terms: dict[str, Tensor] = {}
+    outputs = with_official_aliases(outputs)
     total = outputs["depth_c"].sum() * 0.0
     for name, weight in config.losses.items():
         if not weight:
