@@ -432,7 +432,7 @@ def precise_batch_norm(
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
-    first = config.steps
+    first = config.steps * config.accumulate  # batches of batch_size after every trained one
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=StepBatchSampler(first, first + config.precise_bn_batches, config.batch_size),
