@@ -27,6 +27,7 @@ from metricdepth.data.dataset import (
 from metricdepth.frame import SKY_ID, Frame
 from metricdepth.models.spec import ModelSpec
 from metricdepth.train.config import config_from_dict
+from metricdepth.train.loop import model_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
@@ -323,9 +324,11 @@ def test_entries_without_cam_in_need_an_assumed_focal(tmp_path):
     with pytest.raises(ValueError, match="assumed_focal_px"):
         build_source(config.datasets[0])
     assert assumed_focal(config) is None
+    assert model_spec(config).assumed_focal_px is None
     raw["datasets"][0]["assumed_focal_px"] = 30
     config = config_from_dict(raw, base_dir=tmp_path)
     assert assumed_focal(config) == 30.0
+    assert model_spec(config).assumed_focal_px == 30.0  # the trained model's spec records it
     camera = build_source(config.datasets[0]).frame(0).camera
     assert (camera.fx, camera.fy, camera.cx, camera.cy) == (30.0, 30.0, 15.5, 11.5)
 

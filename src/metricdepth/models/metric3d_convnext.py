@@ -71,7 +71,7 @@ class _EncoderDecoder(nn.Module):
 
 
 class Metric3DConvNeXt(nn.Module):
-    """Metric3D v1 depth network (ConvNeXt + HourglassDecoder), inference only.
+    """Metric3D v1 depth network (ConvNeXt + HourglassDecoder).
 
     ``forward(x)`` takes ``x`` (B, 3, H, W), float, normalised RGB (``(rgb - mean) / std``
     with mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375)), H and W multiples
@@ -81,7 +81,9 @@ class Metric3DConvNeXt(nn.Module):
     * ``depth_c``: (B, 1, H, W) canonical depth (focal 1000 px), unclamped;
     * ``confidence``: (B, 1, H, W) raw confidence, no activation;
     * ``depth_lowres``: (B, 1, H/4, W/4) the softmax-expectation depth before refinement;
-    * ``confidence_lowres``: (B, 1, H/4, W/4) the confidence before nearest x4 upsampling.
+    * ``confidence_lowres``: (B, 1, H/4, W/4) the confidence before nearest x4 upsampling;
+    * in training mode also ``predictions_list`` = ``[depth_c]`` and ``confidence_list`` =
+      ``[confidence]`` (one entry: the decoder has no iterations, and no normal branch).
 
     Call ``.eval()`` first: the decoder's BatchNorm layers must use their running statistics.
     """
@@ -110,7 +112,7 @@ class Metric3DConvNeXt(nn.Module):
         """The Hourglass decoder (``depth_model.decoder``)."""
         return self.depth_model.decoder
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor) -> dict[str, Any]:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected input of shape (B, 3, H, W), got {tuple(x.shape)}")
         height, width = x.shape[-2:]
@@ -120,12 +122,16 @@ class Metric3DConvNeXt(nn.Module):
                 f" (Metric3D ConvNeXt uses {self.config.input_hw[0]}x{self.config.input_hw[1]})"
             )
         out = self.depth_model(x)
-        return {
+        result: dict[str, Any] = {
             "depth_c": out["depth"],
             "confidence": out["confidence"],
             "depth_lowres": out["depth_lowres"],
             "confidence_lowres": out["confidence_lowres"],
         }
+        if self.training:  # one-entry lists, the key layout the losses read (no GRU here)
+            result["predictions_list"] = [out["depth"]]
+            result["confidence_list"] = [out["confidence"]]
+        return result
 
 
 def build_metric3d_convnext(size: str) -> Metric3DConvNeXt:

@@ -81,10 +81,11 @@ class Metric3DViTConfig:
         )
 
 
-#: The three official Metric3D v2 ViT architectures (hub ``metric3d_vit_{small,large,giant2}``).
+#: The three official Metric3D v2 ViT architectures (hub ``metric3d_vit_{small,large,giant2}``),
+#: and ``tiny``: the same architecture at toy size, for tests only (no official weights).
 METRIC3D_VIT_CONFIGS: dict[str, Metric3DViTConfig] = {
     name: Metric3DViTConfig(name, VIT_CONFIGS[name], RAFT_HEAD_CONFIGS[name])
-    for name in ("small", "large", "giant2")
+    for name in ("small", "large", "giant2", "tiny")
 }
 
 
@@ -121,7 +122,9 @@ class Metric3DViT(nn.Module):
                 depth after every iteration (``depth_iters``). For tests and debugging.
 
         Returns:
-            ``{"depth_c": (B,1,H,W), "confidence": (B,1,H,W), "normal": (B,4,H,W)}``.
+            ``{"depth_c": (B,1,H,W), "confidence": (B,1,H,W), "normal": (B,4,H,W)}``; in
+            training mode also the per-iteration ``predictions_list``, ``confidence_list`` and
+            ``normal_out_list`` (``iters + 1`` entries each; see ``RAFTDepthNormalDPT5``).
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
@@ -148,7 +151,7 @@ def build_metric3d_vit(
     """Build an (uninitialised-weights) Metric3D v2 ViT in eval mode.
 
     Args:
-        size: ``"small"``, ``"large"`` or ``"giant2"``.
+        size: ``"small"``, ``"large"`` or ``"giant2"`` (or the test-only ``"tiny"``).
         device: Where to allocate parameters; ``"meta"`` builds a weightless skeleton (e.g. for
             key-layout checks, or to load a state dict with assignment and no extra copy).
         attention: ``"sdpa"`` or ``"explicit"`` (see :class:`Metric3DViT`).

@@ -87,6 +87,8 @@ RAFT_HEAD_CONFIGS: dict[str, RAFTHeadConfig] = {
     "small": RAFTHeadConfig(384, (96, 192, 384, 768), (48, 96, 192, 384, 384), 48, iters=4),
     "large": RAFTHeadConfig(1024, (256, 512, 1024, 1024), (128, 256, 512, 1024, 1024), 128, 8),
     "giant2": RAFTHeadConfig(1536, (384, 768, 1536, 1536), (192, 384, 768, 1536, 1536), 192, 8),
+    # Test-only decoder of the toy ViT (``vit.VIT_CONFIGS["tiny"]``).
+    "tiny": RAFTHeadConfig(32, (8, 16, 32, 64), (8, 8, 16, 32, 32), 8, iters=2),
 }
 
 
@@ -375,6 +377,15 @@ class RAFTDepthNormalDPT5(nn.Module):
     * ``depth_c``: (B, 1, H, W) canonical depth in [0.1, 200];
     * ``confidence``: (B, 1, H, W) raw depth confidence;
     * ``normal``: (B, 4, H, W) unit normal xyz and kappa.
+
+    In training mode (``.train()``) the dict also holds, for the losses, the official
+    per-iteration lists of ``iters + 1`` entries each (entry 0: the initial 1/4 estimate
+    upsampled bilinearly x4 with ``align_corners=True``; entry ``i``: after GRU iteration ``i``;
+    the last entry is the same tensor as ``depth_c`` / ``confidence`` / ``normal``):
+
+    * ``predictions_list``: (B, 1, H, W) canonical depth, clamped to [0.1, 200];
+    * ``confidence_list``: (B, 1, H, W) raw confidence;
+    * ``normal_out_list``: (B, 4, H, W) unit normal and kappa.
     """
 
     def __init__(self, cfg: RAFTHeadConfig) -> None:
@@ -429,6 +440,12 @@ class RAFTDepthNormalDPT5(nn.Module):
         patches = F.unfold(state, [3, 3], padding=1).view(b, d, 9, 1, 1, h, w)
         up = torch.sum(weights * patches, dim=2)  # (B, D, f, f, h, w)
         return up.permute(0, 1, 4, 2, 5, 3).reshape(b, d, f * h, f * w)
+
+    def _upflow4(self, state: Tensor) -> Tensor:
+        """Bilinear (``align_corners=True``) x``upsample_factor`` of the 1/4 state, in float32."""
+        h, w = state.shape[-2:]
+        f = self.cfg.upsample_factor
+        return _interpolate_f32(state, size=(f * h, f * w), mode="bilinear", align_corners=True)
 
     def _outputs(self, state_up: Tensor) -> dict[str, Tensor]:
         depth = self._clamp(state_up[:, :1] * self.cfg.regress_scale + self.cfg.max_depth)
@@ -503,6 +520,9 @@ class RAFTDepthNormalDPT5(nn.Module):
 
         update = self.update_block
         depth_iters: list[Tensor] = []
+        # Training: every iteration's full-resolution outputs, led by the initial state
+        # upsampled bilinearly x4 (align_corners=True), as the official decoder returns them.
+        steps = [self._outputs(self._upflow4(state))] if self.training else []
         mask = state.new_empty(0)  # set by every iteration (cfg.iters >= 1)
         for itr in range(cfg.iters):
             update.step32(net, ctx)
@@ -514,11 +534,18 @@ class RAFTDepthNormalDPT5(nn.Module):
             delta = update.flow_head(net[0])
             mask = 0.25 * update.mask(net[0])
             state = state + delta
-            if record is not None and itr < cfg.iters - 1:
-                depth_iters.append(self._outputs(self._upsample_convex(state, mask))["depth_c"])
+            if itr < cfg.iters - 1 and (self.training or record is not None):
+                step = self._outputs(self._upsample_convex(state, mask))
+                steps.append(step)
+                depth_iters.append(step["depth_c"])
 
-        outputs = self._outputs(self._upsample_convex(state, mask))
+        outputs: dict[str, Any] = self._outputs(self._upsample_convex(state, mask))
         if record is not None:
             record["state_last"] = state
             record["depth_iters"] = [*depth_iters, outputs["depth_c"]]
+        if self.training:
+            steps.append(outputs)
+            outputs["predictions_list"] = [s["depth_c"] for s in steps]
+            outputs["confidence_list"] = [s["confidence"] for s in steps]
+            outputs["normal_out_list"] = [s["normal"] for s in steps]
         return outputs

@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "ATTENTION_IMPLS",
@@ -103,6 +104,8 @@ VIT_CONFIGS: dict[str, ViTConfig] = {
     "small": ViTConfig(embed_dim=384, depth=12, num_heads=6),
     "large": ViTConfig(embed_dim=1024, depth=24, num_heads=16),
     "giant2": ViTConfig(embed_dim=1536, depth=40, num_heads=24, ffn="swiglu", multi_output=True),
+    # Test-only: the same architecture at toy width and depth (training and DDP tests).
+    "tiny": ViTConfig(embed_dim=32, depth=2, num_heads=2),
 }
 
 
@@ -213,6 +216,10 @@ class DinoVisionTransformer(nn.Module):
     of shape ``(B, 1 + R + gh*gw, C)`` (token order ``[cls, reg x R, patches]``, patches
     row-major) and the patch-grid size. ``attention`` selects the attention kernel (see
     :class:`Attention`); it does not change the parameters.
+
+    ``activation_checkpointing`` (attribute, default False): in training mode with gradients
+    enabled, each block's activations are recomputed in the backward pass instead of stored
+    (``torch.utils.checkpoint``, non-reentrant); outputs and gradients are the same.
     """
 
     def __init__(self, cfg: ViTConfig, attention: AttentionImpl = "sdpa") -> None:
@@ -231,6 +238,12 @@ class DinoVisionTransformer(nn.Module):
             [nn.ModuleList([Block(cfg, attention) for _ in range(cfg.depth)])]
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.activation_checkpointing = False
+
+    def _run_block(self, block: nn.Module, tokens: Tensor) -> Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, tokens, use_reentrant=False)
+        return block(tokens)
 
     def interpolate_pos_encoding(self, grid_h: int, grid_w: int) -> Tensor:
         """Position embedding for a ``grid_h x grid_w`` patch grid: (1, 1 + gh*gw, C).
@@ -300,12 +313,12 @@ class DinoVisionTransformer(nn.Module):
             wanted = set(self.cfg.output_blocks)
             features = []
             for i, block in enumerate(blocks):
-                tokens = block(tokens)
+                tokens = self._run_block(block, tokens)
                 if i in wanted:
                     features.append(tokens)
         else:
             for block in blocks:
-                tokens = block(tokens)
+                tokens = self._run_block(block, tokens)
             tokens = self.norm(tokens)
             features = [tokens, tokens, tokens, tokens]
         if record is not None:

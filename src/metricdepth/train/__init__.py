@@ -18,6 +18,7 @@ _LAZY = {
     "DatasetConfig": "metricdepth.train.config",
     "load_config": "metricdepth.train.config",
     "config_from_dict": "metricdepth.train.config",
+    "compute_loss": "metricdepth.train.objective",
 }
 
 __all__ = list(_LAZY)

@@ -18,6 +18,11 @@ run as ``config.yaml`` and inside every checkpoint. Example::
     batch_size: 16
     precise_bn_batches: 100        # BatchNorm statistics averaged over 100 batches at the end
 
+The official Metric3D architectures train the same way (``arch: metric3d_vit``, ``model_kwargs:
+{size: small}``, ``init_from: metric_depth_vit_small_800k.pth``, ``losses: {gru_sequence: 1}``,
+``lr_encoder`` / ``lr_decoder``, ``freeze: encoder``, ``accumulate: 4``,
+``activation_checkpointing: true``); see ``configs/finetune-vit-*-kitti.yaml``.
+
 Every problem is a ``ValueError`` with one line naming the file and the field.
 """
 
@@ -34,6 +39,7 @@ from typing import Any
 import yaml
 
 from metricdepth.io import atomic_write
+from metricdepth.train.arch import ARCHS, check_architecture
 
 DATASET_KINDS = ("synthetic", "annotations")
 SCHEDULES = ("cosine", "poly")
@@ -121,21 +127,45 @@ class TrainConfig:
             training data, e.g. synthetic scenes only, not for real photographs).
         real_photos: whether it is meant for real photographs (default: false when every
             dataset is synthetic, else not stated); anything but true makes ``predict`` warn.
-        arch: architecture (only ``"small_unet"``).
-        model_kwargs: builder keyword arguments (JSON values).
+        arch: architecture: ``"small_unet"``, ``"metric3d_vit"`` or ``"metric3d_convnext"``
+            (``metricdepth.train.arch``). For the official two, ``canonical_focal_px``
+            defaults to 1000, ``input_hw`` (the training crop) and ``infer_hw`` to the
+            official canvas (616x1064, 544x1216); sides must be multiples of 28 / 32.
+        model_kwargs: builder keyword arguments (JSON values), e.g. ``{size: small}``
+            (``metric3d_vit``: small, large, giant2, or the test-only tiny;
+            ``metric3d_convnext``: tiny, large).
+        init_from: start from these weights (an official ``.pth``, read weights-only, or a
+            metricdepth ``.safetensors`` of the same arch and kwargs; strict); None: the
+            initialiser. Relative paths are relative to the config file's folder.
         datasets: the sources, sampled by weight.
         batch_size: images per process per step.
         steps: optimiser steps.
         lr, weight_decay: AdamW (no decay on biases and norm weights).
+        lr_encoder, lr_decoder: learning rates of the encoder and the decoder parameters
+            (``metricdepth.train.optim``); None: ``lr``.
+        weight_decay_encoder, weight_decay_decoder: their weight decays; None: ``weight_decay``.
+        adam_betas, adam_eps: AdamW's betas and eps.
+        freeze: parameters not trained (``requires_grad`` False, in no optimiser group):
+            ``encoder`` or a list of parameter-name prefixes (and ``encoder``).
+        accumulate: micro-batches of ``batch_size`` per optimiser step (gradient
+            accumulation): a step sees ``batch_size * accumulate`` images per process.
+        activation_checkpointing: recompute the ViT blocks' activations in the backward
+            pass (``metric3d_vit`` only): less memory, about one more encoder forward.
         warmup_steps: linear warm-up from 0 to ``lr``.
         schedule: ``"cosine"`` or ``"poly"`` (power 0.9) decay to ``lr * min_lr_ratio``.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
+        min_lr: final learning rate of every group (absolute; overrides ``min_lr_ratio``).
         grad_clip: max gradient norm (0: no clipping).
         precise_bn_batches: after the last step, re-estimate the BatchNorm statistics as the
             plain average over this many further training batches (forward only; 0: keep the
             running averages of the last steps, which follow the last few batches).
-        loss_l1_log, loss_silog: weights of the two losses (``metricdepth.train.losses``).
+        losses: loss name -> weight (``metricdepth.train.objective.LOSSES``: ``l1_log``,
+            ``silog``, ``gru_sequence``). Default: ``small_unet`` from ``loss_l1_log`` and
+            ``loss_silog``, the official architectures ``{gru_sequence: 1.0}``.
+        loss_l1_log, loss_silog: shorthand for ``losses: {l1_log: .., silog: ..}`` (kept in
+            step with ``losses`` in the resolved config).
         silog_lambda: the SILog variance focus (0: log-RMSE, 1: fully scale-invariant).
+        gru_gamma: weight decay over iterations of ``gru_sequence`` (last weighs 1).
         checkpoint_every: save a resumable checkpoint every N steps (and at the end).
         keep_checkpoints: how many recent checkpoints to keep.
         log_every: write a line to ``log.jsonl`` every N steps.
@@ -174,6 +204,7 @@ class TrainConfig:
     real_photos: bool | None = None
     arch: str = "small_unet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
     batch_size: int = 16
     steps: int = 1000
     lr: float = 2e-3
@@ -181,11 +212,23 @@ class TrainConfig:
     warmup_steps: int = 50
     schedule: str = "cosine"
     min_lr_ratio: float = 0.02
+    lr_encoder: float | None = None
+    lr_decoder: float | None = None
+    weight_decay_encoder: float | None = None
+    weight_decay_decoder: float | None = None
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    min_lr: float | None = None
+    freeze: tuple[str, ...] = ()
+    accumulate: int = 1
+    activation_checkpointing: bool = False
     grad_clip: float = 1.0
     precise_bn_batches: int = 0
     loss_l1_log: float = 1.0
     loss_silog: float = 0.0
     silog_lambda: float = 0.85
+    losses: dict[str, float] = field(default_factory=dict)
+    gru_gamma: float = 0.9
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -222,6 +265,7 @@ class TrainConfig:
             "description",
             "intended_use",
             "real_photos",
+            "activation_checkpointing",
             "format",
         ):
             data.pop(key, None)
@@ -443,11 +487,12 @@ def config_from_dict(
         "log_every": 1,
         "threads": 1,
         "workers": 0,
+        "accumulate": 1,
     }
     for key, minimum in ints.items():
         if key in raw:
             values[key] = check.int(key, raw[key], minimum)
-    positive = ("canonical_focal_px", "lr", "max_depth_m")
+    positive = ("canonical_focal_px", "lr", "max_depth_m", "adam_eps", "gru_gamma")
     non_negative = (
         "weight_decay",
         "min_lr_ratio",
@@ -465,7 +510,13 @@ def config_from_dict(
     for key in non_negative:
         if key in raw:
             values[key] = check.number(key, raw[key], 0)
-    for key in ("resize_prob", "flip_prob", "min_lr_ratio", "silog_lambda"):
+    for key in ("lr_encoder", "lr_decoder"):
+        if raw.get(key) is not None:
+            values[key] = check.number(key, raw[key], 0, strict=True)
+    for key in ("weight_decay_encoder", "weight_decay_decoder", "min_lr"):
+        if raw.get(key) is not None:
+            values[key] = check.number(key, raw[key], 0)
+    for key in ("resize_prob", "flip_prob", "min_lr_ratio", "silog_lambda", "gru_gamma"):
         if values.get(key, 0) > 1:
             check.fail(key, f"must be in [0, 1], got {values[key]!r}")
     choices = {
@@ -476,7 +527,7 @@ def config_from_dict(
         "infer_resize": ("fit", "none"),
         "schedule": SCHEDULES,
         "device": DEVICES,
-        "arch": ("small_unet",),
+        "arch": tuple(ARCHS),
         "precision": PRECISIONS,
     }
     for key, options in choices.items():
@@ -489,10 +540,26 @@ def config_from_dict(
         values["resize_range"] = check.range("resize_range", raw["resize_range"])
     if "model_kwargs" in raw:
         values["model_kwargs"] = check.json_dict("model_kwargs", raw["model_kwargs"])
-    if "progress" in raw:
-        if not isinstance(raw["progress"], bool):
-            check.fail("progress", f"must be true or false, got {raw['progress']!r}")
-        values["progress"] = raw["progress"]
+    for key in ("progress", "activation_checkpointing"):
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                check.fail(key, f"must be true or false, got {raw[key]!r}")
+            values[key] = raw[key]
+    if "adam_betas" in raw:
+        betas = raw["adam_betas"]
+        if not (
+            isinstance(betas, (list, tuple))
+            and len(betas) == 2
+            and all(_is_number(b) and 0 <= b < 1 for b in betas)
+        ):
+            check.fail("adam_betas", f"must be [beta1, beta2], each in [0, 1), got {betas!r}")
+        values["adam_betas"] = (float(betas[0]), float(betas[1]))
+    if raw.get("init_from") is not None:
+        if not isinstance(raw["init_from"], str) or not raw["init_from"]:
+            check.fail("init_from", f"must be a weights file path, got {raw['init_from']!r}")
+        values["init_from"] = str((Path(base_dir) / raw["init_from"]).resolve())
+    values["freeze"] = _freeze(raw.get("freeze"), check)
+    _arch_defaults(raw, values, check)
     if raw.get("real_photos") is not None:
         if not isinstance(raw["real_photos"], bool):
             check.fail("real_photos", f"must be true, false or null, got {raw['real_photos']!r}")
@@ -502,19 +569,85 @@ def config_from_dict(
         check.fail(
             "min_depth_m", f"must be < max_depth_m ({config.max_depth_m}), got {config.min_depth_m}"
         )
-    if config.loss_l1_log == 0 and config.loss_silog == 0:
-        check.fail("loss_l1_log", "loss_l1_log and loss_silog cannot both be 0")
     if config.warmup_steps >= config.steps:
         check.fail("warmup_steps", f"must be < steps ({config.steps}), got {config.warmup_steps}")
     if config.infer_hw is None:
         config = dataclasses.replace(config, infer_hw=config.input_hw)
     try:
-        from metricdepth.models.small import build_small_unet
-
-        build_small_unet(**config.model_kwargs)
+        check_architecture(config.arch, config.model_kwargs, ())
     except (TypeError, ValueError) as error:
         check.fail("model_kwargs", " ".join(str(error).split()))
+    try:
+        check_architecture(config.arch, config.model_kwargs, config.freeze)
+    except ValueError as error:
+        check.fail("freeze", " ".join(str(error).split()).removeprefix("freeze: "))
+    info = ARCHS[config.arch]
+    for key in ("input_hw", "infer_hw"):
+        hw = getattr(config, key)
+        if hw[0] % info.input_multiple or hw[1] % info.input_multiple:
+            check.fail(key, f"{config.arch} needs multiples of {info.input_multiple}, got {hw}")
+    if config.activation_checkpointing and config.arch != "metric3d_vit":
+        check.fail("activation_checkpointing", "applies to metric3d_vit only")
+    if (
+        config.init_from is not None
+        and Path(config.init_from).suffix != ".safetensors"
+        and config.canonical_focal_px != info.canonical_focal_px
+    ):
+        check.fail(
+            "canonical_focal_px",
+            f"official weights predict at f_c = {info.canonical_focal_px:g} px, got "
+            f"{config.canonical_focal_px:g}",
+        )
     return config
+
+
+def _freeze(value: Any, check: _Checker) -> tuple[str, ...]:
+    """``freeze``: None, ``"encoder"``, or a list of non-empty parameter-name prefixes."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v for v in items):
+        check.fail("freeze", f"must be 'encoder' or a list of name prefixes, got {value!r}")
+    return tuple(items)
+
+
+def _arch_defaults(raw: dict[str, Any], values: dict[str, Any], check: _Checker) -> None:
+    """Fill the architecture's defaults (f_c, canvas) and resolve ``losses`` (in ``values``)."""
+    from metricdepth.train.objective import check_losses
+
+    arch = values.get("arch", "small_unet")
+    info = ARCHS[arch]
+    if info.canonical_focal_px is not None and "canonical_focal_px" not in raw:
+        values["canonical_focal_px"] = info.canonical_focal_px
+    if info.canvas_hw is not None:
+        values.setdefault("input_hw", info.canvas_hw)
+        values.setdefault("infer_hw", info.canvas_hw)
+    legacy = {name: values.get(f"loss_{name}") for name in ("l1_log", "silog")}
+    if raw.get("losses") is not None:
+        losses = check.json_dict("losses", raw["losses"])
+        for name, weight in losses.items():
+            check.number(f"losses.{name}", weight, 0)
+            losses[name] = float(weight)
+        for name, weight in legacy.items():
+            if weight is not None and weight != losses.get(name, 0.0):
+                check.fail(f"loss_{name}", f"is {weight}, but losses says {losses.get(name, 0)}")
+    elif arch == "small_unet" or any(w is not None for w in legacy.values()):
+        defaults = {"l1_log": TrainConfig.loss_l1_log, "silog": TrainConfig.loss_silog}
+        losses = {n: (defaults[n] if w is None else w) for n, w in legacy.items()}
+        losses = {n: w for n, w in losses.items() if w}
+        if not losses:
+            check.fail("loss_l1_log", "loss_l1_log and loss_silog cannot both be 0")
+    else:
+        losses = {"gru_sequence": 1.0}
+    if not any(losses.values()):
+        check.fail("losses", "every weight is 0")
+    try:
+        check_losses(losses, info.outputs, arch)
+    except ValueError as error:
+        check.fail("losses", str(error))
+    values["losses"] = losses
+    values["loss_l1_log"] = losses.get("l1_log", 0.0)
+    values["loss_silog"] = losses.get("silog", 0.0)
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:

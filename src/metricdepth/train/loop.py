@@ -1,9 +1,15 @@
 """The training loop: canonical labels, AdamW with warm-up and decay, checkpoints, resume, DDP.
 
+Pieces live beside it: ``train.arch`` (building any registered architecture, ``init_from``,
+freezing, activation checkpointing), ``train.optim`` (encoder/decoder groups, schedule),
+``train.step`` (micro-batches, autocast forward, float32 objective outside autocast) and
+``train.objective`` (``compute_loss``, the seam every loss goes through).
+
 ``run_training(config_path)`` trains one run into ``out_dir / name`` and returns that folder::
 
     config.yaml            the resolved config (every field)
-    log.jsonl              step, loss, learning rate, images/s every ``log_every`` steps
+    log.jsonl              step, loss (and each weighted term when there are several),
+                           learning rates (``lr``: decoder, ``lr_encoder``), images/s
     checkpoints/step_*.pt  resumable state every ``checkpoint_every`` steps (and at the end)
     model.safetensors      final weights with their ModelSpec (``models.registry.save_model``)
     model.json             the spec, readable
@@ -27,11 +33,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,13 +50,29 @@ from metricdepth.canonical import (
     normalize,
     to_canonical,
 )
-from metricdepth.data.dataset import CanonicalTrainingSet, StepBatchSampler, build_source
+from metricdepth.data.dataset import (
+    CanonicalTrainingSet,
+    StepBatchSampler,
+    assumed_focal,
+    build_source,
+)
 from metricdepth.frame import Frame
 from metricdepth.io import atomic_write
-from metricdepth.train.config import TrainConfig, config_from_dict, load_config
-from metricdepth.train.losses import depth_loss
+from metricdepth.train import arch
+from metricdepth.train.arch import ARCHS
+from metricdepth.train.checkpoint import (  # noqa: F401 (latest_checkpoint re-exported)
+    CHECKPOINT_FORMAT,
+    check_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    read_log,
+    save_checkpoint,
+)
+from metricdepth.train.config import TrainConfig, load_config
+from metricdepth.train.optim import lr_factor, make_optimizer, make_scheduler  # noqa: F401 (lr_factor re-exported)
+from metricdepth.train.step import accumulate_gradients, split_batch
 
-CHECKPOINT_FORMAT = "metricdepth-train-checkpoint/1"
 _PROBE_SAMPLES = 32
 
 
@@ -87,9 +107,15 @@ def model_spec(config: TrainConfig):
     """The ``ModelSpec`` saved with the trained weights."""
     from metricdepth.models.spec import ModelSpec
 
+    what = (
+        "small U-Net"
+        if config.arch == "small_unet"
+        else f"{config.arch} {config.model_kwargs.get('size', '')}".rstrip()
+    )
+    origin = f", from {Path(config.init_from).name}" if config.init_from else ""
     description = config.description or (
-        f"small U-Net trained by metricdepth ({config.variant} variant, f_c "
-        f"{config.canonical_focal_px:g} px, {config.steps} steps)"
+        f"{what} trained by metricdepth ({config.variant} variant, f_c "
+        f"{config.canonical_focal_px:g} px, {config.steps} steps{origin})"
     )
     return ModelSpec(
         name=config.model_name,
@@ -98,8 +124,9 @@ def model_spec(config: TrainConfig):
         space=inference_space(config),
         focal_mode=config.focal_mode,
         max_depth_m=config.max_depth_m,
-        outputs=(),
+        outputs=ARCHS[config.arch].spec_outputs,
         description=description,
+        assumed_focal_px=assumed_focal(config),
         **intended_use(config),
     )
 
@@ -125,9 +152,7 @@ def intended_use(config: TrainConfig) -> dict:
 
 def build_network(config: TrainConfig) -> nn.Module:
     """The untrained network of ``config`` (initialised from the current torch RNG)."""
-    from metricdepth.models.small import build_small_unet
-
-    return build_small_unet(**config.model_kwargs)
+    return arch.build_network(config.arch, config.model_kwargs)
 
 
 def build_dataset(config: TrainConfig) -> CanonicalTrainingSet:
@@ -147,36 +172,6 @@ def build_dataset(config: TrainConfig) -> CanonicalTrainingSet:
         max_depth_m=config.max_depth_m,
         seed=config.seed,
     )
-
-
-def lr_factor(step: int, config: TrainConfig) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then cosine or poly decay.
-
-    Warm-up: ``(step + 1) / warmup_steps`` for ``step < warmup_steps``. Then with
-    ``p = (step - warmup) / (steps - warmup)`` in [0, 1] and ``m = min_lr_ratio``:
-    cosine ``m + (1 - m) (1 + cos(pi p)) / 2``; poly ``m + (1 - m) (1 - p) ** 0.9``.
-    """
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    m = config.min_lr_ratio
-    if config.schedule == "poly":
-        return m + (1 - m) * (1 - progress) ** 0.9
-    return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on convolution and linear weights only (not biases or norms)."""
-    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
-    other = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": other, "weight_decay": 0.0},
-    ]
-    # fused: one kernel for all parameters (6x faster steps of the optimiser on CPU than the
-    # default for-each implementation; torch >= 2.4 has it on CPU and CUDA)
-    return torch.optim.AdamW(groups, lr=config.lr, fused=True)
 
 
 def parameter_digest(net: nn.Module, buffers: bool = False) -> str:
@@ -211,12 +206,6 @@ def predict_depth_m(
     return from_canonical(depth_c[0, 0].float().cpu(), record).numpy()
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest step in ``run_dir/checkpoints``, or None."""
-    files = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
-    return files[-1] if files else None
-
-
 # ---------------------------------------------------------------------- distributed
 @dataclasses.dataclass(frozen=True)
 class _Dist:
@@ -246,45 +235,6 @@ def _device(config: TrainConfig) -> torch.device:
             raise ValueError("config device is 'cuda' but no CUDA device is available")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
-
-
-# ---------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _prune_checkpoints(run_dir: Path, keep: int) -> None:
-    files = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
-    for old in files[:-keep]:
-        old.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint (``weights_only=True``); a bad file is a ValueError."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated or foreign files raise many types
-        raise ValueError(f"{path}: cannot read checkpoint ({type(error).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a metricdepth training checkpoint")
-    return state
-
-
-def _check_resumable(state: dict[str, Any], config: TrainConfig, world: int, path: Path) -> None:
-    saved = config_from_dict(state["config"], source=f"{path} (config)").training_fields()
-    current = config.training_fields()
-    for key in current:
-        if saved.get(key) != current[key]:
-            raise ValueError(
-                f"{path}: cannot resume, the config's {key!r} changed ({saved.get(key)!r} -> "
-                f"{current[key]!r}); use another run name or out_dir, or resume=False"
-            )
-    if int(state["world_size"]) != world:
-        raise ValueError(
-            f"{path}: cannot resume with {world} process(es), the run used "
-            f"{int(state['world_size'])} (the data order depends on it)"
-        )
 
 
 # ---------------------------------------------------------------------- progress
@@ -357,7 +307,7 @@ def _train(
         )
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     if state is not None:
-        _check_resumable(state, config, ctx.world_size, checkpoint)
+        check_resumable(state, config, ctx.world_size, checkpoint)
         if int(state["step"]) >= config.steps and (run_dir / "model.safetensors").is_file():
             return run_dir  # already finished
     _barrier(ctx)  # every rank has read the checkpoint before rank 0 may prune it
@@ -367,11 +317,19 @@ def _train(
     torch.manual_seed(config.seed)
     net = build_network(config)
     dataset = build_dataset(config)
-    if state is None:
+    small = config.arch == "small_unet"
+    if state is None and config.init_from is not None:
+        arch.load_initial_weights(net, config.arch, config.model_kwargs, config.init_from)
+    elif state is None and small:
         _init_output_bias(net, dataset)
-    net.to(device, memory_format=torch.channels_last)  # about 10 % faster convolutions on CPU
+    arch.apply_freeze(net, config.arch, config.freeze)
+    arch.set_activation_checkpointing(net, config.activation_checkpointing)
+    if small:  # about 10 % faster convolutions on CPU
+        net.to(device, memory_format=torch.channels_last)
+    else:
+        net.to(device)
     optimizer = make_optimizer(net, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    scheduler = make_scheduler(optimizer, config)
     start = 0
     if state is not None:
         net.load_state_dict(state["model"])
@@ -382,18 +340,21 @@ def _train(
     model: nn.Module = net
     if ctx.active:
         ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        # official archs: some parameters may get no gradient (giant2's final norm)
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=ids, find_unused_parameters=not small
+        )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=StepBatchSampler(
-            start, config.steps, config.batch_size, ctx.rank, ctx.world_size
+            start, config.steps, config.batch_size * config.accumulate, ctx.rank, ctx.world_size
         ),
         num_workers=config.workers,
     )
-    log_lines = _read_log(run_dir, start) if ctx.rank == 0 else []
+    log_lines = read_log(run_dir, start) if ctx.rank == 0 else []
 
-    images_per_step = config.batch_size * ctx.world_size
-    bf16 = config.precision == "bf16"
+    images_per_step = config.batch_size * config.accumulate * ctx.world_size
+    trainable = [p for p in net.parameters() if p.requires_grad]
     started = time.perf_counter()
     ips = 0.0
     loss_value = float("nan")
@@ -403,44 +364,34 @@ def _train(
         task = bar.add_task(config.name, total=config.steps, completed=start, loss=0.0, ips=0.0)
         tick = time.perf_counter()
         for batch in loader:
-            image = batch["image"].to(device, memory_format=torch.channels_last)
-            depth_c = batch["depth_c"].to(device, non_blocking=True)
-            mask = batch["mask"].to(device, non_blocking=True)
-            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                out = model(image)
-            loss = depth_loss(
-                out["log_depth_c"].float(),
-                depth_c,
-                mask,
-                l1_log=config.loss_l1_log,
-                silog=config.loss_silog,
-                variance_focus=config.silog_lambda,
-            )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            terms = accumulate_gradients(
+                model, split_batch(batch, config.batch_size), config, device, channels_last=small
+            )
             if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
             scheduler.step()
             step += 1
-            loss_value = _mean_over_ranks(loss.detach(), ctx)
+            loss_value = _mean_over_ranks(terms["total"], ctx)
             now = time.perf_counter()
             rate = images_per_step / max(now - tick, 1e-9)
             ips = rate if ips == 0.0 else 0.9 * ips + 0.1 * rate
             tick = now
             bar.update(task, completed=step, loss=loss_value, ips=ips)
             if ctx.rank == 0 and (step % config.log_every == 0 or step == config.steps):
-                log_lines.append(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "loss": loss_value,
-                            "lr": scheduler.get_last_lr()[0],
-                            "images_per_s": ips,
-                            "elapsed_s": now - started,
-                        }
-                    )
+                entry = {"step": step, "loss": loss_value}
+                if len(terms) > 2:  # more than one term: log each
+                    entry.update({k: float(v) for k, v in terms.items() if k != "total"})
+                entry.update(
+                    {
+                        "lr": scheduler.get_last_lr()[-1],
+                        "lr_encoder": _group_lr(optimizer, "encoder"),
+                        "images_per_s": ips,
+                        "elapsed_s": now - started,
+                    }
                 )
+                log_lines.append(json.dumps(entry))
             if step % config.checkpoint_every == 0 or step == config.steps:
                 _checkpoint(run_dir, step, net, optimizer, scheduler, config, ctx, log_lines)
             if stop_at is not None and step >= stop_at:
@@ -507,7 +458,7 @@ def precise_batch_norm(
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
-    first = config.steps
+    first = config.steps * config.accumulate  # batches of batch_size after every trained one
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=StepBatchSampler(first, first + config.precise_bn_batches, config.batch_size),
@@ -521,6 +472,14 @@ def precise_batch_norm(
     net.train(was_training)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
+
+
+def _group_lr(optimizer: torch.optim.Optimizer, part: str) -> float | None:
+    """The current learning rate of the first ``part`` (encoder/decoder) group, if any."""
+    for group in optimizer.param_groups:
+        if str(group.get("name", "")).startswith(part):
+            return group["lr"]
+    return None
 
 
 def _mean_over_ranks(value: torch.Tensor, ctx: _Dist) -> float:
@@ -543,26 +502,11 @@ def _checkpoint(run_dir, step, net, optimizer, scheduler, config, ctx, log_lines
             "config": config.to_dict(),
             "world_size": ctx.world_size,
         }
-        _save_checkpoint(run_dir / "checkpoints" / f"step_{step:07d}.pt", state)
-        _prune_checkpoints(run_dir, config.keep_checkpoints)
+        save_checkpoint(run_dir / "checkpoints" / f"step_{step:07d}.pt", state)
+        prune_checkpoints(run_dir, config.keep_checkpoints)
         with atomic_write(run_dir / "log.jsonl") as tmp:
             tmp.write_text("".join(line + "\n" for line in log_lines))
     _barrier(ctx)
-
-
-def _read_log(run_dir: Path, start: int) -> list[str]:
-    """The log lines of steps <= ``start`` (a resumed run rewrites what came after)."""
-    path = run_dir / "log.jsonl"
-    if start == 0 or not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= start:
-                lines.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    return lines
 
 
 @torch.no_grad()
