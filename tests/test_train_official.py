@@ -287,7 +287,10 @@ def test_accumulating_two_batches_of_two_equals_one_batch_of_four(tmp_path):
     common = {"losses": {"silog": 1.0}, "steps": 2, "lr": 1e-3}
     config = vit_tiny(tmp_path, name="b4", batch_size=4, **common)
     batch = torch.utils.data.default_collate([build_dataset(config)[i] for i in range(4)])
-    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+    batch = {
+        k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
+        for k, v in batch.items()
+    }
     torch.manual_seed(0)
     net = build_network(config).double()
     grads = []
