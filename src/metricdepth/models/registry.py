@@ -10,6 +10,7 @@ ValueError naming the architecture and the first offending keys.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metricdepth.canonical import CanonicalSpace
+from metricdepth.canonical import CanonicalRecord, CanonicalSpace, check_space, fits_space
 from metricdepth.io import atomic_write
 from metricdepth.models.spec import ModelSpec
 from metricdepth.models.weights import load_strict, read_torch_checkpoint
@@ -121,19 +122,75 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 
 class DepthModel(nn.Module):
-    """A network together with its spec: ``forward(x)`` returns the network's dict."""
+    """A network together with its spec: ``forward(x, record=None)`` returns the network's dict.
+
+    ``x`` is a canvas of the model's own canonical space (``prepare_input(rgb, camera,
+    model)``); the dict holds ``"depth_c"`` (B, 1, H_in, W_in) and, where the model has them
+    (``spec.outputs``), ``"confidence"`` and ``"normal"``. Given the ``record`` of ``x``, a
+    record made for another canonical space is refused (ValueError); without it, a canvas
+    size this model's space never makes draws a ``UserWarning``.
+    """
 
     def __init__(self, spec: ModelSpec, net: nn.Module) -> None:
         super().__init__()
         self.spec = spec
         self.net = net
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, record: CanonicalRecord | None = None) -> dict[str, Tensor]:
+        self.check_input(x, record)
         return self.net(x)
+
+    def check_input(self, x: Tensor, record: CanonicalRecord | None = None) -> None:
+        """Refuse a record of another canonical space; warn on a canvas of a foreign size."""
+        hw = tuple(int(v) for v in x.shape[-2:])
+        space = self.spec.space
+        if record is not None:
+            check_space(record, space, self.spec.name)
+            if hw != tuple(record.input_hw):
+                raise ValueError(
+                    f"input is {hw[0]}x{hw[1]} but its record's canvas is "
+                    f"{record.input_hw[0]}x{record.input_hw[1]}"
+                )
+        elif not fits_space(hw, space):
+            warnings.warn(
+                f"{self.spec.name}: a {hw[0]}x{hw[1]} input is not a canvas of this model's "
+                f"canonical space (f_c {space.focal_px:g} px, {space.input_hw[0]}x"
+                f"{space.input_hw[1]}): prepare it with prepare_input(rgb, camera, model), or "
+                "the metric depth will be wrong",
+                UserWarning,
+                stacklevel=3,
+            )
 
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
+
+
+def check_device(device: torch.device | str | None) -> torch.device | None:
+    """``device`` as a ``torch.device`` if this machine has it, else one-line ValueError."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:1, ...") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r}: no CUDA device here (torch {torch.__version__}); "
+                "use cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)"
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r}: no Apple MPS device here; use cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {str(device)!r} is not supported: use cpu or cuda")
+    return dev
 
 
 def list_models() -> list[str]:
@@ -259,8 +316,9 @@ def load_model(
             directory holding one, or an official Metric3D ``.pth`` (architecture detected).
         weights: for a registered official name, its checkpoint file (``.pth`` or a converted
             ``.safetensors``); without it, the Hugging Face cache is tried.
-        device: where to put the model.
+        device: where to put the model (checked first: ``check_device``).
     """
+    device = check_device(device)
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     if name == DEFAULT_MODEL and weights is None:
         bundled = ASSETS / f"{DEFAULT_MODEL}.safetensors"
