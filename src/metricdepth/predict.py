@@ -209,7 +209,8 @@ def _image_and_camera(
         camera, source = default_camera(width, height), "default"
     source = source or "given"
     if source not in CAMERA_SOURCES:
-        raise ValueError(f"camera_source must be one of {', '.join(CAMERA_SOURCES)}, got {source!r}")
+        known = ", ".join(CAMERA_SOURCES)
+        raise ValueError(f"camera_source must be one of {known}, got {source!r}")
     if camera.size != (width, height):
         raise ValueError(
             f"image is {width}x{height} but its camera is for {camera.width}x{camera.height}"
