@@ -407,9 +407,13 @@ def check_space(record: CanonicalRecord, space: CanonicalSpace, model: str = "th
         if space.resize == "fit":
             same = same and tuple(record.input_hw) == space.input_hw
     if not same:
-        made = _describe(record.space) if record.space is not None else (
-            f"f_c {record.canonical_focal_px:g} px on "
-            f"{record.input_hw[0]}x{record.input_hw[1]} ({record.variant})"
+        made = (
+            _describe(record.space)
+            if record.space is not None
+            else (
+                f"f_c {record.canonical_focal_px:g} px on "
+                f"{record.input_hw[0]}x{record.input_hw[1]} ({record.variant})"
+            )
         )
         raise ValueError(
             f"this input was prepared for another canonical space ({made}) than {model}'s "

@@ -177,8 +177,7 @@ def check_device(device: torch.device | str | None) -> torch.device | None:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
-                f"device {str(device)!r}: no CUDA device here (torch {torch.__version__}); "
-                "use cpu"
+                f"device {str(device)!r}: no CUDA device here (torch {torch.__version__}); use cpu"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(
