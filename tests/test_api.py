@@ -164,5 +164,5 @@ def test_load_model_precision_and_device(model, photo, given, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA device"):
         metricdepth.load_model(device="cuda")
-    with pytest.raises(ValueError, match="unknown device"):
+    with pytest.raises(ValueError, match="unknown; use cpu"):
         metricdepth.load_model(device="gpu")

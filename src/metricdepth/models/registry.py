@@ -173,7 +173,7 @@ def check_device(device: torch.device | str | None) -> torch.device | None:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:1, ...") from None
+        raise ValueError(f"device {device!r}: unknown; use cpu, cuda, cuda:1, ...") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -356,6 +356,34 @@ def load_model(
             message = str(error)
             raise ValueError(message if str(path) in message else f"{path}: {message}") from None
         return _load_official(name, path, device)
+    raise ValueError(f"{path}: unsupported model file type {path.suffix!r} (.safetensors or .pth)")
+
+
+def model_spec(name_or_path: str | Path | None = None) -> ModelSpec:
+    """The spec of the model ``load_model(name_or_path)`` would load, without its weights.
+
+    Registered names need no checkpoint; a ``.safetensors`` file (or a folder holding one) is
+    read for its embedded spec; an official ``.pth`` is read to tell which model it holds.
+    """
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        return read_spec(ASSETS / f"{DEFAULT_MODEL}.safetensors")
+    if str(name_or_path) in MODELS:
+        return MODELS[str(name_or_path)][0]
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1:
+            raise ValueError(
+                f"{path}: expected exactly one .safetensors model file, found {len(files)}"
+            )
+        path = files[0]
+    if not path.exists():
+        known = ", ".join(list_models())
+        raise ValueError(f"no model or file named {str(name_or_path)!r}; registered: {known}")
+    if path.suffix == ".safetensors":
+        return read_spec(path)
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return MODELS[_guess_official(read_torch_checkpoint(path))][0]
     raise ValueError(f"{path}: unsupported model file type {path.suffix!r} (.safetensors or .pth)")
 
 
