@@ -137,3 +137,68 @@ def test_a_folder_of_depth_maps_only_is_no_images(tmp_path):
     cv2.imwrite(str(tmp_path / "d.png"), np.full((8, 8), 7, np.uint16))
     with pytest.raises(ValueError, match=r"no images .*\(1 depth maps"):
         collect_inputs([tmp_path])
+
+
+# ------------------------------------------------------------------------------ train
+TINY = {
+    "out_dir": "runs",
+    "input_hw": [32, 48],
+    "canonical_focal_px": 80.0,
+    "model_kwargs": {"widths": [8, 16, 32]},
+    "datasets": [
+        {
+            "kind": "synthetic",
+            "seed": 5,
+            "num_scenes": 8,
+            "synth": {"height": 32, "width": 48, "sizes": [[32, 48]]},
+        }
+    ],
+    "batch_size": 2,
+    "steps": 2,
+    "warmup_steps": 1,
+    "checkpoint_every": 2,
+    "progress": False,
+    "device": "cpu",
+}
+
+
+def test_a_trained_model_is_not_named_as_the_bundled_one(tmp_path):
+    from metricdepth.models.registry import DEFAULT_MODEL
+    from metricdepth.train.config import BUNDLED_MODEL_NAME, TrainConfig, config_from_dict
+
+    assert BUNDLED_MODEL_NAME == DEFAULT_MODEL
+    assert config_from_dict({**TINY, "name": "mine"}).model_name == "mine"  # from the name
+    named = config_from_dict({**TINY, "name": "mine", "model_name": "kitchen-v2"})
+    assert named.model_name == "kitchen-v2"
+    for raw in ({"name": "metricdepth-small"}, {"name": "x", "model_name": "metricdepth-small"}):
+        with pytest.raises(ValueError, match="bundled model's name.*bundled_name: true"):
+            config_from_dict({**TINY, **raw})
+    asked = config_from_dict({**TINY, "name": "metricdepth-small", "bundled_name": True})
+    assert asked.model_name == "metricdepth-small"
+    with pytest.raises(ValueError, match="bundled_name: must be true or false"):
+        config_from_dict({**TINY, "name": "x", "bundled_name": "yes"})
+    with pytest.raises(ValueError, match="bundled model's name"):
+        TrainConfig(name="metricdepth-small", datasets=named.datasets)
+
+
+def test_the_bundled_config_asks_for_the_bundled_name():
+    from pathlib import Path
+
+    from metricdepth.train.config import load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "configs/metricdepth-small.yaml")
+    assert config.bundled_name and config.model_name == "metricdepth-small"
+
+
+def test_train_prints_the_model_and_the_predict_command(tmp_path):
+    import yaml
+
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "name": "mine", "out_dir": str(tmp_path / "runs")}))
+    result = run("train", str(config))
+    assert result.returncode == 0, result.stderr
+    model = tmp_path / "runs" / "mine" / "model.safetensors"
+    assert model.is_file()
+    lines = result.stdout.strip().splitlines()
+    assert f"model: {model} (name mine)" in lines
+    assert f"use it: metricdepth predict photo.jpg --model {model}" in lines
