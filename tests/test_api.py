@@ -166,3 +166,17 @@ def test_load_model_precision_and_device(model, photo, given, monkeypatch):
         metricdepth.load_model(device="cuda")
     with pytest.raises(ValueError, match="unknown; use cpu"):
         metricdepth.load_model(device="gpu")
+
+
+def test_an_onnx_file_loads_and_predicts_like_the_torch_model(model, photo, given, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from metricdepth.export import export_onnx
+
+    path = export_onnx(model, tmp_path / "small.onnx")
+    exported = metricdepth.load_model(str(path))
+    got = metricdepth.predict(exported, photo, NYU)
+    assert got.camera_source == "given" and got.camera == given.camera
+    # another graph and kernels (ONNX Runtime): the tolerance test_onnx.py states
+    np.testing.assert_allclose(got.depth_m, given.depth_m, rtol=1e-4)
+    with pytest.raises(ValueError, match="takes no weights, device or precision"):
+        metricdepth.load_model(str(path), precision="fp32")
