@@ -359,15 +359,8 @@ def load_predictor(model, weights, device, backend, precision, workers=0):
     ONNX Runtime's threads are set when its session opens: with ``workers`` loader processes
     they leave those cores to the workers, as ``run_batch`` does with torch's threads.
     """
-    from metricdepth.models.registry import load_model
-    from metricdepth.runtime import (
-        BACKENDS,
-        PRECISIONS,
-        default_threads,
-        load_onnx,
-        optimize,
-        set_threads,
-    )
+    from metricdepth.predict import load_model
+    from metricdepth.runtime import BACKENDS, PRECISIONS, default_threads, load_onnx, set_threads
 
     if backend is None:
         backend = "onnxruntime" if str(model or "").endswith(".onnx") else "torch"
@@ -384,8 +377,7 @@ def load_predictor(model, weights, device, backend, precision, workers=0):
     if str(model or "").endswith(".onnx"):
         raise ValueError(f"{model} is an ONNX file: run it with --backend onnxruntime")
     set_threads()  # the CPUs this process may use, not the machine's count
-    net = load_model(model, weights=weights, device=device)
-    return net if precision is None else optimize(net, precision)
+    return load_model(model, weights=weights, device=device, precision=precision)
 
 
 @app.command()
