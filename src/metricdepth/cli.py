@@ -177,7 +177,12 @@ def run_canonical(
         image = EXAMPLE_IMAGE
         if intrinsics is None and focal is None:
             intrinsics = ",".join(str(v) for v in EXAMPLE_INTRINSICS)
-    spec = model_spec(model)
+    if str(model or "").endswith(".onnx"):  # an exported graph describes itself
+        from metricdepth.runtime import load_onnx
+
+        spec = load_onnx(model).spec
+    else:
+        spec = model_spec(model)
     changes = {}
     if input_size is not None:
         changes["input_hw"] = parse_size(input_size, "--input-size")
