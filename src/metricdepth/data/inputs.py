@@ -44,11 +44,15 @@ def skip_reason(path: Path) -> str | None:
     """Why a file found in a folder is not a photo to predict on, or None if it is one."""
     if path.name.lower().endswith(OUTPUT_SUFFIXES):
         return "a metricdepth output"
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(path) as image:  # reads the header only
-            mode = image.mode
+        with warnings.catch_warnings():  # a huge header is refused when the file is read
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:  # reads the header only
+                mode = image.mode
     except Exception:  # an unreadable file is reported when it is read, as any bad image
         return None
     if mode in DEPTH_MAP_MODES:
