@@ -26,7 +26,7 @@ def test_help_lists_the_commands():
 
 
 def test_canonical_on_the_bundled_example_writes_canvas_and_record(tmp_path):
-    result = run("canonical", "--out", str(tmp_path))
+    result = run("canonical", "--model", "metric3d-vit-small", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "example_nyu.canonical.json").read_text())
     assert record["camera_source"] == "annotation"

@@ -7,6 +7,7 @@ The public API is importable from here; modules that need torch load on first us
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from metricdepth.camera import Camera
@@ -14,6 +15,9 @@ from metricdepth.camera import Camera
 __version__ = "0.1.0"
 
 _LAZY = {
+    "load_model": "metricdepth.predict",
+    "predict": "metricdepth.predict",
+    "Prediction": "metricdepth.predict",
     "Frame": "metricdepth.frame",
     "CanonicalSpace": "metricdepth.canonical",
     "CanonicalRecord": "metricdepth.canonical",
@@ -34,12 +38,21 @@ _LAZY = {
     "read_annotations": "metricdepth.data.annotations",
 }
 
-__all__ = ["Camera", "__version__", *_LAZY]
+__all__ = ["Camera", "__version__", "example_image", *_LAZY]
+
+
+def example_image() -> Path:
+    """The bundled example photo: NYU Depth v2, 640x480, taken with fx 518.8579, fy 519.46961,
+    cx 325.58245, cy 253.73617 px (its published calibration)."""
+    return Path(__file__).resolve().parent / "assets" / "example_nyu.jpg"
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        if name in globals():  # the import bound a submodule of this name: ``predict``,
+            return globals()[name]  # which is callable as its function
+        return getattr(module, name)
     raise AttributeError(f"module 'metricdepth' has no attribute {name!r}")
 
 

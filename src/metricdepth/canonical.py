@@ -32,8 +32,9 @@ grid. The two focal lengths differ by less than one pixel in the resized size (<
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -135,6 +136,8 @@ class CanonicalRecord:
         focal_mode: ``"mean"`` or ``"fx"`` (see ``Camera.focal``).
         canonical_focal_px: f_c.
         variant: ``"label"``, ``"image"`` or ``"none"`` (module docstring).
+        space: the ``CanonicalSpace`` the record was made for (None for a hand-made record);
+            a model refuses a record of another space (``check_space``).
     """
 
     camera: Camera
@@ -146,6 +149,7 @@ class CanonicalRecord:
     focal_mode: str
     canonical_focal_px: float
     variant: str = "label"
+    space: CanonicalSpace | None = field(default=None, compare=False, repr=False)
 
     @property
     def f_eff_px(self) -> float:
@@ -241,7 +245,7 @@ def inference_record(
         offset = (0, 0)
     return CanonicalRecord(
         camera, (H_in, W_in), scale, (h, w), offset, focal, focal_mode, space.focal_px,
-        space.variant,
+        space.variant, space,
     )  # fmt: skip
 
 
@@ -296,8 +300,9 @@ def training_record(
         raise ValueError(f"resize by {scale:.4g} leaves no pixel of a {camera.size} image")
     offset = (_axis_offset(h, H_in, rng, crop), _axis_offset(w, W_in, rng, crop))
     return CanonicalRecord(
-        camera, space.input_hw, scale, (h, w), offset, focal, focal_mode, space.focal_px, variant
-    )
+        camera, space.input_hw, scale, (h, w), offset, focal, focal_mode, space.focal_px, variant,
+        space,
+    )  # fmt: skip
 
 
 def to_canonical(
@@ -346,19 +351,83 @@ def normalize(image: np.ndarray, space: CanonicalSpace) -> torch.Tensor:
 
 
 def prepare_input(
-    image: np.ndarray, camera: Camera, space: CanonicalSpace, focal_mode: FocalMode = "mean"
+    image: np.ndarray,
+    camera: Camera,
+    space: CanonicalSpace | Any,
+    focal_mode: FocalMode | None = None,
 ) -> tuple[torch.Tensor, CanonicalRecord]:
     """Inference pre-processing: keep-ratio resize, pad with ``space.pad_rgb``, normalise.
 
     Args:
         image: (H, W, 3) RGB uint8.
         camera: camera of ``image``.
+        space: a loaded model (anything with ``spec.space``: its own canonical space, the way
+            to call this), a ``ModelSpec`` or a ``CanonicalSpace``.
+        focal_mode: ``"mean"`` or ``"fx"``; default: the model's (``"mean"`` for a space).
     Returns:
-        ``(x, record)``: x is float32 (1, 3, H_in, W_in).
+        ``(x, record)``: x is float32 (1, 3, H_in, W_in); ``record.space`` is the space used,
+        which the model checks when given the record (``model(x, record)``).
     """
-    record = inference_record(camera, space, focal_mode)
+    space, mode = space_of(space)
+    record = inference_record(camera, space, focal_mode or mode)
     canvas = to_canonical(Frame(image, camera), record, pad_rgb=space.pad_rgb)
     return normalize(canvas.image, space), record
+
+
+def space_of(target: CanonicalSpace | Any) -> tuple[CanonicalSpace, str]:
+    """``(space, focal_mode)`` of a ``CanonicalSpace``, a ``ModelSpec`` or a loaded model."""
+    if isinstance(target, CanonicalSpace):
+        return target, "mean"
+    spec = getattr(target, "spec", target)
+    space = getattr(spec, "space", None)
+    if not isinstance(space, CanonicalSpace):
+        raise TypeError(
+            f"expected a model, a ModelSpec or a CanonicalSpace, got {type(target).__name__}"
+        )
+    return space, getattr(spec, "focal_mode", "mean")
+
+
+def _describe(space: CanonicalSpace) -> str:
+    h, w = space.input_hw
+    return f"f_c {space.focal_px:g} px on {h}x{w} ({space.variant}, resize {space.resize})"
+
+
+def check_space(record: CanonicalRecord, space: CanonicalSpace, model: str = "the model") -> None:
+    """ValueError unless ``record`` was made for ``space`` (the model's own canonical space).
+
+    A record of another space gives a canvas the network was not trained on and a metric
+    scale ``f_eff / f_c`` with the wrong ``f_c``: a wrong answer, never a warning. A record
+    without its space (made by hand) is checked on what it holds: f_c, the variant and, for a
+    ``"fit"`` space, the canvas size.
+    """
+    if record.space is not None:
+        same = record.space == space
+    else:
+        same = record.canonical_focal_px == space.focal_px and record.variant == space.variant
+        if space.resize == "fit":
+            same = same and tuple(record.input_hw) == space.input_hw
+    if not same:
+        made = (
+            _describe(record.space)
+            if record.space is not None
+            else (
+                f"f_c {record.canonical_focal_px:g} px on "
+                f"{record.input_hw[0]}x{record.input_hw[1]} ({record.variant})"
+            )
+        )
+        raise ValueError(
+            f"this input was prepared for another canonical space ({made}) than {model}'s "
+            f"({_describe(space)}); prepare it with prepare_input(rgb, camera, model)"
+        )
+
+
+def fits_space(hw: tuple[int, int], space: CanonicalSpace) -> bool:
+    """Whether an (H, W) canvas is one ``space`` makes (``input_hw`` for ``"fit"``, else a
+    multiple of ``size_multiple``)."""
+    hw = (int(hw[0]), int(hw[1]))
+    if space.resize == "fit":
+        return hw == space.input_hw
+    return hw[0] % space.size_multiple == 0 and hw[1] % space.size_multiple == 0
 
 
 def unpad(x, record: CanonicalRecord):
@@ -380,10 +449,15 @@ def from_canonical(depth_c, record: CanonicalRecord):
     original (H, W) and multiplies by ``record.metric_scale`` (= f_eff / f_c).
 
     Args:
-        depth_c: (H_in, W_in), (B, H_in, W_in) or (B, 1, H_in, W_in); numpy or torch.
+        depth_c: (H_in, W_in), (B, H_in, W_in) or (B, 1, H_in, W_in); numpy or torch; or a
+            model's output dict (its ``"depth_c"`` is taken).
     Returns:
         depth in metres, (..., H, W), same kind and leading shape as the input.
     """
+    if isinstance(depth_c, Mapping):
+        if "depth_c" not in depth_c:
+            raise ValueError("from_canonical: the output dict has no 'depth_c'")
+        depth_c = depth_c["depth_c"]
     is_numpy = isinstance(depth_c, np.ndarray)
     x = torch.from_numpy(depth_c) if is_numpy else depth_c
     lead = x.shape[:-2]

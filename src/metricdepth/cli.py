@@ -56,6 +56,17 @@ def parse_size(text: str, option: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def check_device(device: str) -> None:
+    """``--device``: a ValueError (one ``error:`` line) for a device this machine lacks."""
+    from metricdepth.models.registry import check_device as check
+
+    try:
+        check(device)
+    except ValueError as error:  # "device 'cuda': why" -> "--device cuda: why"
+        why = str(error).split(": ", 1)[-1]
+        raise ValueError(f"--device {device}: {why}") from None
+
+
 def resolve_camera(image: Path, intrinsics: str | None, focal: float | None):
     """The camera of an image file (given, EXIF or the announced default) and its source."""
     from metricdepth.exif import resolve_camera as resolve
@@ -73,16 +84,24 @@ def trust_warning(net) -> None:
         typer.echo(f"warning: {warning}", err=True)
 
 
-@app.callback()
-def root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    """Metric depth from one photo of any camera."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from metricdepth import __version__
 
-        typer.echo(__version__)
+        typer.echo(f"metricdepth {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Metric depth from one photo of any camera."""
 
 
 @app.command()
@@ -96,25 +115,45 @@ def canonical(
     focal: Annotated[
         float | None, typer.Option(help="Focal length in pixels (principal point centred).")
     ] = None,
-    focal_mode: Annotated[str, typer.Option(help="mean: (fx+fy)/2; fx: fx only.")] = "mean",
-    input_size: Annotated[str, typer.Option(help="Network input HEIGHTxWIDTH.")] = "616x1064",
-    canonical_focal: Annotated[float, typer.Option(help="Canonical focal f_c in px.")] = 1000.0,
-    pad: Annotated[str, typer.Option(help="Padding placement: center or bottom_right.")] = "center",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The model whose canonical space to show: registered name or model file; "
+            "default: the one predict uses (metricdepth-small)."
+        ),
+    ] = None,
+    focal_mode: Annotated[
+        str | None, typer.Option(help="mean: (fx+fy)/2; fx: fx only (default: the model's).")
+    ] = None,
+    input_size: Annotated[
+        str | None, typer.Option(help="Network input HEIGHTxWIDTH (default: the model's).")
+    ] = None,
+    canonical_focal: Annotated[
+        float | None, typer.Option(help="Canonical focal f_c in px (default: the model's).")
+    ] = None,
+    pad: Annotated[
+        str | None,
+        typer.Option(help="Padding placement: center or bottom_right (default: the model's)."),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Write S.canonical.png and S.canonical.json here.")
     ] = None,
 ) -> None:
-    """Show (and optionally write) how an image is moved into canonical camera space."""
+    """Show (and optionally write) how an image is moved into a model's canonical space."""
     try:
         summary = run_canonical(
-            image, intrinsics, focal, focal_mode, input_size, canonical_focal, pad, out
+            image, intrinsics, focal, focal_mode, input_size, canonical_focal, pad, out, model
         )
     except ValueError as error:
         fail(str(error))
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"canonical space of {summary['image']}", show_header=False)
+    title = f"{Path(summary['image']).name} in the canonical space of {summary['model']}"
+    table = Table(title=title, show_header=False)
+    space = summary["space"]
+    table.add_row("model", summary["model"])
+    table.add_row("model space", f"f_c {space['focal_px']:g} px, input {space['input_hw']}")
     for key, value in summary["record"].items():
         table.add_row(key, str(value))
     table.add_row("camera_source", summary["camera_source"])
@@ -123,31 +162,54 @@ def canonical(
     Console().print(table)
 
 
-def run_canonical(image, intrinsics, focal, focal_mode, input_size, canonical_focal, pad, out):
-    """The work of ``metricdepth canonical``; returns the summary it prints and writes."""
+def run_canonical(
+    image, intrinsics, focal, focal_mode, input_size, canonical_focal, pad, out, model=None
+):
+    """The work of ``metricdepth canonical``; returns the summary it prints and writes.
+
+    The space is ``model``'s (default: the model ``predict`` uses); ``input_size``,
+    ``canonical_focal``, ``pad`` and ``focal_mode`` override its parts when given.
+    """
     import json
+    from dataclasses import asdict, replace
 
     import cv2
 
-    from metricdepth.canonical import CanonicalSpace, inference_record, to_canonical
+    from metricdepth.canonical import inference_record, to_canonical
     from metricdepth.frame import Frame
     from metricdepth.io import atomic_write, read_image
+    from metricdepth.models.registry import model_spec
 
     if image is None:
         image = EXAMPLE_IMAGE
         if intrinsics is None and focal is None:
             intrinsics = ",".join(str(v) for v in EXAMPLE_INTRINSICS)
+    if str(model or "").endswith(".onnx"):  # an exported graph describes itself
+        from metricdepth.runtime import load_onnx
+
+        spec = load_onnx(model).spec
+    else:
+        spec = model_spec(model)
+    changes = {}
+    if input_size is not None:
+        changes["input_hw"] = parse_size(input_size, "--input-size")
+    if canonical_focal is not None:
+        changes["focal_px"] = canonical_focal
+    if pad is not None:
+        changes["pad_placement"] = pad
+    space = replace(spec.space, **changes)
     rgb, _ = read_image(image)
     camera, source = resolve_camera(image, intrinsics, focal)
-    space = CanonicalSpace(
-        focal_px=canonical_focal,
-        input_hw=parse_size(input_size, "--input-size"),
-        pad_placement=pad,
-    )
-    record = inference_record(camera, space, focal_mode)
+    record = inference_record(camera, space, focal_mode or spec.focal_mode)
     if image == EXAMPLE_IMAGE and source == "given" and intrinsics is not None:
         source = "annotation"  # the bundled example's published calibration
-    summary = {"image": str(image), "camera_source": source, "record": record.to_dict()}
+    summary = {
+        "image": str(image),
+        "model": spec.name,
+        "space": {**asdict(space), "input_hw": list(space.input_hw)},
+        "camera_source": source,
+        "record": record.to_dict(),
+    }
     if out is not None:
         canvas = to_canonical(Frame(rgb, camera), record, pad_rgb=space.pad_rgb)
         stem = Path(image).stem
@@ -228,13 +290,16 @@ def predict(
 ) -> None:
     """Predict metric depth; writes S.depth.npy and S.json (+ --save extras) per image."""
     try:
-        summary = run_predict(
+        summary, skipped = run_predict(
             inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
             workers, resume, shard, keep_going, distortion, fisheye, backend, precision, fsync,
         )  # fmt: skip
     except ValueError as error:
         fail(str(error))
-    typer.echo(summary.line())
+    line = summary.line()
+    if skipped:
+        line += f"; {skipped} file(s) in the folders skipped (metricdepth outputs or depth maps)"
+    typer.echo(line)
     if summary.interrupted:
         raise typer.Exit(130)
     if summary.failed:
@@ -246,7 +311,7 @@ def run_predict(
     workers=0, resume=False, shard=None, keep_going=False, distortion=None, fisheye=None,
     backend=None, precision=None, fsync=False,
 ):  # fmt: skip
-    """The work of ``metricdepth predict``; returns the batch summary."""
+    """The work of ``metricdepth predict``: ``(batch summary, files skipped in folders)``."""
     from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
     from metricdepth.distortion import lens_from_options
@@ -262,20 +327,29 @@ def run_predict(
         check_focal(focal, "--focal")
     if focal_mode is not None:
         check_focal_mode(focal_mode)
+    skipped: list = []
     if inputs:
-        items = collect_inputs(list(inputs))
+        items = collect_inputs(list(inputs), skipped)
     else:
         items = [InputItem(EXAMPLE_IMAGE, EXAMPLE_IMAGE.stem, EXAMPLE_INTRINSICS)]
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     if workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {workers}")
+    check_device(device)
     shard_range = parse_shard(shard) if shard is not None else None
     net = load_predictor(model, weights, device, backend, precision, workers)
     warn_assumed_camera(getattr(net, "spec", None), values, focal, focal_mode)
     if lens is not None and getattr(net, "needs_image", False):
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
+        )
+    lacking = sorted(kinds & {"normal", "confidence"} - set(net.spec.outputs))
+    if lacking:
+        has = ", ".join(net.spec.outputs) or "none"
+        raise ValueError(
+            f"--save {','.join(lacking)}: {net.spec.name} has no {' or '.join(lacking)} output "
+            f"(its outputs besides depth: {has}); the Metric3D ViT models have both"
         )
     summary = run_batch(
         net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
@@ -291,7 +365,7 @@ def run_predict(
         )
     if summary.done:
         trust_warning(net)  # after the run: a refused or failed run stays one error line
-    return summary
+    return summary, len(skipped)
 
 
 def warn_assumed_camera(spec, intrinsics, focal, focal_mode) -> None:
@@ -322,15 +396,8 @@ def load_predictor(model, weights, device, backend, precision, workers=0):
     ONNX Runtime's threads are set when its session opens: with ``workers`` loader processes
     they leave those cores to the workers, as ``run_batch`` does with torch's threads.
     """
-    from metricdepth.models.registry import load_model
-    from metricdepth.runtime import (
-        BACKENDS,
-        PRECISIONS,
-        default_threads,
-        load_onnx,
-        optimize,
-        set_threads,
-    )
+    from metricdepth.predict import load_model
+    from metricdepth.runtime import BACKENDS, PRECISIONS, default_threads, load_onnx, set_threads
 
     if backend is None:
         backend = "onnxruntime" if str(model or "").endswith(".onnx") else "torch"
@@ -347,8 +414,7 @@ def load_predictor(model, weights, device, backend, precision, workers=0):
     if str(model or "").endswith(".onnx"):
         raise ValueError(f"{model} is an ONNX file: run it with --backend onnxruntime")
     set_threads()  # the CPUs this process may use, not the machine's count
-    net = load_model(model, weights=weights, device=device)
-    return net if precision is None else optimize(net, precision)
+    return load_model(model, weights=weights, device=device, precision=precision)
 
 
 @app.command()
@@ -450,6 +516,7 @@ def measure(
         from metricdepth.models.registry import load_model
         from metricdepth.predict import predict as run_model
 
+        check_device(device)
         lens = lens_from_options(distortion, fisheye)
         rgb, _ = read_image(image)
         pairs = parse_points(points, (rgb.shape[1], rgb.shape[0]))
@@ -498,6 +565,12 @@ def train(
     except ValueError as error:
         fail(str(error))
     typer.echo(f"run folder: {run_dir}")
+    model_file = Path(run_dir) / "model.safetensors"
+    if model_file.is_file():
+        from metricdepth.models.registry import read_spec
+
+        typer.echo(f"model: {model_file} (name {read_spec(model_file).name})")
+        typer.echo(f"use it: metricdepth predict photo.jpg --model {model_file}")
 
 
 @app.command("eval")
@@ -528,6 +601,7 @@ def evaluate(
     try:
         from metricdepth.evaluate.harness import eval_report, run_eval
 
+        check_device(device)
         if model is None and predictions is None:
             model = "metricdepth-small"  # the bundled default
         result = run_eval(
@@ -569,6 +643,7 @@ def serve(
             raise ValueError(f"--max-megapixels must be a number > 0, got {max_megapixels}")
         if not 0 <= port <= 65535:
             raise ValueError(f"--port must be 0..65535, got {port}")
+        check_device(device)
         from metricdepth.models.registry import load_model
 
         net = load_model(model, weights=weights, device=device)

@@ -1,13 +1,22 @@
 """Prediction: image + camera -> canonical space -> network -> metric depth -> points.
 
-``predict(model, image, camera)`` runs the model's own pre-processing (its ``CanonicalSpace``),
-the network, and ``from_canonical``; it returns a frozen ``Prediction`` at the original
-resolution that records the camera used and where it came from.
+The two names of the Python API live here: ``load_model(name_or_path)`` (the bundled default,
+a registered name, or a ``.safetensors``/``.pth``/``.onnx`` file, as the command line takes)
+and ``predict(model, image, camera)``, which runs the model's own pre-processing (its
+``CanonicalSpace``), the network, and ``from_canonical``; it returns a frozen ``Prediction``
+at the original resolution that records the camera used and where it came from.
+
+``metricdepth.predict`` is both this module and the function: the module is callable
+(``metricdepth.predict(model, image)`` is ``metricdepth.predict.predict(model, image)``),
+because Python binds a package attribute to its submodule once that is imported.
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
 import time
+import types
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -126,6 +135,117 @@ def default_camera(width: int, height: int) -> Camera:
     return Camera.from_fov(DEFAULT_FOV_X_DEG, width, height)
 
 
+def load_model(
+    name_or_path: str | Path | None = None,
+    *,
+    weights: str | Path | None = None,
+    device: torch.device | str | None = None,
+    precision: str | None = None,
+):
+    """A model for ``predict``: ``models.registry.load_model``, optionally ``runtime.optimize``d.
+
+    Args:
+        name_or_path: None for the bundled default (``metricdepth-small``, no download), a
+            name from ``metricdepth models``, a metricdepth ``.safetensors`` file, an official
+            Metric3D ``.pth`` (architecture detected) or an exported ``.onnx`` file (run by
+            ONNX Runtime on the CPU).
+        weights: the checkpoint of a registered official name.
+        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``, ...; a device this machine lacks
+            is a ValueError.
+        precision: None (the reference-faithful model), ``"fp32"`` (optimised, same results
+            within 1e-4) or ``"bf16"`` (bfloat16 autocast); see ``metricdepth.runtime``.
+    """
+    from metricdepth.models.registry import load_model as load_registered
+    from metricdepth.runtime import PRECISIONS, load_onnx, optimize
+
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if str(name_or_path or "").endswith(".onnx"):
+        if weights is not None or precision is not None or str(device or "cpu") != "cpu":
+            raise ValueError("an .onnx model takes no weights, device or precision (CPU only)")
+        return load_onnx(name_or_path)
+    model = load_registered(name_or_path, weights=weights, device=device)
+    return model if precision is None else optimize(model, precision)
+
+
+CameraLike = Camera | Sequence[float] | float | None
+
+
+def as_camera(camera: CameraLike, width: int, height: int) -> Camera | None:
+    """A ``Camera`` of a ``width`` x ``height`` image from a ``Camera``, intrinsics
+    ``(fx, fy, cx, cy)`` or a focal length in pixels (principal point at the centre)."""
+    if camera is None or isinstance(camera, Camera):
+        return camera
+    from metricdepth.exif import resolve_camera
+
+    if isinstance(camera, (int, float, np.number)) and not isinstance(camera, bool):
+        return resolve_camera((width, height), focal=float(camera))[0]
+    if isinstance(camera, (str, bytes)) or not isinstance(camera, (Sequence, np.ndarray)):
+        raise TypeError(
+            "camera must be a Camera, intrinsics (fx, fy, cx, cy), a focal length in pixels or "
+            f"None, got {type(camera).__name__}"
+        )
+    return resolve_camera((width, height), intrinsics=[float(v) for v in camera])[0]
+
+
+def _from_pil(image: Any) -> tuple[np.ndarray, Camera | None]:
+    """A PIL image -> (RGB uint8 as displayed, its EXIF camera or None)."""
+    import tempfile
+
+    from PIL import Image, ImageOps
+
+    from metricdepth.exif import camera_from_exif
+
+    exif = image.getexif()
+    shown = ImageOps.exif_transpose(image) if exif else image
+    rgb = _check_image(np.asarray(shown.convert("RGB")))
+    if not exif:
+        return rgb, None
+    # the EXIF rules read a file: a blank one of the stored size carrying the same EXIF
+    with tempfile.TemporaryDirectory() as folder:
+        blank = Path(folder) / "exif.jpg"
+        Image.new("L", image.size).save(blank, exif=exif)
+        camera, _ = camera_from_exif(blank)
+    if camera is not None and camera.size != (rgb.shape[1], rgb.shape[0]):
+        camera = None  # cannot happen for a consistent file; never guess
+    return rgb, camera
+
+
+def _image_and_camera(
+    image: Any, camera: CameraLike, source: str | None
+) -> tuple[np.ndarray, Camera, str]:
+    """Decode ``image`` (path, PIL image or array) and settle its camera and camera source:
+    the camera given, else the EXIF focal (path or PIL image), else the stated default."""
+    from metricdepth.exif import resolve_camera
+    from metricdepth.io import load_image
+
+    if isinstance(image, (str, Path)):
+        path = image
+        image, _, _ = load_image(path)  # as displayed (EXIF orientation applied)
+        camera = as_camera(camera, image.shape[1], image.shape[0])
+        if camera is None:  # the file's EXIF focal, else the announced default
+            camera, source, _ = resolve_camera(path)
+    elif hasattr(image, "getexif") and hasattr(image, "convert"):  # a PIL image
+        image, exif_camera = _from_pil(image)
+        camera = as_camera(camera, image.shape[1], image.shape[0])
+        if camera is None and exif_camera is not None:
+            camera, source = exif_camera, "exif"
+    image = _check_image(image)
+    height, width = image.shape[:2]
+    camera = as_camera(camera, width, height)
+    if camera is None:
+        camera, source = default_camera(width, height), "default"
+    source = source or "given"
+    if source not in CAMERA_SOURCES:
+        known = ", ".join(CAMERA_SOURCES)
+        raise ValueError(f"camera_source must be one of {known}, got {source!r}")
+    if camera.size != (width, height):
+        raise ValueError(
+            f"image is {width}x{height} but its camera is for {camera.width}x{camera.height}"
+        )
+    return image, camera, source
+
+
 def _check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -135,8 +255,8 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 def predict(
     model: DepthModel,
-    image: np.ndarray | str | Path,
-    camera: Camera | None = None,
+    image: np.ndarray | str | Path | Any,
+    camera: CameraLike = None,
     *,
     camera_source: str | None = None,
     focal_mode: str | None = None,
@@ -147,10 +267,12 @@ def predict(
 
     Args:
         model: from ``load_model``.
-        image: (H, W, 3) RGB uint8, or a path (EXIF orientation applied).
-        camera: the camera of the image as displayed; None takes the EXIF focal of a path
-            (``camera_source="exif"``), else assumes the default camera (``DEFAULT_FOV_X_DEG``)
-            and records ``camera_source="default"``.
+        image: (H, W, 3) RGB uint8, a path or a PIL image (EXIF orientation applied to both).
+        camera: the camera of the image as displayed: a ``Camera``, intrinsics
+            ``(fx, fy, cx, cy)`` in pixels, or a focal length in pixels (principal point at the
+            centre); None takes the EXIF focal of a path or PIL image (``camera_source=
+            "exif"``), else assumes the default camera (``DEFAULT_FOV_X_DEG`` horizontal field
+            of view) and records ``camera_source="default"``.
         camera_source: where ``camera`` came from (default ``"given"``).
         focal_mode: ``"mean"`` or ``"fx"``; default: the model's.
         distortion: the lens of ``camera`` (``metricdepth.distortion``): the image is
@@ -177,11 +299,10 @@ def predict_batch(
 ) -> list[Prediction]:
     """Metric depth for several images of any sizes; images sharing a canvas run as one batch.
 
-    ``distortion`` (one lens for every image) and ``alpha``: as ``predict``.
+    ``images``, ``cameras`` (each as ``predict``'s ``camera``), ``distortion`` (one lens for
+    every image) and ``alpha``: as ``predict``. An ONNX model (``load_model("x.onnx")``) runs
+    each image through its exported graph (no ``distortion``).
     """
-    from metricdepth.exif import resolve_camera
-    from metricdepth.io import load_image
-
     n = len(images)
     cameras = list(cameras) if cameras is not None else [None] * n
     sources = list(camera_sources) if camera_sources is not None else [None] * n
@@ -189,23 +310,17 @@ def predict_batch(
         raise ValueError(f"{n} images but {len(cameras)} cameras and {len(sources)} sources")
     spec = model.spec
     mode = focal_mode or spec.focal_mode
+    if getattr(model, "needs_image", False):  # an exported graph: image + focal in, metres out
+        if distortion is not None:
+            raise ValueError("distortion needs a PyTorch model (ONNX graphs are pinhole)")
+        return [
+            model.predict(*_image_and_camera(image, camera, source), focal_mode=mode)
+            for image, camera, source in zip(images, cameras, sources, strict=True)
+        ]
     started = time.perf_counter()
     items = []
     for image, camera, source in zip(images, cameras, sources, strict=True):
-        if isinstance(image, (str, Path)):
-            path = image
-            image, camera, _ = load_image(path, camera)
-            if camera is None:  # the file's EXIF focal, else the announced default
-                camera, source, _ = resolve_camera(path)
-        image = _check_image(image)
-        height, width = image.shape[:2]
-        if camera is None:
-            camera, source = default_camera(width, height), "default"
-        source = source or "given"
-        if source not in CAMERA_SOURCES:
-            raise ValueError(
-                f"camera_source must be one of {', '.join(CAMERA_SOURCES)}, got {source!r}"
-            )
+        image, camera, source = _image_and_camera(image, camera, source)
         image, lens = undistorted(image, camera, distortion, alpha, spec.space.pad_rgb)
         seen = camera if lens is None else lens.pinhole  # the camera the network sees
         record = inference_record(seen, spec.space, mode)
@@ -320,3 +435,14 @@ def _on_original_grid(prediction: Prediction, camera: Camera, lens: PinholeView)
         normal=normal,
         lens=lens,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as ``predict`` (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
+        return predict(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__signature__ = inspect.signature(predict)  # type: ignore[attr-defined]

@@ -59,7 +59,8 @@ class OptimizedModel(DepthModel):
         self.precision = precision
         self.channels_last = channels_last
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, record=None) -> dict[str, Tensor]:
+        self.check_input(x, record)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         bf16 = self.precision == "bf16"

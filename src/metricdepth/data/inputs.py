@@ -1,5 +1,9 @@
 """What a batch command runs on: image files, folders and annotation files, expanded to items.
 
+A folder is scanned for photos: metricdepth's own outputs (``OUTPUT_SUFFIXES``: depth PNGs,
+pictures, canvases) and single-channel 16/32-bit or float images (depth maps lying beside the
+photos) are skipped and reported, never predicted on. A file named explicitly is always taken.
+
 Each item has an output stem: the file stem for a single image, the path relative to the
 folder for a folder (sub-folders kept), and the annotation ``key`` (the rgb path relative to
 the JSON's folder, extension dropped) for an annotation file.
@@ -22,6 +26,38 @@ from metricdepth.data.annotations import read_annotations
 T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: Image files metricdepth writes (``predict --save png16,vis``, ``canonical --out``, the web
+#: page's downloads): never inputs of a folder scan.
+OUTPUT_SUFFIXES = (
+    ".depth.png",
+    ".vis.png",
+    ".canonical.png",
+    ".depth_vis.png",
+    ".normal.png",
+    ".confidence.png",
+)
+#: Pillow modes of single-channel 16-bit, 32-bit integer and float images: depth maps, not photos.
+DEPTH_MAP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def skip_reason(path: Path) -> str | None:
+    """Why a file found in a folder is not a photo to predict on, or None if it is one."""
+    if path.name.lower().endswith(OUTPUT_SUFFIXES):
+        return "a metricdepth output"
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # a huge header is refused when the file is read
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:  # reads the header only
+                mode = image.mode
+    except Exception:  # an unreadable file is reported when it is read, as any bad image
+        return None
+    if mode in DEPTH_MAP_MODES:
+        return f"a single-channel {mode} image (a depth map, not a photo)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -43,14 +79,31 @@ class InputItem:
     depth_scale: float | None = None
 
 
-def collect_inputs(paths: list[Path]) -> list[InputItem]:
-    """Expand files, folders and annotation JSONs; duplicate output stems are a ValueError."""
+def collect_inputs(
+    paths: list[Path], skipped: list[tuple[Path, str]] | None = None
+) -> list[InputItem]:
+    """Expand files, folders and annotation JSONs; duplicate output stems are a ValueError.
+
+    Files of a folder that are not photos (``skip_reason``) are left out and, when ``skipped``
+    is a list, appended to it as ``(path, reason)``.
+    """
     items: list[InputItem] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found, left_out = [], []
+            for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+                reason = skip_reason(file)
+                if reason is None:
+                    found.append(file)
+                else:
+                    left_out.append((file, reason))
+            if skipped is not None:
+                skipped += left_out
             if not found:
-                raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+                also = f" ({len(left_out)} depth maps or metricdepth outputs)" if left_out else ""
+                raise ValueError(
+                    f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder{also}"
+                )
             items += [InputItem(p, p.relative_to(path).with_suffix("").as_posix()) for p in found]
         elif path.suffix.lower() == ".json":
             for entry in read_annotations(path):

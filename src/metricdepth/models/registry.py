@@ -10,6 +10,7 @@ ValueError naming the architecture and the first offending keys.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metricdepth.canonical import CanonicalSpace
+from metricdepth.canonical import CanonicalRecord, CanonicalSpace, check_space, fits_space
 from metricdepth.io import atomic_write
 from metricdepth.models.spec import OFFICIAL_USE, ModelSpec
 from metricdepth.models.weights import load_strict, read_torch_checkpoint
@@ -123,7 +124,13 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 
 class DepthModel(nn.Module):
-    """A network together with its spec: ``forward(x)`` returns the network's dict.
+    """A network together with its spec: ``forward(x, record=None)`` returns the network's dict.
+
+    ``x`` is a canvas of the model's own canonical space (``prepare_input(rgb, camera,
+    model)``); the dict holds ``"depth_c"`` (B, 1, H_in, W_in) and, where the model has them
+    (``spec.outputs``), ``"confidence"`` and ``"normal"``. Given the ``record`` of ``x``, a
+    record made for another canonical space is refused (ValueError); without it, a canvas
+    size this model's space never makes draws a ``UserWarning``.
 
     ``weights_file``: the file its weights were loaded from (None for a model built in
     memory); ``weights_sha256`` is that file's SHA-256, computed once when first asked for.
@@ -142,8 +149,30 @@ class DepthModel(nn.Module):
             self._weights_sha256 = file_sha256(self.weights_file)
         return self._weights_sha256
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, record: CanonicalRecord | None = None) -> dict[str, Tensor]:
+        self.check_input(x, record)
         return self.net(x)
+
+    def check_input(self, x: Tensor, record: CanonicalRecord | None = None) -> None:
+        """Refuse a record of another canonical space; warn on a canvas of a foreign size."""
+        hw = tuple(int(v) for v in x.shape[-2:])
+        space = self.spec.space
+        if record is not None:
+            check_space(record, space, self.spec.name)
+            if hw != tuple(record.input_hw):
+                raise ValueError(
+                    f"input is {hw[0]}x{hw[1]} but its record's canvas is "
+                    f"{record.input_hw[0]}x{record.input_hw[1]}"
+                )
+        elif not fits_space(hw, space):
+            warnings.warn(
+                f"{self.spec.name}: a {hw[0]}x{hw[1]} input is not a canvas of this model's "
+                f"canonical space (f_c {space.focal_px:g} px, {space.input_hw[0]}x"
+                f"{space.input_hw[1]}): prepare it with prepare_input(rgb, camera, model), or "
+                "the metric depth will be wrong",
+                UserWarning,
+                stacklevel=3,
+            )
 
     @property
     def device(self) -> torch.device:
@@ -177,6 +206,32 @@ def provenance(model: Any) -> dict[str, Any]:
         "intended_use": {"real_photos": spec.real_photos, "text": spec.use_line()},
         "warnings": [] if warning is None else [warning],
     }
+
+
+def check_device(device: torch.device | str | None) -> torch.device | None:
+    """``device`` as a ``torch.device`` if this machine has it, else one-line ValueError."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r}: unknown; use cpu, cuda, cuda:1, ...") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r}: no CUDA device here (torch {torch.__version__}); use cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)"
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r}: no Apple MPS device here; use cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {str(device)!r} is not supported: use cpu or cuda")
+    return dev
 
 
 def list_models() -> list[str]:
@@ -304,8 +359,9 @@ def load_model(
             directory holding one, or an official Metric3D ``.pth`` (architecture detected).
         weights: for a registered official name, its checkpoint file (``.pth`` or a converted
             ``.safetensors``); without it, the Hugging Face cache is tried.
-        device: where to put the model.
+        device: where to put the model (checked first: ``check_device``).
     """
+    device = check_device(device)
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     if name == DEFAULT_MODEL and weights is None:
         bundled = ASSETS / f"{DEFAULT_MODEL}.safetensors"
@@ -344,6 +400,34 @@ def load_model(
             message = str(error)
             raise ValueError(message if str(path) in message else f"{path}: {message}") from None
         return _load_official(name, path, device)
+    raise ValueError(f"{path}: unsupported model file type {path.suffix!r} (.safetensors or .pth)")
+
+
+def model_spec(name_or_path: str | Path | None = None) -> ModelSpec:
+    """The spec of the model ``load_model(name_or_path)`` would load, without its weights.
+
+    Registered names need no checkpoint; a ``.safetensors`` file (or a folder holding one) is
+    read for its embedded spec; an official ``.pth`` is read to tell which model it holds.
+    """
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        return read_spec(ASSETS / f"{DEFAULT_MODEL}.safetensors")
+    if str(name_or_path) in MODELS:
+        return MODELS[str(name_or_path)][0]
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1:
+            raise ValueError(
+                f"{path}: expected exactly one .safetensors model file, found {len(files)}"
+            )
+        path = files[0]
+    if not path.exists():
+        known = ", ".join(list_models())
+        raise ValueError(f"no model or file named {str(name_or_path)!r}; registered: {known}")
+    if path.suffix == ".safetensors":
+        return read_spec(path)
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return MODELS[_guess_official(read_torch_checkpoint(path))][0]
     raise ValueError(f"{path}: unsupported model file type {path.suffix!r} (.safetensors or .pth)")
 
 

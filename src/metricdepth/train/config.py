@@ -46,6 +46,8 @@ SCHEDULES = ("cosine", "poly")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 CONFIG_FORMAT = "metricdepth-train/1"
+#: The bundled model's name (``models.registry.DEFAULT_MODEL``, not imported: it loads torch).
+BUNDLED_MODEL_NAME = "metricdepth-small"
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,11 @@ class TrainConfig:
             the ``image`` variant always uses ``"focal"``.
         infer_hw: inference canvas (H, W) for ``"fit"`` (default: ``input_hw``).
         size_multiple: inference canvas multiple for ``"focal"``/``"none"``.
-        model_name: the name in the saved model spec.
+        model_name: the name in the saved model spec (default: ``name``). It cannot be the
+            bundled model's name (``metricdepth-small``), so that a trained model's records
+            never pass for the bundled one's, unless ``bundled_name`` is set.
+        bundled_name: allow ``model_name`` to be the bundled model's name (only the config
+            that rebuilds the bundled model, ``configs/metricdepth-small.yaml``, sets it).
         description: one line for the saved model spec.
         intended_use: what the trained model is for, in the saved spec (default: a line on the
             training data, e.g. synthetic scenes only, not for real photographs).
@@ -198,7 +204,8 @@ class TrainConfig:
     infer_resize: str = "fit"
     infer_hw: tuple[int, int] | None = None
     size_multiple: int = 32
-    model_name: str = "metricdepth-small"
+    model_name: str = ""
+    bundled_name: bool = False
     description: str = ""
     intended_use: str = ""
     real_photos: bool | None = None
@@ -237,6 +244,16 @@ class TrainConfig:
     threads: int = 1
     device: str = "auto"
     workers: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.model_name:
+            object.__setattr__(self, "model_name", self.name)
+        if self.model_name == BUNDLED_MODEL_NAME and not self.bundled_name:
+            raise ValueError(
+                f"model_name: {self.model_name!r} is the bundled model's name; give the trained "
+                "model its own (model_name, or the config's name), or set bundled_name: true to "
+                "rebuild the bundled model"
+            )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -540,7 +557,7 @@ def config_from_dict(
         values["resize_range"] = check.range("resize_range", raw["resize_range"])
     if "model_kwargs" in raw:
         values["model_kwargs"] = check.json_dict("model_kwargs", raw["model_kwargs"])
-    for key in ("progress", "activation_checkpointing"):
+    for key in ("progress", "activation_checkpointing", "bundled_name"):
         if key in raw:
             if not isinstance(raw[key], bool):
                 check.fail(key, f"must be true or false, got {raw[key]!r}")
@@ -564,6 +581,14 @@ def config_from_dict(
         if not isinstance(raw["real_photos"], bool):
             check.fail("real_photos", f"must be true, false or null, got {raw['real_photos']!r}")
         values["real_photos"] = raw["real_photos"]
+    model_name = values.get("model_name") or name
+    if model_name == BUNDLED_MODEL_NAME and not values.get("bundled_name", False):
+        check.fail(
+            "model_name",
+            f"{model_name!r} is the bundled model's name; give the trained model its own "
+            "(model_name, or the config's name), or set bundled_name: true to rebuild the "
+            "bundled model",
+        )
     config = TrainConfig(**values)
     if config.min_depth_m >= config.max_depth_m:
         check.fail(
