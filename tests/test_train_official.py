@@ -368,7 +368,6 @@ def test_accumulating_two_batches_of_two_equals_one_batch_of_four(tmp_path):
     float32, near-cancelling sums move by ~3e-5 of it). The float32 runs end with the same
     weights after 2 AdamW steps up to 1 % of one step (lr 1e-3: 1e-5 absolute)."""
     from dense_frames import write_dense_annotations
-
     from metricdepth.train.step import accumulate_gradients, split_batch
 
     dense = write_dense_annotations(tmp_path / "dense")
