@@ -231,7 +231,9 @@ def canonical_intrinsic(record) -> np.ndarray:
     pixels (pixel centres at integers).
 
     This is Metric3D's batch ``intrinsic``: ``fx = f_c`` (``fy = f_c fy / fx``) with
-    ``focal_mode: fx``, and ``f_c`` for both when ``fx = fy``. Back-projecting canonical depth
+    ``focal_mode: fx``, and ``f_c`` for both when ``fx = fy``, up to the rounding of the
+    resized size to whole pixels (``camera_c`` is the exact camera of the realised size; the
+    label scale uses the nominal resize, as Metric3D's). Back-projecting canonical depth
     with it, ``K^-1 (u, v, 1) depth_c``, gives the metric X and Y of the point and Z =
     ``depth_c``; so a point projects to the same canvas pixel with ``K`` and its canonical
     depth as with ``camera_c`` and its metric depth (``none`` variant: ``K`` is
