@@ -255,6 +255,70 @@ def test_annotation_sky_masks_and_normals_reach_the_batch(tmp_path):
         np.testing.assert_array_equal(inner[:, :h, :w].numpy().transpose(1, 2, 0), resized.normal)
 
 
+def test_batches_carry_the_canonical_intrinsic_and_pad_of_their_record(tmp_path):
+    """``intrinsic`` is ``record.camera_c``'s K with its focals times the label scale (Metric3D's
+    canonical K: fx = f_c fx / f_mean), ``pad`` is ``record.pad``; back-projecting a canvas
+    label with K gives the metric X, Y of the original pixel's 3-D point and Z = depth_c."""
+    from metricdepth.train.loop import build_dataset
+    from metricdepth.train.step import official_batch
+
+    json_path = _dataset_folder(tmp_path, labels=False)  # 24x32, cam_in [40, 41, 15.5, 11.5]
+    base = {"name": "x", "canonical_focal_px": 250.0, "input_hw": [32, 40],
+            "datasets": [{"kind": "annotations", "path": str(json_path)}]}  # fmt: skip
+    # 1. no resize (pad only, no flip): canvas pixel (x + left, y + top) is original (x, y)
+    dataset = build_dataset(config_from_dict(dict(base, flip_prob=0.0), base_dir=tmp_path))
+    for k in range(2):
+        item = dataset[k]
+        _, record, _ = dataset.sample(k)
+        assert item["pad"].dtype == torch.int64 and item["pad"].tolist() == list(record.pad)
+        assert record.pad == (4, 4, 4, 4)
+        K = item["intrinsic"]  # noqa: N806
+        assert K.dtype == torch.float32 and K.shape == (3, 3)
+        label_scale = 250.0 / 40.5  # f_c / f_mean
+        np.testing.assert_allclose(
+            K.numpy(),
+            [[40 * label_scale, 0, 15.5 + 4], [0, 41 * label_scale, 11.5 + 4], [0, 0, 1]],
+            rtol=1e-7,
+        )
+        assert K[0, 0].item() == pytest.approx(250.0 * 40 / 40.5, rel=1e-7)
+        original = dataset.sources[0].frame(dataset.locate(k)[1])
+        ys, xs = np.nonzero(original.depth > 0)
+        z_m = original.depth[ys, xs].astype(np.float64)
+        point = np.stack([(xs - 15.5) / 40 * z_m, (ys - 11.5) / 41 * z_m, z_m])  # metres
+        depth_c = item["depth_c"][0].numpy().astype(np.float64)[ys + 4, xs + 4]
+        np.testing.assert_allclose(depth_c, z_m * label_scale, rtol=1e-6)
+        pixels = np.stack([xs + 4, ys + 4, np.ones_like(xs)]).astype(np.float64)
+        back = np.linalg.inv(K.double().numpy()) @ pixels * depth_c
+        np.testing.assert_allclose(back[:2], point[:2], rtol=1e-5, atol=1e-5)  # metric X, Y
+        np.testing.assert_allclose(back[2], depth_c)  # Z: canonical depth
+    # 2. random resize, crop or pad, flip: a 3-D point projects to the same canvas pixel with
+    # camera_c and its metric depth as with K and its canonical depth
+    config = config_from_dict(
+        dict(base, resize_range=[0.6, 1.6], flip_prob=0.5, focal_mode="fx"), base_dir=tmp_path
+    )
+    dataset = build_dataset(config)
+    items = [dataset[k] for k in range(6)]
+    batch = official_batch(torch.utils.data.default_collate(items), torch.device("cpu"))
+    assert batch["intrinsic"].shape == (6, 3, 3) and batch["pad"].shape == (6, 4)
+    rng = np.random.default_rng(0)
+    points = np.stack([rng.uniform(-3, 3, 20), rng.uniform(-2, 2, 20), rng.uniform(1, 9, 20)])
+    scales = set()
+    for k in range(len(items)):
+        _, record, _ = dataset.sample(k)
+        assert batch["pad"][k].tolist() == list(record.pad)
+        camera, K = record.camera_c, batch["intrinsic"][k].double().numpy()  # noqa: N806
+        # focal_mode fx: fx = f_c times (realised / nominal resize), within 1/32 on 32 pixels
+        realised = record.resized_hw[1] / 32
+        assert K[0, 0] == pytest.approx(250.0 * realised / record.scale, rel=1e-6)
+        assert abs(K[0, 0] / 250.0 - 1) < 1 / 32 / 0.6
+        canonical = points * np.array([[1.0], [1.0], [record.label_scale]])
+        via_k = K @ canonical
+        via_camera = camera.K @ points
+        np.testing.assert_allclose(via_k[:2] / via_k[2], via_camera[:2] / via_camera[2], rtol=1e-6)
+        scales.add(round(record.scale, 6))
+    assert len(scales) > 1  # the resize was random
+
+
 def test_sem_file_and_label_errors(tmp_path):
     json_path = _dataset_folder(tmp_path, labels=False)
     data = json.loads(json_path.read_text())

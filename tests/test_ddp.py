@@ -88,15 +88,17 @@ def test_two_process_torchrun_keeps_the_replicas_identical(tmp_path):
 def test_two_process_tiny_vit_matches_one_process_on_the_same_global_batch(tmp_path):
     """torchrun, 2 CPU processes (gloo) x 2 micro-batches of 1 image (``accumulate: 2``, only
     the last one synchronises) vs 1 process x 4 images, 3 steps of the test-only tiny
-    ``metric3d_vit``. SiLog averages over images and the model has no
-    BatchNorm, so the averaged gradient is the batch-4 gradient up to float32 summation order;
-    the weights agree to 1e-5 absolute (1 % of one AdamW step at lr 1e-3)."""
+    ``metric3d_vit``. With every pixel labelled (``dense_frames``) the official GRU-sequence
+    loss of a batch is the mean of its images' losses, and the model has no BatchNorm, so the
+    averaged gradient is the batch-4 gradient up to float32 summation order; the weights agree
+    to 1e-5 absolute (1 % of one AdamW step at lr 1e-3)."""
     from safetensors.torch import load_file
 
+    from dense_frames import write_dense_annotations
     from metricdepth.train.config import config_from_dict
     from metricdepth.train.loop import train
 
-    synth = {"height": 56, "width": 84, "sizes": [[56, 84]], "focal_range": [40, 160]}
+    dense = write_dense_annotations(tmp_path / "dense", seed=3)
     config = {
         "name": "vit-ddp",
         "seed": 4,
@@ -104,9 +106,9 @@ def test_two_process_tiny_vit_matches_one_process_on_the_same_global_batch(tmp_p
         "model_kwargs": {"size": "tiny"},
         "input_hw": [56, 84],
         "infer_hw": [56, 84],
-        "resize_range": [0.9, 1.1],
-        "datasets": [{"kind": "synthetic", "seed": 6, "num_scenes": 16, "synth": synth}],
-        "losses": {"silog": 1.0},
+        "resize_range": [1.0, 1.0],
+        "datasets": [{"kind": "annotations", "path": str(dense), "data_type": "denselidar"}],
+        "losses": {"gru_sequence": 1.0},
         "batch_size": 1,
         "accumulate": 2,
         "steps": 3,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from metricdepth.train import arch
 from metricdepth.train.config import config_from_dict, load_config
 from metricdepth.train.loop import build_dataset, build_network, parameter_digest, train
-from metricdepth.train.objective import LOSSES, compute_loss, gru_sequence_l1
+from metricdepth.train.objective import compute_loss, loss_generator
 from metricdepth.train.optim import make_optimizer, make_scheduler
 from metricdepth.train.step import official_batch
 
@@ -114,20 +114,79 @@ def test_official_arch_defaults_and_round_trip(tmp_path):
     assert config.canonical_focal_px == 1000.0
     assert config.input_hw == config.infer_hw == (616, 1064)
     assert config.losses == {"gru_sequence": 1.0} and config.loss_l1_log == 0.0
+    assert config.loss_mode == "corrected" and config.loss_preset is None
     assert config_from_dict(config.to_dict()) == config
     small = vit_tiny(tmp_path, arch="small_unet", model_kwargs={}, input_hw=[32, 48])
     assert small.losses == {"l1_log": 1.0}  # the legacy fields still decide small_unet's loss
-    mixed = vit_tiny(tmp_path, losses={"gru_sequence": 0.5, "silog": 0.25})
-    assert mixed.loss_silog == 0.25 and config_from_dict(mixed.to_dict()) == mixed
+    mixed = vit_tiny(
+        tmp_path,
+        losses={"gru_sequence": 0.5, "silog": 0.25, "vnl": {"weight": 1, "sample_ratio": 0.1}},
+    )
+    assert mixed.losses["vnl"] == {"weight": 1.0, "sample_ratio": 0.1}
+    assert mixed.loss_silog == 0.0  # the official SiLog, not small_unet's shorthand
+    assert config_from_dict(mixed.to_dict()) == mixed
+
+
+def test_loss_preset_resolves_to_the_official_list_and_round_trips(tmp_path):
+    from metricdepth.train.loss_presets import preset
+    from metricdepth.train.loss_set import terms_from_config
+
+    config = vit_tiny(tmp_path, loss_preset="vit.raft5.large.kitti.py", loss_mode="official")
+    assert config.loss_preset == "vit.raft5.large.kitti" and config.loss_mode == "official"
+    assert list(config.losses) == ["vnl", "gru_sequence", "deno"]
+    assert [t.weight for t in terms_from_config(config.losses)] == [0.1, 1.0, 0.001]
+    official = preset("vit.raft5.large.kitti").losses
+    for ours, theirs in zip(terms_from_config(config.losses), official, strict=True):
+        assert (ours.loss, ours.branch, ours.weight) == (theirs.loss, theirs.branch, theirs.weight)
+        assert theirs.kwargs_dict().items() <= ours.kwargs_dict().items()
+    assert config_from_dict(config.to_dict()) == config  # losses and loss_preset agree
+    pre = vit_tiny(tmp_path, loss_preset="vit.raft5.small")
+    assert list(pre.losses) == [
+        "vnl", "gru_sequence", "sky", "hdn", "hdsn", "pwn_planes", "normal_branch", "deno",
+        "sky_gru",
+    ]  # fmt: skip
+    assert pre.losses["deno"]["depth_detach"] is True and pre.losses["sky_gru"]["weight"] == 0.001
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"losses": {"vnl_typo": 1.0}}, "losses: unknown loss 'vnl_typo' \\(known: l1_log, silog"),
+        ({"losses": {"vnl_typo": 1.0}}, "losses: unknown loss 'vnl_typo'; known: gru_sequence"),
+        ({"losses": {"vnl": {"weight": 1, "ratio": 2}}}, "unknown argument\\(s\\) ratio"),
+        ({"losses": {"vnl": {"sample_ratio": 0.2}}}, "losses.vnl.weight: must be a finite"),
+        ({"losses": {"vnl": -1}}, "losses.vnl: must be a finite number >= 0"),
         (
             {"arch": "small_unet", "model_kwargs": {}, "losses": {"gru_sequence": 1}},
-            "needs the output 'predictions_list', which small_unet does not return",
+            "unknown loss 'gru_sequence' for small_unet \\(its own losses: l1_log, silog",
+        ),
+        (
+            {"arch": "small_unet", "model_kwargs": {}, "loss_mode": "official"},
+            "loss_mode: applies to the official Metric3D losses",
+        ),
+        (
+            {
+                "arch": "metric3d_convnext",
+                "input_hw": [64, 96],
+                "infer_hw": [64, 96],
+                "losses": {"gru_sequence": 1, "deno": 0.01},
+            },
+            "losses: loss 'deno' \\(DeNoConsistencyLoss\\) needs the output 'normal_out_list', "
+            "which metric3d_convnext does not return",
+        ),
+        (
+            {
+                "arch": "metric3d_convnext",
+                "input_hw": [64, 96],
+                "infer_hw": [64, 96],
+                "loss_mode": "official",
+            },
+            "losses: loss 'gru_sequence' in loss_mode official divides by zero",
+        ),
+        ({"loss_mode": "buggy"}, "loss_mode: must be one of corrected, official"),
+        ({"loss_preset": "vit.raft5.tiny"}, "loss_preset: no preset 'vit.raft5.tiny'; known"),
+        (
+            {"loss_preset": "vit.raft5.large.kitti", "losses": {"gru_sequence": 1}},
+            "losses: differ from loss_preset vit.raft5.large.kitti; give one of them",
         ),
         ({"losses": {"silog": 0}}, "losses: every weight is 0"),
         ({"input_hw": [56, 80]}, "input_hw: metric3d_vit needs multiples of 28"),
@@ -144,7 +203,11 @@ def test_official_arch_defaults_and_round_trip(tmp_path):
             {"init_from": "official.pth", "canonical_focal_px": 500.0},
             "canonical_focal_px: official weights predict at f_c = 1000 px",
         ),
-        ({"losses": {"silog": 1}, "loss_l1_log": 1}, "loss_l1_log: is 1.0, but losses says 0"),
+        ({"losses": {"silog": 1}, "loss_l1_log": 1}, "loss_l1_log: applies to small_unet's own"),
+        (
+            {"arch": "small_unet", "model_kwargs": {}, "losses": {"silog": 1}, "loss_l1_log": 1},
+            "loss_l1_log: is 1.0, but losses says 0",
+        ),
     ],
 )
 def test_config_errors_name_the_field(tmp_path, change, message):
@@ -162,6 +225,11 @@ def test_finetune_presets_load_and_carry_the_official_kitti_values(size):
     config = load_config(ROOT / "configs" / f"finetune-vit-{size}-kitti.yaml")
     assert config.arch == "metric3d_vit" and config.model_kwargs == {"size": size}
     assert config.init_from.endswith(f"metric_depth_vit_{size}_800k.pth")
+    from metricdepth.train.loss_set import terms_from_config
+
+    kitti = [(t.loss, t.weight) for t in terms_from_config(config.losses)]
+    assert kitti == [("VNLoss", 0.1), ("GRUSequenceLoss", 1.0), ("DeNoConsistencyLoss", 0.001)]
+    assert config.loss_mode == "corrected"
     if not (LOSSFIX / "loss_config_table.json").is_file():
         pytest.skip("shared/lossfix not found")
     table = json.loads((LOSSFIX / "loss_config_table.json").read_text())
@@ -189,39 +257,55 @@ def test_finetune_presets_load_and_carry_the_official_kitti_values(size):
 
 
 # ---------------------------------------------------------------------- objective
-def test_gru_sequence_l1_hand_computed():
-    target = torch.tensor([[[[2.0, 4.0], [-1.0, 1.0]]]])
-    mask = target > 0
-    p0 = torch.tensor([[[[1.0, 4.0], [9.0, 1.0]]]])  # errors 1, 0, (masked), 0 -> mean 1/3
-    p1 = torch.tensor([[[[2.0, 5.0], [9.0, 3.0]]]])  # errors 0, 1, (masked), 2 -> mean 1
-    value = gru_sequence_l1([p0, p1], target, mask, gamma=0.5)
-    assert value.item() == pytest.approx(0.5 * (1 / 3) + 1.0)
+def test_compute_loss_of_an_official_arch_is_the_loss_set_on_the_same_draws(tmp_path):
+    from metricdepth.train.loss_set import loss_terms, terms_from_config
 
-
-def test_compute_loss_returns_weighted_terms_and_their_total(tmp_path):
-    config = vit_tiny(tmp_path, losses={"gru_sequence": 0.5, "silog": 2.0})
+    losses = {"gru_sequence": 0.5, "vnl": 1.0, "hdn": 0.5, "silog": 2.0, "deno": 0.01}
+    synthetic = {"kind": "synthetic", "seed": 3, "num_scenes": 16, "synth": SYNTH}
+    datasets = [dict(synthetic, data_type="lidar")]  # a type SiLog applies to
+    config = vit_tiny(tmp_path, losses=losses, datasets=datasets)
     dataset = build_dataset(config)
     batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
     torch.manual_seed(0)
     net = build_network(config)
     out = net(batch["image"])
+    # DeNo uses pixels of confidence > 0.5 only: lift the untrained network's (about -0.2)
+    out["confidence_list"] = [c + 1.0 for c in out["confidence_list"]]
     official = official_batch(batch, torch.device("cpu"))
     assert ((official["target"] > 0) == official["mask"]).all()
-    terms = compute_loss(out, official, config)
-    assert set(terms) == {"gru_sequence", "silog", "total"}
-    gru = LOSSES["gru_sequence"].fn(out, official, config)
-    assert terms["gru_sequence"].item() == pytest.approx(0.5 * gru.item())
-    assert terms["total"].item() == pytest.approx(
-        terms["gru_sequence"].item() + terms["silog"].item()
+    assert official["intrinsic"].shape == (2, 3, 3) and official["pad"].shape == (2, 4)
+    terms = compute_loss(out, official, config, generator=loss_generator(config.seed, 3))
+    direct = loss_terms(
+        out, official, terms_from_config(losses), generator=loss_generator(config.seed, 3)
     )
+    names = ["GRUSequenceLoss", "VNLoss", "HDNRandomLoss", "SilogLoss", "DeNoConsistencyLoss"]
+    assert list(terms) == list(direct) == [f"decode_{n}" for n in names] + ["total"]
+    for key in terms:  # the same code on the same inputs and draws: bit equal
+        assert torch.equal(terms[key], direct[key]), key
+    assert all(torch.isfinite(v) and v != 0 for v in terms.values())
+    assert terms["total"].item() == pytest.approx(
+        sum(terms[k].item() for k in terms if k != "total")
+    )
+    # the draws follow the step: another step draws other VNL triplets, the same step the same
+    other = compute_loss(out, official, config, generator=loss_generator(config.seed, 4))
+    again = compute_loss(out, official, config, generator=loss_generator(config.seed, 3))
+    assert torch.equal(again["total"], terms["total"])
+    assert other["decode_VNLoss"] != terms["decode_VNLoss"]
+    assert torch.equal(other["decode_GRUSequenceLoss"], terms["decode_GRUSequenceLoss"])
+    # loss_mode reaches every loss
+    buggy = vit_tiny(tmp_path, losses=losses, loss_mode="official")
+    terms_official = compute_loss(out, official, buggy, generator=loss_generator(buggy.seed, 3))
+    direct_official = loss_terms(
+        out,
+        official,
+        terms_from_config(losses),
+        mode="official",
+        generator=loss_generator(buggy.seed, 3),
+    )
+    assert all(torch.equal(terms_official[k], direct_official[k]) for k in terms_official)
+    assert terms_official["decode_VNLoss"] != terms["decode_VNLoss"]  # quirk 4: fx for fy
     terms["total"].backward()
     assert net.depth_model.decoder.update_block.flow_head.conv2d.weight.grad.abs().sum() > 0
-    # losses written against the official names read the same tensors
-    from metricdepth.train.objective import with_official_aliases
-
-    aliased = with_official_aliases(out)
-    assert aliased["prediction"] is out["depth_c"] is out["predictions_list"][-1]
-    assert aliased["prediction_normal"] is out["normal"] and aliased["pred_logit"] is None
 
 
 # ---------------------------------------------------------------------- optimisation
@@ -277,18 +361,28 @@ def test_freeze_encoder_keeps_it_unchanged_and_out_of_the_optimiser(tmp_path):
 
 
 def test_accumulating_two_batches_of_two_equals_one_batch_of_four(tmp_path):
-    """SiLog averages over images and the tiny ViT has no BatchNorm, so 2 micro-batches of 2
+    """With every pixel labelled (``dense_frames``) the official GRU-sequence loss of a batch is
+    the mean of its images' losses, and the tiny ViT has no BatchNorm, so 2 micro-batches of 2
     give the gradient of one batch of 4: with float64 weights and data to 1e-6 of the largest
     gradient (the decoder interpolates and the objective reads outputs in float32; in plain
-    float32, near-cancelling sums move by ~3e-5 of it). The float32 runs end with the
-    same weights after 2 AdamW steps up to 1 % of one step (lr 1e-3: 1e-5 absolute)."""
+    float32, near-cancelling sums move by ~3e-5 of it). The float32 runs end with the same
+    weights after 2 AdamW steps up to 1 % of one step (lr 1e-3: 1e-5 absolute)."""
+    from dense_frames import write_dense_annotations
     from metricdepth.train.step import accumulate_gradients, split_batch
 
-    common = {"losses": {"silog": 1.0}, "steps": 2, "lr": 1e-3}
+    dense = write_dense_annotations(tmp_path / "dense")
+    common = {
+        "losses": {"gru_sequence": 1.0},
+        "steps": 2,
+        "lr": 1e-3,
+        "resize_range": [1.0, 1.0],
+        "datasets": [{"kind": "annotations", "path": str(dense), "data_type": "denselidar"}],
+    }
     config = vit_tiny(tmp_path, name="b4", batch_size=4, **common)
     batch = torch.utils.data.default_collate([build_dataset(config)[i] for i in range(4)])
+    assert batch["mask"].all() and (batch["depth_c"] > 100).all()
     batch = {
-        k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
+        k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
         for k, v in batch.items()
     }
     torch.manual_seed(0)
@@ -406,21 +500,43 @@ def test_cli_train_takes_an_official_arch_config_and_rejects_a_bad_one(tmp_path)
     config = vit_tiny(tmp_path, name="cli", steps=1, checkpoint_every=1).to_dict()
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(yaml.safe_dump(config))
-    bad.write_text(yaml.safe_dump(dict(config, losses={"vnl": 1.0})))
+    bad.write_text(yaml.safe_dump(dict(config, losses={"vnl_typo": 1.0})))
+    convnext = tmp_path / "convnext.yaml"
+    convnext.write_text(
+        yaml.safe_dump(
+            dict(
+                config,
+                arch="metric3d_convnext",
+                input_hw=[64, 96],
+                infer_hw=[64, 96],
+                loss_preset="vit.raft5.large.kitti",
+                losses=None,
+            )
+        )
+    )
     base = [sys.executable, "-m", "metricdepth", "train"]
     done = subprocess.run(
         [*base, str(good), "--out", str(tmp_path / "cli-runs")], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "cli-runs" / "cli" / "model.safetensors").is_file()
-    failed = subprocess.run([*base, str(bad)], capture_output=True, text=True)
-    assert failed.returncode == 2
-    lines = failed.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "unknown loss 'vnl'" in lines[0]
+    for path, message in (
+        (bad, "losses: unknown loss 'vnl_typo'; known: gru_sequence, vnl"),
+        (convnext, "loss 'deno' (DeNoConsistencyLoss) needs the output 'normal_out_list'"),
+    ):
+        failed = subprocess.run(
+            [*base, str(path), "--out", str(tmp_path / "bad-runs")], capture_output=True, text=True
+        )
+        assert failed.returncode == 2
+        lines = failed.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "bad-runs").exists()  # nothing written
 
 
 def test_resume_with_accumulation_freeze_and_checkpointing_equals_an_uninterrupted_run(tmp_path):
     extra = {"steps": 3, "accumulate": 2, "freeze": ["depth_model.encoder.blocks"], "lr": 1e-3}
+    # random losses too: their draws are a function of the seed and the step, not of the past
+    extra["losses"] = {"gru_sequence": 1.0, "vnl": 0.5, "hdn": 0.5, "hdsn": 0.5, "deno": 0.01}
     whole = _state(train(vit_tiny(tmp_path, name="whole", **extra)))
     cut = vit_tiny(tmp_path, name="cut", checkpoint_every=1, activation_checkpointing=True, **extra)
     train(cut, stop_at_step=1)
@@ -436,14 +552,14 @@ def test_bf16_forward_and_float32_loss_outside_autocast(tmp_path, monkeypatch):
     seen = []
     original = step.compute_loss
 
-    def spy(outputs, batch, config):
+    def spy(outputs, batch, config, **kwargs):
         seen.append(
             (
                 torch.is_autocast_enabled("cpu"),
                 {t.dtype for t in outputs["predictions_list"]} | {outputs["depth_c"].dtype},
             )
         )
-        return original(outputs, batch, config)
+        return original(outputs, batch, config, **kwargs)
 
     monkeypatch.setattr(step, "compute_loss", spy)
     config = vit_tiny(tmp_path, name="spy", precision="bf16", steps=1)
@@ -476,7 +592,8 @@ def test_convnext_tiny_trains_a_step_and_saves_a_loadable_model(tmp_path):
         lr_encoder=1e-6,
         lr_decoder=1e-4,
     )
-    assert config.losses == {"gru_sequence": 1.0}  # one-entry list: a plain L1 on depth
+    # one-entry lists: the official GRU loss (L1 + confidence) on the single output (weight 1)
+    assert config.losses == {"gru_sequence": 1.0}
     torch.manual_seed(config.seed)
     initial = build_network(config).state_dict()
     run_dir = train(config)

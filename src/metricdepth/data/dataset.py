@@ -225,6 +225,26 @@ def _check_data_type(data_type: str) -> str:
     return data_type
 
 
+def canonical_intrinsic(record) -> np.ndarray:
+    """(3, 3) float64 K of the canvas in the record's label space: ``record.camera_c``'s K
+    with ``fx`` and ``fy`` multiplied by ``record.label_scale``; principal point in canvas
+    pixels (pixel centres at integers).
+
+    This is Metric3D's batch ``intrinsic``: ``fx = f_c`` (``fy = f_c fy / fx``) with
+    ``focal_mode: fx``, and ``f_c`` for both when ``fx = fy``, up to the rounding of the
+    resized size to whole pixels (``camera_c`` is the exact camera of the realised size; the
+    label scale uses the nominal resize, as Metric3D's). Back-projecting canonical depth
+    with it, ``K^-1 (u, v, 1) depth_c``, gives the metric X and Y of the point and Z =
+    ``depth_c``; so a point projects to the same canvas pixel with ``K`` and its canonical
+    depth as with ``camera_c`` and its metric depth (``none`` variant: ``K`` is
+    ``camera_c``'s).
+    """
+    K = record.camera_c.K  # noqa: N806
+    K[0, 0] *= record.label_scale
+    K[1, 1] *= record.label_scale
+    return K
+
+
 def step_indices(step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> range:
     """Global sample indices of one process's batch at ``step``: ``(step*W + rank)*B + k``."""
     start = (step * world_size + rank) * batch_size
@@ -265,6 +285,8 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
       pixels that have a depth lose the sky label (Metric3D's loader);
     - ``normal``: float32 (3, H, W) camera-frame unit normals, 0 where there are none;
     - ``pad``: int64 (4,) padding ``(top, bottom, left, right)`` of the canvas;
+    - ``intrinsic``: float32 (3, 3) canonical K of the canvas (``canonical_intrinsic``), the
+      K the official losses back-project ``depth_c`` with;
     - ``dataset``: the source's name, ``data_type``: its Metric3D data type (strings; the
       default collation makes lists of them), the names the official losses read.
 
@@ -398,6 +420,7 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
             "sem_mask": sem,
             "normal": normal,
             "pad": torch.tensor(record.pad, dtype=torch.int64),
+            "intrinsic": torch.from_numpy(canonical_intrinsic(record).astype(np.float32)),
             "dataset": origin.name,
             "data_type": getattr(origin, "data_type", "denselidar"),
         }

@@ -35,6 +35,9 @@ class ArchInfo:
         canvas_hw: the official inference canvas (default ``infer_hw``); None: ``input_hw``.
         canonical_focal_px: the architecture's f_c (default ``canonical_focal_px``); None: the
             config default.
+        own_losses: trained with metricdepth's own losses (``objective.OWN_LOSSES``) instead
+            of the official Metric3D v2 set (``metricdepth.train.loss_set``).
+        one_prediction: ``predictions_list`` has a single entry (no GRU iterations).
     """
 
     input_multiple: int
@@ -43,10 +46,14 @@ class ArchInfo:
     spec_outputs: tuple[str, ...] = ()
     canvas_hw: tuple[int, int] | None = None
     canonical_focal_px: float | None = None
+    own_losses: bool = False
+    one_prediction: bool = False
 
 
 ARCHS: dict[str, ArchInfo] = {
-    "small_unet": ArchInfo(1, ("stem.", "down."), ("depth_c", "log_depth_c")),
+    "small_unet": ArchInfo(
+        1, ("stem.", "down."), ("depth_c", "log_depth_c"), own_losses=True
+    ),
     "metric3d_vit": ArchInfo(
         28,
         ("depth_model.encoder.",),
@@ -63,6 +70,7 @@ ARCHS: dict[str, ArchInfo] = {
         ("confidence",),
         (544, 1216),
         1000.0,
+        one_prediction=True,
     ),
 }  # fmt: skip
 

@@ -19,9 +19,11 @@ run as ``config.yaml`` and inside every checkpoint. Example::
     precise_bn_batches: 100        # BatchNorm statistics averaged over 100 batches at the end
 
 The official Metric3D architectures train the same way (``arch: metric3d_vit``, ``model_kwargs:
-{size: small}``, ``init_from: metric_depth_vit_small_800k.pth``, ``losses: {gru_sequence: 1}``,
+{size: small}``, ``init_from: metric_depth_vit_small_800k.pth``, ``loss_preset:
+vit.raft5.large.kitti`` or ``losses: {vnl: 0.1, gru_sequence: 1.0, deno: 0.001}``,
 ``lr_encoder`` / ``lr_decoder``, ``freeze: encoder``, ``accumulate: 4``,
-``activation_checkpointing: true``); see ``configs/finetune-vit-*-kitti.yaml``.
+``activation_checkpointing: true``); see ``configs/finetune-vit-*-kitti.yaml`` and
+``docs/finetune.md``.
 
 Every problem is a ``ValueError`` with one line naming the file and the field.
 """
@@ -165,13 +167,23 @@ class TrainConfig:
         precise_bn_batches: after the last step, re-estimate the BatchNorm statistics as the
             plain average over this many further training batches (forward only; 0: keep the
             running averages of the last steps, which follow the last few batches).
-        losses: loss name -> weight (``metricdepth.train.objective.LOSSES``: ``l1_log``,
-            ``silog``, ``gru_sequence``). Default: ``small_unet`` from ``loss_l1_log`` and
-            ``loss_silog``, the official architectures ``{gru_sequence: 1.0}``.
-        loss_l1_log, loss_silog: shorthand for ``losses: {l1_log: .., silog: ..}`` (kept in
-            step with ``losses`` in the resolved config).
-        silog_lambda: the SILog variance focus (0: log-RMSE, 1: fully scale-invariant).
-        gru_gamma: weight decay over iterations of ``gru_sequence`` (last weighs 1).
+        losses: the loss config (``metricdepth.train.objective``). Official architectures:
+            the official Metric3D v2 losses by short name (``loss_set.LOSS_NAMES``:
+            ``gru_sequence``, ``vnl``, ``hdn``, ``hdsn``, ``pwn_planes``, ``normal_branch``,
+            ``deno``, ``sky``, ``sky_gru``, ``silog``), each a weight or ``{weight: w,
+            <official constructor arguments>}``; default: ``loss_preset``'s list, else
+            ``{gru_sequence: 1.0}``. ``small_unet``: its own ``l1_log`` and ``silog`` (weights
+            only); default from ``loss_l1_log`` and ``loss_silog``.
+        loss_preset: an official config's loss list (``loss_presets.preset``, e.g.
+            ``vit.raft5.small``, ``vit.raft5.large.kitti``), used when ``losses`` is not
+            given; the resolved config holds both (they must then agree).
+        loss_mode: ``corrected`` (default: the documented bugs of the official losses fixed)
+            or ``official`` (reproduced); official architectures only (docs/losses.md).
+        loss_l1_log, loss_silog: ``small_unet``'s shorthand for ``losses: {l1_log: ..,
+            silog: ..}`` (kept in step with ``losses`` in the resolved config; 0 for the
+            official architectures).
+        silog_lambda: the variance focus of ``small_unet``'s own SILog (0: log-RMSE, 1: fully
+            scale-invariant).
         checkpoint_every: save a resumable checkpoint every N steps (and at the end).
         keep_checkpoints: how many recent checkpoints to keep.
         log_every: write a line to ``log.jsonl`` every N steps.
@@ -234,8 +246,9 @@ class TrainConfig:
     loss_l1_log: float = 1.0
     loss_silog: float = 0.0
     silog_lambda: float = 0.85
-    losses: dict[str, float] = field(default_factory=dict)
-    gru_gamma: float = 0.9
+    losses: dict[str, Any] = field(default_factory=dict)
+    loss_preset: str | None = None
+    loss_mode: str = "corrected"
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -509,7 +522,7 @@ def config_from_dict(
     for key, minimum in ints.items():
         if key in raw:
             values[key] = check.int(key, raw[key], minimum)
-    positive = ("canonical_focal_px", "lr", "max_depth_m", "adam_eps", "gru_gamma")
+    positive = ("canonical_focal_px", "lr", "max_depth_m", "adam_eps")
     non_negative = (
         "weight_decay",
         "min_lr_ratio",
@@ -533,7 +546,7 @@ def config_from_dict(
     for key in ("weight_decay_encoder", "weight_decay_decoder", "min_lr"):
         if raw.get(key) is not None:
             values[key] = check.number(key, raw[key], 0)
-    for key in ("resize_prob", "flip_prob", "min_lr_ratio", "silog_lambda", "gru_gamma"):
+    for key in ("resize_prob", "flip_prob", "min_lr_ratio", "silog_lambda"):
         if values.get(key, 0) > 1:
             check.fail(key, f"must be in [0, 1], got {values[key]!r}")
     choices = {
@@ -638,8 +651,6 @@ def _freeze(value: Any, check: _Checker) -> tuple[str, ...]:
 
 def _arch_defaults(raw: dict[str, Any], values: dict[str, Any], check: _Checker) -> None:
     """Fill the architecture's defaults (f_c, canvas) and resolve ``losses`` (in ``values``)."""
-    from metricdepth.train.objective import check_losses
-
     arch = values.get("arch", "small_unet")
     info = ARCHS[arch]
     if info.canonical_focal_px is not None and "canonical_focal_px" not in raw:
@@ -647,6 +658,19 @@ def _arch_defaults(raw: dict[str, Any], values: dict[str, Any], check: _Checker)
     if info.canvas_hw is not None:
         values.setdefault("input_hw", info.canvas_hw)
         values.setdefault("infer_hw", info.canvas_hw)
+    if info.own_losses:
+        _own_losses(raw, values, check, arch)
+    else:
+        _official_losses(raw, values, check, arch)
+
+
+def _own_losses(raw: dict[str, Any], values: dict[str, Any], check: _Checker, arch: str) -> None:
+    """``small_unet``: ``losses`` (weights of ``objective.OWN_LOSSES``) or the legacy fields."""
+    from metricdepth.train.objective import check_losses
+
+    for key in ("loss_preset", "loss_mode"):
+        if raw.get(key) is not None and raw[key] != getattr(TrainConfig, key):
+            check.fail(key, f"applies to the official Metric3D losses, not to {arch}'s own")
     legacy = {name: values.get(f"loss_{name}") for name in ("l1_log", "silog")}
     if raw.get("losses") is not None:
         losses = check.json_dict("losses", raw["losses"])
@@ -656,23 +680,79 @@ def _arch_defaults(raw: dict[str, Any], values: dict[str, Any], check: _Checker)
         for name, weight in legacy.items():
             if weight is not None and weight != losses.get(name, 0.0):
                 check.fail(f"loss_{name}", f"is {weight}, but losses says {losses.get(name, 0)}")
-    elif arch == "small_unet" or any(w is not None for w in legacy.values()):
+    else:
         defaults = {"l1_log": TrainConfig.loss_l1_log, "silog": TrainConfig.loss_silog}
         losses = {n: (defaults[n] if w is None else w) for n, w in legacy.items()}
         losses = {n: w for n, w in losses.items() if w}
         if not losses:
             check.fail("loss_l1_log", "loss_l1_log and loss_silog cannot both be 0")
-    else:
-        losses = {"gru_sequence": 1.0}
     if not any(losses.values()):
         check.fail("losses", "every weight is 0")
     try:
-        check_losses(losses, info.outputs, arch)
+        check_losses(losses, arch)
     except ValueError as error:
         check.fail("losses", str(error))
     values["losses"] = losses
     values["loss_l1_log"] = losses.get("l1_log", 0.0)
     values["loss_silog"] = losses.get("silog", 0.0)
+
+
+def _official_losses(
+    raw: dict[str, Any], values: dict[str, Any], check: _Checker, arch: str
+) -> None:
+    """The official architectures: ``losses`` (``loss_set`` short names), ``loss_preset``
+    and ``loss_mode``; the resolved ``losses`` always holds the list that trains."""
+    from metricdepth.train.loss_presets import preset
+    from metricdepth.train.loss_set import config_from_terms, terms_from_config
+    from metricdepth.train.objective import LOSS_MODES, check_losses
+
+    for name in ("l1_log", "silog"):
+        if values.get(f"loss_{name}"):
+            check.fail(
+                f"loss_{name}",
+                f"applies to small_unet's own losses; {arch} takes losses: {{silog: w, ...}} "
+                "(the official loss set)",
+            )
+    mode = check.choice("loss_mode", raw.get("loss_mode", "corrected"), LOSS_MODES)
+    from_preset = None
+    if raw.get("loss_preset") is not None:
+        name = raw["loss_preset"]
+        if not isinstance(name, str):
+            check.fail("loss_preset", f"must be a preset name, got {name!r}")
+        try:
+            chosen = preset(name)
+        except KeyError as error:
+            check.fail("loss_preset", str(error.args[0]))
+        values["loss_preset"] = chosen.name
+        from_preset = config_from_terms(chosen.losses)
+    if raw.get("losses") is not None:
+        losses = check.json_dict("losses", raw["losses"])
+        for name, spec in losses.items():
+            if isinstance(spec, dict):
+                check.number(f"losses.{name}.weight", spec.get("weight"), 0)
+                losses[name] = dict(spec, weight=float(spec["weight"]))
+            else:
+                losses[name] = float(check.number(f"losses.{name}", spec, 0))
+    elif from_preset is not None:
+        losses = from_preset
+    else:
+        losses = {"gru_sequence": 1.0}
+    try:
+        check_losses(losses, arch, mode)
+    except ValueError as error:
+        check.fail("losses", str(error))
+    if from_preset is not None and _normal(terms_from_config(losses)) != _normal(
+        terms_from_config(from_preset)
+    ):
+        check.fail("losses", f"differ from loss_preset {values['loss_preset']}; give one of them")
+    if not any(term.weight for term in terms_from_config(losses)):
+        check.fail("losses", "every weight is 0")
+    values.update(losses=losses, loss_mode=mode, loss_l1_log=0.0, loss_silog=0.0)
+
+
+def _normal(terms) -> list:
+    """Loss terms as comparable JSON values (no config line)."""
+    return json.loads(json.dumps([(t.loss, t.branch, t.weight, dict(t.kwargs)) for t in terms]))
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:

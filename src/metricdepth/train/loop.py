@@ -366,7 +366,13 @@ def _train(
         for batch in loader:
             optimizer.zero_grad(set_to_none=True)
             terms = accumulate_gradients(
-                model, split_batch(batch, config.batch_size), config, device, channels_last=small
+                model,
+                split_batch(batch, config.batch_size),
+                config,
+                device,
+                channels_last=small,
+                step=step,
+                rank=ctx.rank,
             )
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)

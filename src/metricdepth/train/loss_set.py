@@ -126,6 +126,31 @@ def terms_from_config(config: Mapping[str, Any]) -> tuple[LossTerm, ...]:
     return tuple(out)
 
 
+def config_from_terms(terms: Sequence[LossTerm]) -> dict[str, dict[str, Any]]:
+    """The ``terms_from_config`` mapping of ``terms`` (e.g. ``preset(name).losses``):
+    ``{short_name: {"weight": w, **official arguments}}``, JSON values (tuples as lists).
+
+    ``terms_from_config(config_from_terms(terms))`` gives the same losses, weights and
+    arguments (unset arguments filled with the defaults of ``LOSS_NAMES``).
+    """
+    short = {(loss, branch): name for name, (loss, branch, _) in LOSS_NAMES.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for term in terms:
+        name = short.get((term.loss, term.branch))
+        if name is None:
+            raise ValueError(f"{term.loss} in the {term.branch} branch has no short name")
+        if name in out:
+            raise ValueError(f"{term.loss} appears twice in the {term.branch} branch")
+        args = {k: list(v) if isinstance(v, tuple) else v for k, v in term.kwargs}
+        out[name] = {"weight": float(term.weight), **args}
+    return out
+
+
+def required_outputs(term: LossTerm) -> tuple[str, ...]:
+    """The network outputs ``term`` cannot run without (``predictions_list`` always)."""
+    return ("predictions_list", *_NEEDS.get(term.loss, ()))
+
+
 # ------------------------------------------------------------------------------ helpers
 
 

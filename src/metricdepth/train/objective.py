@@ -1,26 +1,38 @@
-"""The training objective: the one seam between network outputs, a batch and the loss weights.
+"""The training objective: the one seam between network outputs, a batch and the loss config.
 
-``compute_loss(outputs, batch, config) -> {term: Tensor, ..., "total": Tensor}``
+``compute_loss(outputs, batch, config, *, generator=None) -> {term: Tensor, ..., "total"}``
+
+Two loss families, chosen by the architecture (``arch.ArchInfo.own_losses``):
+
+* the official Metric3D architectures (``metric3d_vit``, ``metric3d_convnext``) train with the
+  official Metric3D v2 loss set: ``config.losses`` (short names of ``loss_set.LOSS_NAMES``:
+  ``gru_sequence``, ``vnl``, ``hdn``, ``hdsn``, ``pwn_planes``, ``normal_branch``, ``deno``,
+  ``sky``, ``sky_gru``, ``silog``; each a weight or ``{weight: w, <official arguments>}``) is
+  read by ``loss_set.terms_from_config`` and run by ``loss_set.loss_terms`` in
+  ``config.loss_mode`` (``corrected`` or ``official``). The terms are keyed as the official
+  ``losses_dict`` (``decode_GRUSequenceLoss``, ``gru_0_SkyRegularizationLoss`` ...);
+* ``small_unet`` trains with metricdepth's own log-depth losses (``OWN_LOSSES``: ``l1_log``,
+  ``silog``), keyed by their names.
 
 * ``outputs``: what the network returns in training mode, in float32 (the caller casts what
   ran under autocast): ``depth_c`` (B,1,H,W) canonical depth, and where the architecture has
   them ``log_depth_c`` (B,1,H,W), ``predictions_list`` (N x (B,1,H,W) canonical depth, entry 0
   the upsampled initial estimate), ``confidence_list`` (N x (B,1,H,W)) and ``normal_out_list``
-  (N x (B,4,H,W)); see ``metricdepth.train.arch.TRAINING_OUTPUTS``.
+  (N x (B,4,H,W)); see ``metricdepth.train.arch.ARCHS``.
 * ``batch``: official Metric3D key names (``metricdepth.train.step.official_batch``):
   ``target`` (B,1,H,W) canonical depth, <= 0 where invalid; ``mask`` (B,1,H,W) bool, True on
-  valid labels; and, when the data provides them, ``intrinsic`` (B,3,3) canonical K of the
-  canvas, ``pad`` (B,4) top, bottom, left, right, ``sem_mask``, ``normal``, ``dataset``,
-  ``data_type``, ``scale``.
-* ``config``: a ``TrainConfig``; ``config.losses`` maps loss names (``LOSSES``) to weights.
+  valid labels; ``intrinsic`` (B,3,3) canonical K of the canvas, ``pad`` (B,4) top, bottom,
+  left, right, ``scale`` (B,) label scale, ``sem_mask`` (B,1,H,W), ``normal`` (B,3,H,W),
+  ``dataset`` and ``data_type`` (B names each).
+* ``generator``: the ``numpy.random.Generator`` the random losses (VNL, HDN, HDSN, PWN) draw
+  from; the training step passes ``loss_generator(seed, step, rank, micro)``, so a run's
+  draws are a pure function of the seed and the step (reproducible, and a resumed run draws
+  what the uninterrupted one did). None: ``loss_generator(config.seed, 0)``.
 
-The loss functions see ``outputs`` with the official aliases added (``OUTPUT_ALIASES``:
-``prediction`` is ``depth_c``, ``prediction_normal`` is ``normal``, ``pred_logit`` None), so
-a function written against the official ``paras`` names reads them unchanged.
-
-Every entry but ``"total"`` is one weighted term (``weight x loss``); ``"total"`` is their sum.
-Terms are computed in float32 and must be called outside autocast. A term with no valid pixel
-is 0 with a gradient path, so every process of a data-parallel run can call ``backward``.
+Every entry but ``"total"`` is one weighted term; ``"total"`` is their sum. Terms are
+computed in float32 with autocast disabled. A term with no valid pixel is 0 with a gradient
+path, so every process of a data-parallel run can call ``backward``. Terms of weight 0 are not
+computed.
 """
 
 from __future__ import annotations
@@ -29,27 +41,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from metricdepth.train.arch import ARCHS
+from metricdepth.train.loss_depth import MODES
+from metricdepth.train.loss_presets import LossTerm
+from metricdepth.train.loss_set import loss_terms, required_outputs, terms_from_config
 from metricdepth.train.losses import l1_log_loss, silog_loss
 
-#: Official output names -> ours (the same tensors).
-OUTPUT_ALIASES = {"prediction": "depth_c", "prediction_normal": "normal"}
+#: ``loss_mode`` values: ``corrected`` fixes the documented bugs of the official losses,
+#: ``official`` reproduces them (docs/losses.md).
+LOSS_MODES = MODES
+
+#: The stream tag of the loss draws (the data stream uses 1-3: ``metricdepth.data.dataset``).
+_LOSS_STREAM = 4
 
 
-def with_official_aliases(outputs: Mapping[str, Any]) -> dict[str, Any]:
-    """``outputs`` plus ``OUTPUT_ALIASES`` (same tensor objects) and ``pred_logit=None``."""
-    out = dict(outputs)
-    for alias, ours in OUTPUT_ALIASES.items():
-        if ours in out:
-            out[alias] = out[ours]
-    out.setdefault("pred_logit", None)
-    return out
-
-
-def _valid(target: Tensor, mask: Tensor) -> Tensor:
-    return mask.bool() & torch.isfinite(target) & (target > 0)
+def loss_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> np.random.Generator:
+    """The random losses' generator of micro-batch ``micro`` of optimiser step ``step`` (0-based)
+    on process ``rank``: ``numpy.random.default_rng([seed, 4, step, rank, micro])``."""
+    return np.random.default_rng([int(seed), _LOSS_STREAM, int(step), int(rank), int(micro)])
 
 
 def _log_prediction(outputs: Mapping[str, Any]) -> Tensor:
@@ -57,32 +70,6 @@ def _log_prediction(outputs: Mapping[str, Any]) -> Tensor:
     if "log_depth_c" in outputs:
         return outputs["log_depth_c"]
     return torch.log(outputs["depth_c"].clamp_min(1e-6))
-
-
-def gru_sequence_l1(
-    predictions: list[Tensor], target: Tensor, mask: Tensor, gamma: float = 0.9
-) -> Tensor:
-    """``sum_i gamma ** (N - 1 - i) * mean |p_i - t|`` over the valid pixels of the batch.
-
-    Args:
-        predictions: N tensors (B, 1, H, W) of canonical depth (the last one weighs 1).
-        target: (B, 1, H, W) canonical depth labels; ``<= 0``, inf or NaN where invalid.
-        mask: (B, 1, H, W) bool, True where the label may be used.
-        gamma: decay of the weights of earlier iterations.
-
-    Returns:
-        A scalar in canonical depth units (not the official confidence term: that is
-        ``GRUSequenceLoss`` of the official loss set).
-    """
-    valid = _valid(target, mask)
-    safe = torch.where(valid, target, torch.zeros_like(target))
-    count = valid.sum().clamp_min(1)
-    n = len(predictions)
-    total = predictions[-1].sum() * 0.0
-    for i, pred in enumerate(predictions):
-        diff = torch.where(valid, (pred - safe).abs(), torch.zeros_like(pred))
-        total = total + gamma ** (n - 1 - i) * diff.sum() / count
-    return total
 
 
 def _l1_log(outputs, batch, config) -> Tensor:
@@ -93,59 +80,88 @@ def _silog(outputs, batch, config) -> Tensor:
     return silog_loss(_log_prediction(outputs), batch["target"], batch["mask"], config.silog_lambda)
 
 
-def _gru_sequence(outputs, batch, config) -> Tensor:
-    return gru_sequence_l1(
-        outputs["predictions_list"], batch["target"], batch["mask"], config.gru_gamma
-    )
-
-
 @dataclass(frozen=True)
-class LossTerm:
-    """One loss: ``fn(outputs, batch, config) -> scalar Tensor`` and the outputs it reads."""
+class OwnLoss:
+    """One of metricdepth's own losses: ``fn(outputs, batch, config) -> scalar Tensor`` and
+    the outputs it reads."""
 
     fn: Callable[[Mapping[str, Any], Mapping[str, Any], Any], Tensor]
     needs: tuple[str, ...]
     doc: str
 
 
-#: Loss name -> term. ``l1_log`` and ``silog`` read the final depth; ``gru_sequence`` every
-#: iteration. The official Metric3D v2 losses are added here under their own names.
-LOSSES: dict[str, LossTerm] = {
-    "l1_log": LossTerm(_l1_log, ("depth_c",), "mean |log p - log t|, pixel-weighted"),
-    "silog": LossTerm(_silog, ("depth_c",), "per-image scale-invariant log loss (silog_lambda)"),
-    "gru_sequence": LossTerm(
-        _gru_sequence,
-        ("predictions_list",),
-        "gamma-weighted L1 on canonical depth over all iterations (gru_gamma)",
-    ),
+#: The own losses of ``small_unet`` (``metricdepth.train.losses``), by config name.
+OWN_LOSSES: dict[str, OwnLoss] = {
+    "l1_log": OwnLoss(_l1_log, ("depth_c",), "mean |log p - log t|, pixel-weighted"),
+    "silog": OwnLoss(_silog, ("depth_c",), "per-image scale-invariant log loss (silog_lambda)"),
 }
 
 
-def check_losses(losses: Mapping[str, float], outputs: tuple[str, ...], arch: str) -> None:
-    """ValueError unless every name is in ``LOSSES`` and ``arch`` returns what it reads."""
-    outputs = (*outputs, *(a for a, ours in OUTPUT_ALIASES.items() if ours in outputs))
-    for name in losses:
-        if name not in LOSSES:
-            raise ValueError(f"unknown loss {name!r} (known: {', '.join(LOSSES)})")
-        missing = [key for key in LOSSES[name].needs if key not in outputs]
+def official_terms(losses: Mapping[str, Any]) -> tuple[LossTerm, ...]:
+    """``loss_set.terms_from_config(losses)`` without the terms of weight 0."""
+    return tuple(term for term in terms_from_config(losses) if term.weight)
+
+
+def check_losses(losses: Mapping[str, Any], arch: str, mode: str = "corrected") -> None:
+    """ValueError (one line) unless ``losses`` is a valid loss config for ``arch``: known
+    names and arguments, and every output a loss reads returned by ``arch`` in training."""
+    info = ARCHS[arch]
+    outputs = info.outputs
+    if info.own_losses:
+        for name in losses:
+            if name not in OWN_LOSSES:
+                raise ValueError(
+                    f"unknown loss {name!r} for {arch} (its own losses: {', '.join(OWN_LOSSES)}; "
+                    "the official Metric3D losses train metric3d_vit and metric3d_convnext)"
+                )
+            missing = [key for key in OWN_LOSSES[name].needs if key not in outputs]
+            if missing:  # pragma: no cover (every own loss reads depth_c)
+                raise ValueError(f"loss {name!r} needs the output {missing[0]!r}")
+        return
+    for name, term in zip(losses, terms_from_config(losses), strict=True):
+        missing = [key for key in required_outputs(term) if key not in outputs]
         if missing:
             raise ValueError(
-                f"loss {name!r} needs the output {missing[0]!r}, which {arch} does not return "
-                f"in training (it returns {', '.join(outputs)})"
+                f"loss {name!r} ({term.loss}) needs the output {missing[0]!r}, which {arch} "
+                f"does not return in training (it returns {', '.join(outputs)})"
+            )
+        if (
+            mode == "official"
+            and info.one_prediction
+            and term.loss == "GRUSequenceLoss"
+            and term.weight
+        ):
+            raise ValueError(
+                f"loss 'gru_sequence' in loss_mode official divides by zero with the single "
+                f"prediction of {arch} (the official weights use 15/(N-1)); use loss_mode "
+                "corrected"
             )
 
 
 def compute_loss(
-    outputs: Mapping[str, Any], batch: Mapping[str, Any], config: Any
+    outputs: Mapping[str, Any],
+    batch: Mapping[str, Any],
+    config: Any,
+    *,
+    generator: np.random.Generator | None = None,
 ) -> dict[str, Tensor]:
     """Every weighted term of ``config.losses`` and their sum ``"total"`` (module docstring)."""
+    if not ARCHS[config.arch].own_losses:
+        if generator is None:
+            generator = loss_generator(config.seed, 0)
+        return loss_terms(
+            outputs,
+            batch,
+            official_terms(config.losses),
+            mode=config.loss_mode,
+            generator=generator,
+        )
     terms: dict[str, Tensor] = {}
-    outputs = with_official_aliases(outputs)
     total = outputs["depth_c"].sum() * 0.0
     for name, weight in config.losses.items():
         if not weight:
             continue
-        value = weight * LOSSES[name].fn(outputs, batch, config)
+        value = weight * OWN_LOSSES[name].fn(outputs, batch, config)
         terms[name] = value
         total = total + value
     terms["total"] = total

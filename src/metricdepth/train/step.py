@@ -4,7 +4,9 @@
 ``accumulate_gradients`` runs the forward pass of each micro-batch (under bfloat16 autocast
 when asked), casts the outputs to float32, computes ``objective.compute_loss`` *outside*
 autocast and back-propagates ``total / n_micro``, so ``n`` micro-batches of ``b`` images give
-the gradient of one batch of ``n b`` images for losses that average over images. Under
+the gradient of one batch of ``n b`` images for losses that average over images (or over
+pixels, when every micro-batch has as many valid ones). The random losses of micro-batch
+``m`` draw from ``objective.loss_generator(seed, step, rank, m)``. Under
 ``DistributedDataParallel`` only the last micro-batch synchronises gradients.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metricdepth.train.objective import compute_loss
+from metricdepth.train.objective import compute_loss, loss_generator
 
 #: Loader keys passed to the objective under their own (official) names when present.
 PASS_THROUGH = ("intrinsic", "pad", "sem_mask", "normal", "scale", "dataset", "data_type")
@@ -27,7 +29,10 @@ def official_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, 
     """The objective's batch: ``target`` (B,1,H,W) canonical depth, -1 where ``mask`` is
     False; ``mask`` (B,1,H,W) bool; ``scale`` (B,) = ``label_scale`` (Metric3D's
     ``label_scale_factor``) unless the loader gives ``scale``; and the keys of
-    ``PASS_THROUGH`` the loader provides (tensors moved to ``device``)."""
+    ``PASS_THROUGH`` the loader provides (tensors moved to ``device``): from
+    ``CanonicalTrainingSet``, ``intrinsic`` (B,3,3) float32 canonical K of the canvas and
+    ``pad`` (B,4) int64 [top, bottom, left, right], ``sem_mask``, ``normal``, ``dataset``,
+    ``data_type``."""
     mask = batch["mask"].to(device, non_blocking=True).bool()
     depth_c = batch["depth_c"].to(device, non_blocking=True)
     out: dict[str, Any] = {
@@ -72,9 +77,12 @@ def accumulate_gradients(
     device: torch.device,
     *,
     channels_last: bool = False,
+    step: int = 0,
+    rank: int = 0,
 ) -> dict[str, Tensor]:
     """Back-propagate the mean objective of ``micro_batches`` into ``.grad`` (not zeroed here).
 
+    ``step`` (0-based optimiser step) and ``rank`` (process) seed the random losses' draws.
     Returns the detached terms (each the mean over micro-batches), ``"total"`` included.
     """
     n = len(micro_batches)
@@ -87,7 +95,12 @@ def accumulate_gradients(
             image = micro["image"].to(device, memory_format=memory)
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 outputs = model(image)
-            terms = compute_loss(to_float32(outputs), official_batch(micro, device), config)
+            terms = compute_loss(
+                to_float32(outputs),
+                official_batch(micro, device),
+                config,
+                generator=loss_generator(config.seed, step, rank, i),
+            )
             total = terms["total"] if n == 1 else terms["total"] / n
             total.backward()
         for key, value in terms.items():
