@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from metricdepth.data.synthetic import SynthConfig, render_view, sample_scene
     from metricdepth.distortion import Distortion, pinhole_view, pixel_rays, to_original
     from metricdepth.models.registry import load_model
-    from metricdepth.predict import predict
+    from metricdepth.pipeline import predict
 
     height, width = (int(v) for v in args.size.lower().split("x"))
     model = load_model(args.model)

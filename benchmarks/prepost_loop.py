@@ -30,7 +30,7 @@ def main() -> None:
     from metricdepth.camera import Camera
     from metricdepth.canonical import prepare_input
     from metricdepth.models.registry import load_model
-    from metricdepth.predict import postprocess
+    from metricdepth.pipeline import postprocess
     from metricdepth.runtime import optimize, set_threads
 
     set_threads(args.threads)

@@ -126,7 +126,7 @@ def measure(key: str, runs: int, threads: int, profile: bool) -> dict:
     from metricdepth.camera import Camera
     from metricdepth.canonical import prepare_input
     from metricdepth.export import export_onnx
-    from metricdepth.predict import postprocess
+    from metricdepth.pipeline import postprocess
     from metricdepth.runtime import load_onnx, optimize, set_threads
 
     set_threads(threads)
@@ -228,7 +228,7 @@ def throughput(model, onnx_model, runs: int) -> dict:
     import numpy as np
 
     from metricdepth.camera import Camera
-    from metricdepth.predict import predict
+    from metricdepth.pipeline import predict
     from metricdepth.runtime import optimize
 
     rng = np.random.default_rng(0)

@@ -422,7 +422,7 @@ def test_spec_records_the_assumed_focal_only_when_set():
 def test_predict_warns_for_another_camera_than_the_assumed_one(capsys):
     from metricdepth.cli import warn_assumed_camera
     from metricdepth.models.registry import build_model
-    from metricdepth.predict import CameraMismatchWarning, predict
+    from metricdepth.pipeline import CameraMismatchWarning, predict
 
     spec = replace(ModelSpec.from_json(ASSET_SPEC.read_text()), assumed_focal_px=100.0)
     model = build_model(spec)

@@ -18,7 +18,7 @@ from metricdepth.data.synthetic import render_view, sample_scene, scene_seed
 from metricdepth.evaluate.metrics import depth_metrics
 from metricdepth.models.registry import ASSETS, DEFAULT_MODEL, load_model
 from metricdepth.models.small import count_parameters
-from metricdepth.predict import predict
+from metricdepth.pipeline import predict
 from metricdepth.train.config import load_config, make_synth_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ from metricdepth.geometry import depth_to_points
 from metricdepth.measure import measure
 from metricdepth.models.registry import DepthModel, load_model
 from metricdepth.models.spec import ModelSpec
-from metricdepth.predict import Prediction, predict
+from metricdepth.pipeline import Prediction, predict
 
 H, W = 96, 128
 #: Strong lenses: barrel radial-tangential, rational, and a wide fisheye.

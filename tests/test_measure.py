@@ -11,7 +11,7 @@ import pytest
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalRecord
 from metricdepth.measure import Measurement, measure, measure_report, parse_points
-from metricdepth.predict import Prediction
+from metricdepth.pipeline import Prediction
 
 CAMERA = Camera(500.0, 500.0, 319.5, 239.5, 640, 480)
 

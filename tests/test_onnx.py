@@ -30,7 +30,7 @@ from metricdepth.cli import app
 from metricdepth.export import _opencv_linear_canvas, export_onnx
 from metricdepth.frame import Frame
 from metricdepth.models.registry import MODELS, build_model, load_model
-from metricdepth.predict import predict
+from metricdepth.pipeline import predict
 from metricdepth.runtime import load_onnx
 
 RTOL = 1e-4

@@ -19,7 +19,7 @@ from metricdepth.models.registry import (
     load_model,
     read_spec,
 )
-from metricdepth.predict import predict, predict_batch
+from metricdepth.pipeline import predict, predict_batch
 
 FINAL_ATOL = 2e-3  # shared/parity/README.md: final metric depth
 

@@ -18,7 +18,7 @@ import torch
 from conftest import PARITY, PARITY_IMAGES, needs_parity
 from metricdepth.camera import Camera
 from metricdepth.models.registry import MODELS, build_model, load_model
-from metricdepth.predict import predict
+from metricdepth.pipeline import predict
 from metricdepth.runtime import OptimizedModel, default_threads, optimize, set_threads
 
 

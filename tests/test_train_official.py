@@ -467,7 +467,7 @@ def test_official_weights_in_eval_mode_predict_what_the_runtime_predicts(tmp_pat
 def test_trained_vit_is_a_self_describing_model_predict_takes(tmp_path):
     from metricdepth.camera import Camera
     from metricdepth.models.registry import load_model, read_spec
-    from metricdepth.predict import predict
+    from metricdepth.pipeline import predict
 
     config = vit_tiny(tmp_path, name="saved", steps=2)
     run_dir = train(config)

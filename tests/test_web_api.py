@@ -32,7 +32,7 @@ from metricdepth.camera import Camera  # noqa: E402
 from metricdepth.io import read_depth, read_image  # noqa: E402
 from metricdepth.measure import measure  # noqa: E402
 from metricdepth.models.registry import DepthModel  # noqa: E402
-from metricdepth.predict import predict  # noqa: E402
+from metricdepth.pipeline import predict  # noqa: E402
 from metricdepth.web.app import DEFAULT_MAX_UPLOAD_BYTES, create_app  # noqa: E402
 from webserver import running  # noqa: E402
 

@@ -15,9 +15,9 @@ from metricdepth.camera import Camera
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "metricdepth.predict",
-    "predict": "metricdepth.predict",
-    "Prediction": "metricdepth.predict",
+    "load_model": "metricdepth.pipeline",
+    "predict": "metricdepth.pipeline",
+    "Prediction": "metricdepth.pipeline",
     "Frame": "metricdepth.frame",
     "CanonicalSpace": "metricdepth.canonical",
     "CanonicalRecord": "metricdepth.canonical",

@@ -373,7 +373,7 @@ def warn_assumed_camera(spec, intrinsics, focal, focal_mode) -> None:
     assumed = getattr(spec, "assumed_focal_px", None)
     if assumed is None:
         return
-    from metricdepth.predict import assumed_focal_mismatch
+    from metricdepth.pipeline import assumed_focal_mismatch
 
     if intrinsics is not None:
         mode = focal_mode or spec.focal_mode
@@ -396,7 +396,7 @@ def load_predictor(model, weights, device, backend, precision, workers=0):
     ONNX Runtime's threads are set when its session opens: with ``workers`` loader processes
     they leave those cores to the workers, as ``run_batch`` does with torch's threads.
     """
-    from metricdepth.predict import load_model
+    from metricdepth.pipeline import load_model
     from metricdepth.runtime import BACKENDS, PRECISIONS, default_threads, load_onnx, set_threads
 
     if backend is None:
@@ -514,7 +514,7 @@ def measure(
         from metricdepth.measure import measure as measure_pair
         from metricdepth.measure import measure_report, parse_points
         from metricdepth.models.registry import load_model
-        from metricdepth.predict import predict as run_model
+        from metricdepth.pipeline import predict as run_model
 
         check_device(device)
         lens = lens_from_options(distortion, fisheye)

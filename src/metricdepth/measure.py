@@ -85,7 +85,7 @@ def measure(
 ) -> Measurement:
     """Measure the distance between the 3-D points under pixels ``p1`` and ``p2``.
 
-    ``prediction`` is a :class:`metricdepth.predict.Prediction` (or anything with an ``(H, W)``
+    ``prediction`` is a :class:`metricdepth.pipeline.Prediction` (or anything with an ``(H, W)``
     ``depth_m`` in metres and the ``camera`` of that grid); a prediction with a ``distortion``
     back-projects each pixel along its distorted ray (``metricdepth.distortion.pixel_rays``).
     Each depth is the median of the valid depths (finite, > 0) in the ``(2 * window + 1)^2``

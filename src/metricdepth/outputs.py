@@ -73,7 +73,7 @@ from metricdepth.io import (
     write_depth,
     write_ply,
 )
-from metricdepth.predict import Prediction
+from metricdepth.pipeline import Prediction
 from metricdepth.vis import colorize_depth, inverse_depth_range, visualization  # noqa: F401 - re-exported
 
 #: What ``--save`` accepts; ``depth`` (S.depth.npy) and the record (S.json) are always written.
@@ -314,7 +314,7 @@ class PredictionInputs:
         from metricdepth.exif import resolve_camera
         from metricdepth.frame import Frame
         from metricdepth.io import read_image
-        from metricdepth.predict import undistorted
+        from metricdepth.pipeline import undistorted
 
         item = self.items[index]
         started = time.perf_counter()
@@ -412,7 +412,7 @@ def can_trace(model, remaining: int) -> bool:
 def to_prediction(model, sample: PreparedInput, out: dict[str, torch.Tensor]) -> Prediction:
     """Network outputs -> metric ``Prediction`` at the image's size (``predict``'s own step)."""
     from metricdepth.distortion import pinhole_view
-    from metricdepth.predict import postprocess
+    from metricdepth.pipeline import postprocess
 
     lens = None
     if sample.distortion is not None:  # cached: computed once per camera and lens

@@ -28,7 +28,7 @@ from torch import Tensor
 from metricdepth.camera import Camera
 from metricdepth.models.registry import DepthModel
 from metricdepth.models.spec import ModelSpec
-from metricdepth.predict import Prediction
+from metricdepth.pipeline import Prediction
 
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnxruntime")
@@ -188,7 +188,7 @@ class OnnxModel:
     ) -> Prediction:
         """The ``Prediction`` of ``predict.predict`` for (H, W, 3) uint8 RGB ``image``."""
         from metricdepth.canonical import inference_record
-        from metricdepth.predict import _check_image
+        from metricdepth.pipeline import _check_image
 
         started = time.perf_counter()
         image = _check_image(image)

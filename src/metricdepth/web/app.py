@@ -530,7 +530,7 @@ def create_app(
         """Run the model on the photo. The camera is ``intrinsics``, else ``focal``, else the
         photo's EXIF focal, else a stated default; the answer says which (``camera_source``).
         Predictions run one at a time; concurrent requests wait their turn."""
-        from metricdepth.predict import predict
+        from metricdepth.pipeline import predict
 
         values = _parse_intrinsics(intrinsics)
         focal_px = _parse_focal(focal)

@@ -5,18 +5,12 @@ a registered name, or a ``.safetensors``/``.pth``/``.onnx`` file, as the command
 and ``predict(model, image, camera)``, which runs the model's own pre-processing (its
 ``CanonicalSpace``), the network, and ``from_canonical``; it returns a frozen ``Prediction``
 at the original resolution that records the camera used and where it came from.
-
-``metricdepth.predict`` is both this module and the function: the module is callable
-(``metricdepth.predict(model, image)`` is ``metricdepth.predict.predict(model, image)``),
-because Python binds a package attribute to its submodule once that is imported.
+Both are exported from the package: ``metricdepth.load_model`` and ``metricdepth.predict``.
 """
 
 from __future__ import annotations
 
-import inspect
-import sys
 import time
-import types
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -435,14 +429,3 @@ def _on_original_grid(prediction: Prediction, camera: Camera, lens: PinholeView)
         normal=normal,
         lens=lens,
     )
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as ``predict`` (see the module docstring)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
-        return predict(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-sys.modules[__name__].__signature__ = inspect.signature(predict)  # type: ignore[attr-defined]
