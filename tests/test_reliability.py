@@ -709,6 +709,9 @@ BAD_CHECKPOINTS = {
                      "with wrong dtype ["),
     "not a state dict": ("list.pth", ckpt_list, ["--model", "metric3d-vit-small", "--weights"],
                          "expected a state dict, got list"),
+    "a photo as weights": ("photo.jpg", lambda p: write_png(p, np.zeros((4, 4, 3), np.uint8)),
+                           ["--model", "metric3d-vit-small", "--weights"],
+                           "not a PyTorch checkpoint"),
 }  # fmt: skip
 
 

@@ -92,7 +92,22 @@ def load_strict(
 
 
 def read_torch_checkpoint(path: str | Path) -> Mapping[str, Any]:
-    """A ``.pth`` state dict (``{"model_state_dict": ...}`` unwrapped), weights only."""
+    """A ``.pth`` state dict (``{"model_state_dict": ...}`` unwrapped), weights only.
+
+    A file that is neither a zip archive (``torch.save``) nor a pickle (the legacy format),
+    e.g. a photo given as weights, is refused as such before torch reads it."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except FileNotFoundError:
+        raise ValueError(f"weights file not found: {path}") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read ({_first_line(error)})") from None
+    if head and not (head == b"PK" or head[:1] == b"\x80"):
+        raise ValueError(
+            f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle); "
+            "give the .pth file of the official weights or a metricdepth .safetensors"
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
