@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import numpy as np
@@ -431,3 +432,35 @@ def test_precise_batch_norm_averages_the_statistics_of_later_batches(tmp_path):
     train(cut, stop_at_step=3)
     resumed = _state(train(cut))
     assert all(torch.equal(state[k], resumed[k]) for k in state)
+
+
+@pytest.mark.parametrize("world_size, accumulate", [(1, 1), (2, 1), (3, 2)])
+def test_precise_batch_norm_reads_only_samples_no_process_trained_on(world_size, accumulate):
+    """Under DDP every process trains on its own slice of one stream: the batches that
+    re-estimate the BatchNorm statistics start after all ``steps * accumulate * world_size``
+    trained batches, so none of them repeats a trained sample."""
+    from metricdepth.train.loop import precise_batch_norm
+
+    class Recording(torch.utils.data.Dataset):
+        def __init__(self):
+            self.read: list[int] = []
+
+        def __getitem__(self, index):
+            self.read.append(int(index))
+            return {"image": torch.full((3, 4, 4), float(index))}
+
+    config = dataclasses_replace(
+        tiny(Path(".")), steps=5, batch_size=2, accumulate=accumulate, precise_bn_batches=3
+    )
+    trained = {
+        g
+        for step in range(config.steps)
+        for rank in range(world_size)
+        for g in step_indices(step, config.batch_size * accumulate, rank, world_size)
+    }
+    dataset = Recording()
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+    precise_batch_norm(net, dataset, config, torch.device("cpu"), world_size=world_size)
+    first = max(trained) + 1
+    assert dataset.read == list(range(first, first + 3 * config.batch_size))
+    assert not trained & set(dataset.read)

@@ -405,7 +405,7 @@ def _train(
 
     elapsed = time.perf_counter() - started
     if config.precise_bn_batches and ctx.rank == 0:
-        precise_batch_norm(net, dataset, config, device)
+        precise_batch_norm(net, dataset, config, device, world_size=ctx.world_size)
     if ctx.active:  # BatchNorm statistics of the last step differ per rank: take rank 0's
         for buffer in net.buffers():
             dist.broadcast(buffer.data, src=0)
@@ -447,11 +447,19 @@ def _train(
 
 
 def precise_batch_norm(
-    net: nn.Module, dataset: CanonicalTrainingSet, config: TrainConfig, device: torch.device
+    net: nn.Module,
+    dataset: CanonicalTrainingSet,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    world_size: int = 1,
 ) -> None:
     """Replace every BatchNorm's running statistics by their plain average over
     ``config.precise_bn_batches`` training batches (the batches after the last step, as one
     process would draw them: deterministic, so a resumed run gets the same weights).
+
+    ``world_size``: the processes that trained; their ``steps * accumulate * world_size``
+    batches of ``batch_size`` come first in the stream, so these batches follow all of them.
 
     The running averages (momentum 0.1) mostly follow the last ten batches; evaluation then
     normalises with a noisy estimate. The forward passes run in train mode without gradients,
@@ -464,7 +472,8 @@ def precise_batch_norm(
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
-    first = config.steps * config.accumulate  # batches of batch_size after every trained one
+    # in batches of batch_size: every process's every micro-batch of every step came first
+    first = config.steps * config.accumulate * world_size
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=StepBatchSampler(first, first + config.precise_bn_batches, config.batch_size),
