@@ -464,3 +464,25 @@ def test_precise_batch_norm_reads_only_samples_no_process_trained_on(world_size,
     first = max(trained) + 1
     assert dataset.read == list(range(first, first + 3 * config.batch_size))
     assert not trained & set(dataset.read)
+
+
+def test_the_log_reports_the_decoder_and_encoder_rates_by_group(tmp_path):
+    """``lr`` is the decoder's rate and ``lr_encoder`` the encoder's, read by group name (not
+    the last group's): with the decoder frozen there is no decoder rate to log."""
+    config = tiny(
+        tmp_path, name="rates", steps=3, lr_encoder=1e-3, lr_decoder=5e-3, min_lr_ratio=0.5
+    )
+    frozen = tiny(
+        tmp_path, name="enc-only", steps=3, lr_encoder=1e-3, freeze=["up.", "head.", "context."]
+    )
+    for run, decoder in ((config, 5e-3), (frozen, None)):
+        lines = (train(run) / "log.jsonl").read_text().splitlines()
+        entries = [json.loads(line) for line in lines]
+        assert [e["step"] for e in entries] == [1, 2, 3]
+        for e in entries:
+            factor = lr_factor(e["step"], run)
+            assert e["lr_encoder"] == pytest.approx(1e-3 * factor, rel=1e-12)
+            if decoder is None:
+                assert e["lr"] is None
+            else:
+                assert e["lr"] == pytest.approx(decoder * factor, rel=1e-12)

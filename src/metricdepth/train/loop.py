@@ -9,7 +9,8 @@ freezing, activation checkpointing), ``train.optim`` (encoder/decoder groups, sc
 
     config.yaml            the resolved config (every field)
     log.jsonl              step, loss (and each weighted term when there are several),
-                           learning rates (``lr``: decoder, ``lr_encoder``), images/s
+                           learning rates (``lr``: the decoder's, ``lr_encoder``; null
+                           for a part with nothing to train), images/s
     checkpoints/step_*.pt  resumable state every ``checkpoint_every`` steps (and at the end)
     model.safetensors      final weights with their ModelSpec (``models.registry.save_model``)
     model.json             the spec, readable
@@ -391,7 +392,7 @@ def _train(
                     entry.update({k: float(v) for k, v in terms.items() if k != "total"})
                 entry.update(
                     {
-                        "lr": scheduler.get_last_lr()[-1],
+                        "lr": _group_lr(optimizer, "decoder"),
                         "lr_encoder": _group_lr(optimizer, "encoder"),
                         "images_per_s": ips,
                         "elapsed_s": now - started,
