@@ -362,6 +362,26 @@ def test_dataset_label_fields_are_validated(tmp_path, change, message):
         config_from_dict(raw, base_dir=tmp_path)
 
 
+def test_synthetic_sources_keep_their_own_names_and_the_batch_says_synthetic(tmp_path):
+    """Two synthetic datasets are told apart in messages (``name`` carries seed and size);
+    the losses read ``dataset`` = ``synthetic``, or the name the config gives."""
+    synth = {"height": 16, "width": 24, "sizes": [[16, 24]]}
+    raw = {"name": "x", "input_hw": [16, 24], "datasets": [
+        {"kind": "synthetic", "seed": 1, "num_scenes": 3, "synth": synth},
+        {"kind": "synthetic", "seed": 2, "num_scenes": 5, "synth": synth},
+        {"kind": "synthetic", "seed": 2, "num_scenes": 5, "synth": synth, "name": "Taskonomy"},
+    ]}  # fmt: skip
+    from metricdepth.train.loop import build_dataset
+
+    dataset = build_dataset(config_from_dict(raw, base_dir=tmp_path))
+    names = [s.name for s in dataset.sources]
+    assert names == ["synthetic(seed=1, n=3)", "synthetic(seed=2, n=5)", "Taskonomy"]
+    seen = {}
+    for g in range(40):
+        seen.setdefault(dataset.locate(g)[0], dataset[g]["dataset"])
+    assert seen == {0: "synthetic", 1: "synthetic", 2: "Taskonomy"}
+
+
 # ---------------------------------------------------------------------- (d) mixing
 def test_mixing_frequencies_follow_the_weights_within_binomial_bounds():
     frame = _lidar_frame(12, 16)

@@ -9,7 +9,9 @@ optionally with semantic labels (142 = sky) and normals:
 - ``SyntheticSource``: scenes rendered on the fly by ``metricdepth.data.synthetic``
   (scene ``i`` is ``render_scene(scene_seed(seed, i), config)``; sky labelled).
 
-Each source has a ``name`` and a Metric3D ``data_type`` (``DATA_TYPES``), which the official
+Each source has a ``name`` (in messages; ``synthetic(seed=.., n=..)`` for a synthetic one),
+optionally a ``dataset_name`` (the batch's ``dataset``, default ``name``; ``synthetic`` for a
+synthetic one) and a Metric3D ``data_type`` (``DATA_TYPES``), both of which the official
 losses read to decide which samples they apply to, and a ``sparse`` flag: True scatters the
 depth when it is resized (``frame.resize(sparse=True)``: valid-only min-pooling, no point
 copied), False resamples it by nearest neighbour, None decides per frame (sparse when fewer
@@ -55,7 +57,8 @@ class FrameSource(Protocol):
     """A finite, indexable collection of frames with metric depth.
 
     Optional attributes read by ``CanonicalTrainingSet`` (defaults in brackets):
-    ``data_type`` (``"denselidar"``) and ``sparse`` (None: decide per frame).
+    ``dataset_name`` (``name``: the batch's ``dataset``), ``data_type`` (``"denselidar"``) and
+    ``sparse`` (None: decide per frame).
     """
 
     name: str
@@ -153,7 +156,8 @@ class SyntheticSource:
 
         if num_scenes < 1:
             raise ValueError(f"SyntheticSource: num_scenes must be >= 1, got {num_scenes}")
-        self.name = "synthetic"
+        self.name = f"synthetic(seed={seed}, n={num_scenes})"  # tells two sources apart
+        self.dataset_name = "synthetic"  # what the losses read (batch["dataset"])
         self.data_type = "denselidar_syn"
         self.sparse = False
         self.seed = int(seed)
@@ -193,7 +197,8 @@ def build_source(dataset) -> FrameSource:
     source = SyntheticSource(
         dataset.seed, dataset.num_scenes, make_synth_config(dataset.synth), cache=dataset.cache
     )
-    source.name = name or source.name
+    if name:
+        source.name = source.dataset_name = name
     source.data_type = _check_data_type(data_type or source.data_type)
     source.sparse = bool(sparse)  # rendered depth is dense unless told otherwise
     return source
@@ -287,8 +292,9 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
     - ``pad``: int64 (4,) padding ``(top, bottom, left, right)`` of the canvas;
     - ``intrinsic``: float32 (3, 3) canonical K of the canvas (``canonical_intrinsic``), the
       K the official losses back-project ``depth_c`` with;
-    - ``dataset``: the source's name, ``data_type``: its Metric3D data type (strings; the
-      default collation makes lists of them), the names the official losses read.
+    - ``dataset``: the source's ``dataset_name`` (default: its ``name``), ``data_type``: its
+      Metric3D data type (strings; the default collation makes lists of them), the names the
+      official losses read.
 
     Args:
         sources: the frame sources; ``weights``: their sampling weights (> 0).
@@ -421,6 +427,6 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
             "normal": normal,
             "pad": torch.tensor(record.pad, dtype=torch.int64),
             "intrinsic": torch.from_numpy(canonical_intrinsic(record).astype(np.float32)),
-            "dataset": origin.name,
+            "dataset": getattr(origin, "dataset_name", origin.name),
             "data_type": getattr(origin, "data_type", "denselidar"),
         }
