@@ -486,3 +486,22 @@ def test_the_log_reports_the_decoder_and_encoder_rates_by_group(tmp_path):
                 assert e["lr"] is None
             else:
                 assert e["lr"] == pytest.approx(decoder * factor, rel=1e-12)
+
+
+def test_init_from_our_safetensors_must_share_its_focal_and_variant(tmp_path):
+    """A ``.safetensors`` init_from predicts in its spec's space: a config with another f_c or
+    variant would retrain it at another label scale, so it is refused (same space: accepted)."""
+    from metricdepth.models.registry import save_model
+    from metricdepth.train.loop import build_network, model_spec
+
+    base = tiny(tmp_path, name="base")  # f_c 80, label variant
+    weights = tmp_path / "base.safetensors"
+    save_model(build_network(base), model_spec(base), weights)
+    same = tiny(tmp_path, name="next", init_from=str(weights))
+    assert same.init_from == str(weights.resolve())
+    with pytest.raises(ValueError, match=r"canonical_focal_px: init_from base\.safetensors "
+                       r"predicts at f_c = 80 px, got 100"):  # fmt: skip
+        tiny(tmp_path, name="next", init_from=str(weights), canonical_focal_px=100.0)
+    with pytest.raises(ValueError, match="variant: init_from base.safetensors was trained as "
+                       "'label', got 'none'"):  # fmt: skip
+        tiny(tmp_path, name="next", init_from=str(weights), variant="none")

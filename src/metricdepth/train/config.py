@@ -626,17 +626,46 @@ def config_from_dict(
             check.fail(key, f"{config.arch} needs multiples of {info.input_multiple}, got {hw}")
     if config.activation_checkpointing and config.arch != "metric3d_vit":
         check.fail("activation_checkpointing", "applies to metric3d_vit only")
-    if (
-        config.init_from is not None
-        and Path(config.init_from).suffix != ".safetensors"
-        and config.canonical_focal_px != info.canonical_focal_px
-    ):
+    if config.init_from is not None:
+        _check_init_space(config, info, check)
+    return config
+
+
+def _check_init_space(config: TrainConfig, info, check: _Checker) -> None:
+    """``init_from``'s weights must predict in the space the config trains (f_c, variant):
+    else training would silently move them to another label scale.
+
+    Official ``.pth``: the architecture's f_c (label variant). Our ``.safetensors``: the spec
+    inside (when the file is there; a missing file is the loader's error).
+    """
+    path = Path(config.init_from)
+    if path.suffix != ".safetensors":
+        if config.canonical_focal_px != info.canonical_focal_px:
+            check.fail(
+                "canonical_focal_px",
+                f"official weights predict at f_c = {info.canonical_focal_px:g} px, got "
+                f"{config.canonical_focal_px:g}",
+            )
+        return
+    if not path.is_file():
+        return
+    from metricdepth.models.registry import read_spec
+
+    try:
+        space = read_spec(path).space
+    except ValueError as error:
+        check.fail("init_from", " ".join(str(error).split()))
+    if space.focal_px != config.canonical_focal_px:
         check.fail(
             "canonical_focal_px",
-            f"official weights predict at f_c = {info.canonical_focal_px:g} px, got "
+            f"init_from {path.name} predicts at f_c = {space.focal_px:g} px, got "
             f"{config.canonical_focal_px:g}",
         )
-    return config
+    if space.variant != config.variant:
+        check.fail(
+            "variant",
+            f"init_from {path.name} was trained as {space.variant!r}, got {config.variant!r}",
+        )
 
 
 def _freeze(value: Any, check: _Checker) -> tuple[str, ...]:
