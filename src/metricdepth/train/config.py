@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from metricdepth.io import atomic_write
+from metricdepth.models.spec import DEFAULT_MODEL
 from metricdepth.train.arch import ARCHS, check_architecture
 
 DATASET_KINDS = ("synthetic", "annotations")
@@ -48,8 +49,8 @@ SCHEDULES = ("cosine", "poly")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 CONFIG_FORMAT = "metricdepth-train/1"
-#: The bundled model's name (``models.registry.DEFAULT_MODEL``, not imported: it loads torch).
-BUNDLED_MODEL_NAME = "metricdepth-small"
+#: The bundled model's name (``models.spec.DEFAULT_MODEL``).
+BUNDLED_MODEL_NAME = DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
