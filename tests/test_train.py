@@ -505,3 +505,16 @@ def test_init_from_our_safetensors_must_share_its_focal_and_variant(tmp_path):
     with pytest.raises(ValueError, match="variant: init_from base.safetensors was trained as "
                        "'label', got 'none'"):  # fmt: skip
         tiny(tmp_path, name="next", init_from=str(weights), variant="none")
+
+
+@pytest.mark.parametrize("name", ["metric3d-vit-small", "metric3d-convnext-large"])
+def test_a_trained_model_cannot_take_an_official_models_name(tmp_path, name):
+    """Every registered name is refused, not only the bundled one's (bundled_name does not
+    unlock an official name), in the config and in a TrainConfig built directly."""
+    for raw in ({"name": name}, {"name": "x", "model_name": name}):
+        for bundled in (False, True):
+            with pytest.raises(ValueError, match=f"config: model_name: '{name}' is a registered"):
+                tiny(tmp_path, bundled_name=bundled, **raw)
+    with pytest.raises(ValueError, match="registered model's name"):
+        TrainConfig(name=name, datasets=tiny(tmp_path).datasets)
+    assert tiny(tmp_path, name=f"{name}-kitchen").model_name == f"{name}-kitchen"

@@ -126,9 +126,10 @@ class TrainConfig:
             the ``image`` variant always uses ``"focal"``.
         infer_hw: inference canvas (H, W) for ``"fit"`` (default: ``input_hw``).
         size_multiple: inference canvas multiple for ``"focal"``/``"none"``.
-        model_name: the name in the saved model spec (default: ``name``). It cannot be the
-            bundled model's name (``metricdepth-small``), so that a trained model's records
-            never pass for the bundled one's, unless ``bundled_name`` is set.
+        model_name: the name in the saved model spec (default: ``name``). It cannot be a
+            registered model's name (``models.registry.list_models``: the bundled
+            ``metricdepth-small`` unless ``bundled_name`` is set, or an official one), so that
+            a trained model's records never pass for that model's.
         bundled_name: allow ``model_name`` to be the bundled model's name (only the config
             that rebuilds the bundled model, ``configs/metricdepth-small.yaml``, sets it).
         description: one line for the saved model spec.
@@ -262,12 +263,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.model_name:
             object.__setattr__(self, "model_name", self.name)
-        if self.model_name == BUNDLED_MODEL_NAME and not self.bundled_name:
-            raise ValueError(
-                f"model_name: {self.model_name!r} is the bundled model's name; give the trained "
-                "model its own (model_name, or the config's name), or set bundled_name: true to "
-                "rebuild the bundled model"
-            )
+        _check_model_name(self.model_name, self.bundled_name)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -306,6 +302,24 @@ class TrainConfig:
         """Write the resolved config as YAML (atomically)."""
         with atomic_write(path) as tmp:
             tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _check_model_name(model_name: str, bundled_name: bool) -> None:
+    """A trained model's records must never pass for a registered model's (the bundled one
+    unless ``bundled_name``, or an official one): ValueError naming ``model_name``."""
+    from metricdepth.models.registry import list_models
+
+    if model_name == DEFAULT_MODEL and not bundled_name:
+        raise ValueError(
+            f"model_name: {model_name!r} is the bundled model's name; give the trained model "
+            "its own (model_name, or the config's name), or set bundled_name: true to rebuild "
+            "the bundled model"
+        )
+    if model_name != DEFAULT_MODEL and model_name in list_models():
+        raise ValueError(
+            f"model_name: {model_name!r} is a registered model's name; give the trained model "
+            "its own (model_name, or the config's name)"
+        )
 
 
 # ---------------------------------------------------------------------- parsing
@@ -595,15 +609,10 @@ def config_from_dict(
         if not isinstance(raw["real_photos"], bool):
             check.fail("real_photos", f"must be true, false or null, got {raw['real_photos']!r}")
         values["real_photos"] = raw["real_photos"]
-    model_name = values.get("model_name") or name
-    if model_name == BUNDLED_MODEL_NAME and not values.get("bundled_name", False):
-        check.fail(
-            "model_name",
-            f"{model_name!r} is the bundled model's name; give the trained model its own "
-            "(model_name, or the config's name), or set bundled_name: true to rebuild the "
-            "bundled model",
-        )
-    config = TrainConfig(**values)
+    try:
+        config = TrainConfig(**values)
+    except ValueError as error:  # the model name (TrainConfig.__post_init__)
+        raise ValueError(f"{source}: {error}") from None
     if config.min_depth_m >= config.max_depth_m:
         check.fail(
             "min_depth_m", f"must be < max_depth_m ({config.max_depth_m}), got {config.min_depth_m}"
