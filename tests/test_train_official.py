@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lossfix_util import lossfix_dir, missing
 from metricdepth.train import arch
 from metricdepth.train.config import config_from_dict, load_config
 from metricdepth.train.loop import build_dataset, build_network, parameter_digest, train
@@ -25,7 +26,6 @@ from metricdepth.train.step import official_batch
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 ROOT = Path(__file__).resolve().parent.parent
-LOSSFIX = ROOT.parent / "shared" / "lossfix"
 SYNTH = {"height": 56, "width": 84, "sizes": [[56, 84]], "focal_range": [40.0, 160.0]}
 
 
@@ -230,9 +230,9 @@ def test_finetune_presets_load_and_carry_the_official_kitti_values(size):
     kitti = [(t.loss, t.weight) for t in terms_from_config(config.losses)]
     assert kitti == [("VNLoss", 0.1), ("GRUSequenceLoss", 1.0), ("DeNoConsistencyLoss", 0.001)]
     assert config.loss_mode == "corrected"
-    if not (LOSSFIX / "loss_config_table.json").is_file():
-        pytest.skip("shared/lossfix not found")
-    table = json.loads((LOSSFIX / "loss_config_table.json").read_text())
+    table_path = lossfix_dir() / "loss_config_table.json"
+    missing(table_path, "the official loss config table")
+    table = json.loads(table_path.read_text())
     name = "vit.raft5.giant2.kitti.py" if size == "giant2" else "vit.raft5.large.kitti.py"
     official = table["configs"][name]
     opt, lr = official["optimizer"]["value"], official["lr_config"]["value"]
