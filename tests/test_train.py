@@ -518,3 +518,10 @@ def test_a_trained_model_cannot_take_an_official_models_name(tmp_path, name):
     with pytest.raises(ValueError, match="registered model's name"):
         TrainConfig(name=name, datasets=tiny(tmp_path).datasets)
     assert tiny(tmp_path, name=f"{name}-kitchen").model_name == f"{name}-kitchen"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"^device 'cuda:0': no CUDA device here"):
+        train(tiny(tmp_path, device="cuda"))
+    assert not (tmp_path / "runs").exists()  # refused before anything is written

@@ -231,10 +231,12 @@ def _setup_distributed(device: torch.device) -> _Dist:
 
 
 def _device(config: TrainConfig) -> torch.device:
+    """``config.device`` (``auto``: CUDA when present); CUDA device ``LOCAL_RANK`` under
+    torchrun. ValueError when this machine lacks it (``registry.check_device``)."""
+    from metricdepth.models.registry import check_device
+
     if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("config device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return check_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     return torch.device("cpu")
 
 
