@@ -741,9 +741,10 @@ def _official_losses(
 ) -> None:
     """The official architectures: ``losses`` (``loss_set`` short names), ``loss_preset``
     and ``loss_mode``; the resolved ``losses`` always holds the list that trains."""
+    from metricdepth.train.loss_guard import MODES
     from metricdepth.train.loss_presets import preset
     from metricdepth.train.loss_set import config_from_terms, terms_from_config
-    from metricdepth.train.objective import LOSS_MODES, check_losses
+    from metricdepth.train.objective import check_losses
 
     for name in ("l1_log", "silog"):
         if values.get(f"loss_{name}"):
@@ -752,7 +753,7 @@ def _official_losses(
                 f"applies to small_unet's own losses; {arch} takes losses: {{silog: w, ...}} "
                 "(the official loss set)",
             )
-    mode = check.choice("loss_mode", raw.get("loss_mode", "corrected"), LOSS_MODES)
+    mode = check.choice("loss_mode", raw.get("loss_mode", "corrected"), MODES)
     from_preset = None
     if raw.get("loss_preset") is not None:
         name = raw["loss_preset"]

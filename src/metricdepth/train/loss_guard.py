@@ -17,6 +17,8 @@ import torch
 F = TypeVar("F", bound=Callable[..., Any])
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: The loss modes: ``corrected`` fixes the documented bugs of the official losses, ``official``
+#: reproduces them (docs/losses.md).
 MODES = ("corrected", "official")
 
 
@@ -63,6 +65,7 @@ def full_precision(fn: F) -> F:
 
 
 def check_mode(mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is one of ``MODES``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 

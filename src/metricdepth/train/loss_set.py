@@ -42,7 +42,6 @@ import torch
 
 from metricdepth.train.loss_depth import (
     OFFICIAL_DATA_TYPES,
-    check_mode,
     data_type_mask,
     gru_sequence_loss,
     gru_step_weights,
@@ -50,6 +49,7 @@ from metricdepth.train.loss_depth import (
     sky_regularization_loss,
 )
 from metricdepth.train.loss_geometry import depth_to_normal, pwn_planes_loss, vnl_loss
+from metricdepth.train.loss_guard import check_mode
 from metricdepth.train.loss_normal import deno_consistency_loss, normal_branch_loss, pad_mask
 from metricdepth.train.loss_presets import LossTerm
 from metricdepth.train.loss_ranking import hdn_random_loss, hdsn_random_loss

@@ -46,14 +46,9 @@ import torch
 from torch import Tensor
 
 from metricdepth.train.arch import ARCHS
-from metricdepth.train.loss_depth import MODES
 from metricdepth.train.loss_presets import LossTerm
 from metricdepth.train.loss_set import loss_terms, required_outputs, terms_from_config
 from metricdepth.train.losses import l1_log_loss, silog_loss
-
-#: ``loss_mode`` values: ``corrected`` fixes the documented bugs of the official losses,
-#: ``official`` reproduces them (docs/losses.md).
-LOSS_MODES = MODES
 
 #: The stream tag of the loss draws (the data stream uses 1-3: ``metricdepth.data.dataset``).
 _LOSS_STREAM = 4
