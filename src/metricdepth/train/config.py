@@ -42,7 +42,7 @@ import yaml
 
 from metricdepth.io import atomic_write
 from metricdepth.models.spec import DEFAULT_MODEL
-from metricdepth.train.arch import ARCHS, check_architecture
+from metricdepth.train.arch import ARCHS, apply_freeze, check_architecture
 
 DATASET_KINDS = ("synthetic", "annotations")
 SCHEDULES = ("cosine", "poly")
@@ -622,11 +622,11 @@ def config_from_dict(
     if config.infer_hw is None:
         config = dataclasses.replace(config, infer_hw=config.input_hw)
     try:
-        check_architecture(config.arch, config.model_kwargs, ())
+        meta_net = check_architecture(config.arch, config.model_kwargs)
     except (TypeError, ValueError) as error:
         check.fail("model_kwargs", " ".join(str(error).split()))
     try:
-        check_architecture(config.arch, config.model_kwargs, config.freeze)
+        apply_freeze(meta_net, config.arch, config.freeze)
     except ValueError as error:
         check.fail("freeze", " ".join(str(error).split()).removeprefix("freeze: "))
     info = ARCHS[config.arch]
