@@ -463,3 +463,18 @@ def test_predict_warns_for_another_camera_than_the_assumed_one(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and all(line.startswith("warning: ") for line in lines)
     assert "150 px" in lines[0] and "give --focal 100" in lines[1]
+
+
+def test_a_train_config_built_directly_refuses_two_assumed_focals(tmp_path):
+    """The agreement is the config's rule (checked once, in ``TrainConfig``), so a config
+    built without ``config_from_dict`` cannot record one of two assumed cameras either."""
+    one = config_from_dict(
+        {"name": "x", "datasets": [{"kind": "annotations", "path": "a.json",
+                                    "assumed_focal_px": 500}]},
+        base_dir=tmp_path,
+    )  # fmt: skip
+    other = replace(one.datasets[0], assumed_focal_px=600.0)
+    with pytest.raises(ValueError, match=r"datasets: assume different focal lengths \[500.0, 600"):
+        replace(one, datasets=(one.datasets[0], other))
+    same = replace(one, datasets=(one.datasets[0], replace(other, assumed_focal_px=500.0)))
+    assert assumed_focal(same) == 500.0

@@ -207,21 +207,14 @@ def build_source(dataset) -> FrameSource:
 def assumed_focal(config) -> float | None:
     """The ``assumed_focal_px`` a model trained on ``config.datasets`` must record, or None.
 
-    Every dataset that sets one must set the same value (one camera of unknown intrinsics);
-    different values are a ValueError. The trainer writes it into ``ModelSpec``
+    Every dataset that sets one sets the same value (one camera of unknown intrinsics; the
+    ``TrainConfig`` refuses different ones). The trainer writes it into ``ModelSpec``
     (``assumed_focal_px``), so ``predict`` can warn when given another camera.
     """
-    values = {
-        float(d.assumed_focal_px)
-        for d in config.datasets
-        if getattr(d, "assumed_focal_px", None) is not None
-    }
-    if len(values) > 1:
-        raise ValueError(
-            f"datasets assume different focal lengths {sorted(values)}; a model can record "
-            "one assumed camera"
-        )
-    return values.pop() if values else None
+    for d in config.datasets:
+        if getattr(d, "assumed_focal_px", None) is not None:
+            return float(d.assumed_focal_px)
+    return None
 
 
 def _check_data_type(data_type: str) -> str:

@@ -264,6 +264,9 @@ class TrainConfig:
         if not self.model_name:
             object.__setattr__(self, "model_name", self.name)
         _check_model_name(self.model_name, self.bundled_name)
+        focals = {d.assumed_focal_px for d in self.datasets} - {None}
+        if len(focals) > 1:  # a model records one assumed camera (data.dataset.assumed_focal)
+            raise ValueError(f"datasets: assume different focal lengths {sorted(focals)}; use one")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -511,9 +514,6 @@ def config_from_dict(
     values["datasets"] = tuple(
         _dataset(item, i, Path(base_dir), check) for i, item in enumerate(datasets)
     )
-    focals = {d.assumed_focal_px for d in values["datasets"]} - {None}
-    if len(focals) > 1:
-        check.fail("datasets", f"assume different focal lengths {sorted(focals)}; use one")
     for key in ("out_dir", "model_name", "description", "intended_use"):
         if key in raw:
             optional = key in ("description", "intended_use")
@@ -611,7 +611,7 @@ def config_from_dict(
         values["real_photos"] = raw["real_photos"]
     try:
         config = TrainConfig(**values)
-    except ValueError as error:  # the model name (TrainConfig.__post_init__)
+    except ValueError as error:  # TrainConfig.__post_init__: model name, assumed focals
         raise ValueError(f"{source}: {error}") from None
     if config.min_depth_m >= config.max_depth_m:
         check.fail(
