@@ -97,7 +97,7 @@ class AnnotationSource:
         from metricdepth.data.annotations import read_annotations
 
         self.name = name or Path(json_path).resolve().parent.name or str(json_path)
-        self.data_type = _check_data_type(data_type)
+        self.data_type = check_data_type(data_type)
         self.sparse = sparse
         self.assumed_focal_px = assumed_focal_px
         self.entries = read_annotations(json_path, root)
@@ -199,7 +199,7 @@ def build_source(dataset) -> FrameSource:
     )
     if name:
         source.name = source.dataset_name = name
-    source.data_type = _check_data_type(data_type or source.data_type)
+    source.data_type = data_type or source.data_type  # the config checked it
     source.sparse = bool(sparse)  # rendered depth is dense unless told otherwise
     return source
 
@@ -217,9 +217,11 @@ def assumed_focal(config) -> float | None:
     return None
 
 
-def _check_data_type(data_type: str) -> str:
+def check_data_type(data_type: str) -> str:
+    """``data_type`` if it is one of ``DATA_TYPES``, else a one-line ValueError (the rule
+    the sources and ``train.config`` share)."""
     if data_type not in DATA_TYPES:
-        raise ValueError(f"data_type must be one of {', '.join(DATA_TYPES)}, got {data_type!r}")
+        raise ValueError(f"data_type: must be one of {', '.join(DATA_TYPES)}, got {data_type!r}")
     return data_type
 
 

@@ -443,13 +443,16 @@ def _dataset_labels(
     raw: dict[str, Any], kind: str, where: str, check: _Checker, values: dict[str, Any]
 ) -> None:
     """Validate ``name``, ``data_type``, ``sparse`` and ``assumed_focal_px`` into ``values``."""
-    from metricdepth.data.dataset import DATA_TYPES
+    from metricdepth.data.dataset import check_data_type
 
     name = raw.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip()):
         check.fail(f"{where}.name", f"must be a non-empty string, got {name!r}")
     if raw.get("data_type") is not None:
-        values["data_type"] = check.choice(f"{where}.data_type", raw["data_type"], DATA_TYPES)
+        try:
+            values["data_type"] = check_data_type(raw["data_type"])
+        except ValueError as error:
+            check.fail(f"{where}.data_type", str(error).removeprefix("data_type: "))
     sparse = raw.get("sparse")
     if sparse is not None and not isinstance(sparse, bool):
         check.fail(f"{where}.sparse", f"must be true, false or null (auto), got {sparse!r}")
