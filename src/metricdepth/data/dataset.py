@@ -192,10 +192,10 @@ def build_source(dataset) -> FrameSource:
             name=name, data_type=data_type or "lidar", sparse=sparse,
             assumed_focal_px=getattr(dataset, "assumed_focal_px", None),
         )  # fmt: skip
-    from metricdepth.train.config import make_synth_config
+    from metricdepth.data.synthetic import SynthConfig
 
     source = SyntheticSource(
-        dataset.seed, dataset.num_scenes, make_synth_config(dataset.synth), cache=dataset.cache
+        dataset.seed, dataset.num_scenes, SynthConfig.from_dict(dataset.synth), cache=dataset.cache
     )
     if name:
         source.name = source.dataset_name = name

@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from metricdepth.data.synthetic import SynthConfig
 from metricdepth.io import atomic_write
 from metricdepth.models.spec import DEFAULT_MODEL
 from metricdepth.train.arch import ARCHS, apply_freeze, check_architecture
@@ -432,7 +433,7 @@ def _dataset(raw: Any, index: int, base_dir: Path, check: _Checker) -> DatasetCo
         values["num_scenes"] = check.int(f"{where}.num_scenes", raw.get("num_scenes", 1000), 1)
         synth = check.json_dict(f"{where}.synth", raw.get("synth", {}))
         try:
-            make_synth_config(synth)
+            SynthConfig.from_dict(synth)
         except (TypeError, ValueError) as error:
             check.fail(f"{where}.synth", " ".join(str(error).split()))
         values["synth"] = synth
@@ -466,23 +467,8 @@ def _dataset_labels(
         )
 
 
-def make_synth_config(values: dict[str, Any]):
-    """``SynthConfig(**values)`` with JSON lists turned into the tuples it expects."""
-    from metricdepth.data.synthetic import SynthConfig
-
-    known = {f.name for f in dataclasses.fields(SynthConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown SynthConfig field {unknown[0]!r}")
-    converted: dict[str, Any] = {}
-    for key, value in values.items():
-        if key == "sizes":
-            converted[key] = tuple(tuple(int(v) for v in pair) for pair in value)
-        elif isinstance(value, list):
-            converted[key] = tuple(value)
-        else:
-            converted[key] = value
-    return SynthConfig(**converted)
+#: ``SynthConfig`` from a config's ``synth`` mapping (kept here for existing imports).
+make_synth_config = SynthConfig.from_dict
 
 
 def config_from_dict(
