@@ -29,7 +29,7 @@ from metricdepth.train.loop import (
     run_training,
     train,
 )
-from metricdepth.train.losses import depth_loss, l1_log_loss, silog_loss
+from metricdepth.train.losses import l1_log_loss, silog_loss
 
 TINY_SYNTH = {"height": 32, "width": 48, "sizes": [[32, 48]], "focal_range": [40.0, 160.0]}
 
@@ -154,18 +154,23 @@ def test_silog_loss_hand_computed_per_image():
     assert shifted == pytest.approx(float(silog_loss(log_pred, depth, mask, 1.0, eps=0.0)))
 
 
+def _both_losses(log_pred, depth, mask):
+    """small_unet's own losses with weight 1 each (``objective.OWN_LOSSES``)."""
+    return l1_log_loss(log_pred, depth, mask) + silog_loss(log_pred, depth, mask, 0.85)
+
+
 def test_losses_ignore_masked_pixels_and_survive_an_empty_mask():
     log_pred = torch.zeros(1, 1, 2, 2, requires_grad=True)
     depth = torch.tensor([[[[2.0, float("inf")], [0.0, -1.0]]]])
     mask = torch.ones(1, 1, 2, 2, dtype=torch.bool)
-    loss = depth_loss(log_pred, depth, mask, l1_log=1.0, silog=1.0)
+    loss = _both_losses(log_pred, depth, mask)
     loss.backward()
     assert torch.isfinite(loss)
     grad = log_pred.grad[0, 0]
     assert grad[0, 0] != 0 and grad[0, 1] == 0 and grad[1, 0] == 0 and grad[1, 1] == 0
     empty = torch.zeros_like(mask)
     pred = torch.zeros(1, 1, 2, 2, requires_grad=True)
-    zero = depth_loss(pred, depth, empty, l1_log=1.0, silog=1.0)
+    zero = _both_losses(pred, depth, empty)
     zero.backward()
     assert zero.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
 

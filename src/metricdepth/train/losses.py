@@ -62,21 +62,3 @@ def silog_loss(
     if not bool(has.any()):
         return log_pred.sum() * 0.0
     return per_image[has].mean()
-
-
-def depth_loss(
-    log_pred: torch.Tensor,
-    depth_gt: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    l1_log: float = 1.0,
-    silog: float = 0.0,
-    variance_focus: float = 0.85,
-) -> torch.Tensor:
-    """``l1_log * l1_log_loss + silog * silog_loss`` (terms with weight 0 are skipped)."""
-    total = log_pred.sum() * 0.0
-    if l1_log:
-        total = total + l1_log * l1_log_loss(log_pred, depth_gt, mask)
-    if silog:
-        total = total + silog * silog_loss(log_pred, depth_gt, mask, variance_focus)
-    return total
