@@ -2,8 +2,9 @@
 
 Pieces live beside it: ``train.arch`` (building any registered architecture, ``init_from``,
 freezing, activation checkpointing), ``train.optim`` (encoder/decoder groups, schedule),
-``train.step`` (micro-batches, autocast forward, float32 objective outside autocast) and
-``train.objective`` (``compute_loss``, the seam every loss goes through).
+``train.step`` (micro-batches, autocast forward, float32 objective outside autocast),
+``train.objective`` (``compute_loss``, the seam every loss goes through) and ``train.dist``
+(the torchrun process group).
 
 ``run_training(config_path)`` trains one run into ``out_dir / name`` and returns that folder::
 
@@ -40,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from metricdepth.camera import Camera
@@ -71,6 +71,14 @@ from metricdepth.train.checkpoint import (  # noqa: F401 (latest_checkpoint re-e
     save_checkpoint,
 )
 from metricdepth.train.config import TrainConfig, load_config
+from metricdepth.train.dist import (
+    Dist,
+    barrier,
+    broadcast_buffers,
+    mean_over_ranks,
+    setup_distributed,
+    teardown,
+)
 from metricdepth.train.optim import lr_factor, make_optimizer, make_scheduler  # noqa: F401 (lr_factor re-exported)
 from metricdepth.train.step import accumulate_gradients, split_batch
 
@@ -207,29 +215,7 @@ def predict_depth_m(
     return from_canonical(depth_c[0, 0].float().cpu(), record).numpy()
 
 
-# ---------------------------------------------------------------------- distributed
-@dataclasses.dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-
-def _setup_distributed(device: torch.device) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    return _Dist(rank, world, local)
-
-
+# ---------------------------------------------------------------------- device
 def _device(config: TrainConfig) -> torch.device:
     """``config.device`` (``auto``: CUDA when present); CUDA device ``LOCAL_RANK`` under
     torchrun. ValueError when this machine lacks it (``registry.check_device``)."""
@@ -286,21 +272,15 @@ def train(config: TrainConfig, *, resume: bool = True, stop_at_step: int | None 
     right after that step, its checkpoint written if one was due), without the final files."""
     torch.set_num_threads(config.threads)
     device = _device(config)
-    ctx = _setup_distributed(device)
+    ctx = setup_distributed(device)
     try:
         return _train(config, ctx, device, resume, stop_at_step)
     finally:
-        if ctx.active and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _barrier(ctx: _Dist) -> None:
-    if ctx.active:
-        dist.barrier()
+        teardown(ctx)
 
 
 def _train(
-    config: TrainConfig, ctx: _Dist, device: torch.device, resume: bool, stop_at: int | None
+    config: TrainConfig, ctx: Dist, device: torch.device, resume: bool, stop_at: int | None
 ) -> Path:
     run_dir = Path(config.out_dir) / config.name
     checkpoint = latest_checkpoint(run_dir)
@@ -313,7 +293,7 @@ def _train(
         check_resumable(state, config, ctx.world_size, checkpoint)
         if int(state["step"]) >= config.steps and (run_dir / "model.safetensors").is_file():
             return run_dir  # already finished
-    _barrier(ctx)  # every rank has read the checkpoint before rank 0 may prune it
+    barrier(ctx)  # every rank has read the checkpoint before rank 0 may prune it
     if ctx.rank == 0:
         config.write(run_dir / "config.yaml")
 
@@ -382,7 +362,7 @@ def _train(
             optimizer.step()
             scheduler.step()
             step += 1
-            loss_value = _mean_over_ranks(terms["total"], ctx)
+            loss_value = mean_over_ranks(terms["total"], ctx)
             now = time.perf_counter()
             rate = images_per_step / max(now - tick, 1e-9)
             ips = rate if ips == 0.0 else 0.9 * ips + 0.1 * rate
@@ -409,9 +389,7 @@ def _train(
     elapsed = time.perf_counter() - started
     if config.precise_bn_batches and ctx.rank == 0:
         precise_batch_norm(net, dataset, config, device, world_size=ctx.world_size)
-    if ctx.active:  # BatchNorm statistics of the last step differ per rank: take rank 0's
-        for buffer in net.buffers():
-            dist.broadcast(buffer.data, src=0)
+    broadcast_buffers(net, ctx)  # BatchNorm statistics of the last step differ per rank
     with atomic_write(run_dir / f"rank_{ctx.rank}.json") as tmp:
         tmp.write_text(
             json.dumps(
@@ -445,7 +423,7 @@ def _train(
         }
         with atomic_write(run_dir / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    _barrier(ctx)
+    barrier(ctx)
     return run_dir
 
 
@@ -500,14 +478,6 @@ def _group_lr(optimizer: torch.optim.Optimizer, part: str) -> float | None:
     return None
 
 
-def _mean_over_ranks(value: torch.Tensor, ctx: _Dist) -> float:
-    if ctx.active:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= ctx.world_size
-    return float(value)
-
-
 def _checkpoint(run_dir, step, net, optimizer, scheduler, config, ctx, log_lines) -> None:
     if ctx.rank == 0:
         state = {
@@ -524,7 +494,7 @@ def _checkpoint(run_dir, step, net, optimizer, scheduler, config, ctx, log_lines
         prune_checkpoints(run_dir, config.keep_checkpoints)
         with atomic_write(run_dir / "log.jsonl") as tmp:
             tmp.write_text("".join(line + "\n" for line in log_lines))
-    _barrier(ctx)
+    barrier(ctx)
 
 
 @torch.no_grad()
