@@ -49,6 +49,11 @@ DATA_TYPES: tuple[str, ...] = (
 #: Data types whose sky pixels that *have* a depth lose their sky label (Metric3D's loader:
 #: the sky mask is trusted only where the sensor saw nothing).
 SKY_RELABEL_TYPES: tuple[str, ...] = ("lidar", "sfm", "denselidar", "denselidar_nometric")
+#: The ``data_type`` of an annotation dataset that does not state one (Metric3D's KITTI and
+#: NYU are ``lidar``); a synthetic source is ``denselidar_syn``.
+ANNOTATION_DATA_TYPE = "lidar"
+#: The ``data_type`` assumed for a ``FrameSource`` of your own that has no such attribute.
+SOURCE_DATA_TYPE = "denselidar"
 #: ``sparse=None``: a frame with fewer valid depth pixels than this fraction is scattered.
 SPARSE_VALID_FRACTION = 0.3
 
@@ -57,7 +62,9 @@ class FrameSource(Protocol):
     """A finite, indexable collection of frames with metric depth.
 
     Optional attributes read by ``CanonicalTrainingSet`` (defaults in brackets):
-    ``dataset_name`` (``name``: the batch's ``dataset``), ``data_type`` (``"denselidar"``) and
+    ``dataset_name`` (``name``: the batch's ``dataset``), ``data_type`` (``SOURCE_DATA_TYPE``,
+    ``"denselidar"``; the sources here always set it: ``AnnotationSource`` defaults to
+    ``ANNOTATION_DATA_TYPE``, ``"lidar"``, a ``SyntheticSource`` is ``"denselidar_syn"``) and
     ``sparse`` (None: decide per frame).
     """
 
@@ -90,7 +97,7 @@ class AnnotationSource:
         cache: bool = True,
         depth_scale: float | None = None,
         name: str | None = None,
-        data_type: str = "lidar",
+        data_type: str = ANNOTATION_DATA_TYPE,
         sparse: bool | None = None,
         assumed_focal_px: float | None = None,
     ) -> None:
@@ -189,7 +196,7 @@ def build_source(dataset) -> FrameSource:
     if dataset.kind == "annotations":
         return AnnotationSource(
             dataset.path, dataset.root, cache=dataset.cache, depth_scale=dataset.depth_scale,
-            name=name, data_type=data_type or "lidar", sparse=sparse,
+            name=name, data_type=data_type or ANNOTATION_DATA_TYPE, sparse=sparse,
             assumed_focal_px=getattr(dataset, "assumed_focal_px", None),
         )  # fmt: skip
     from metricdepth.data.synthetic import SynthConfig
@@ -373,7 +380,7 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
         keep = (depth >= self.min_depth_m) & (depth <= self.max_depth_m)
         sem = frame.sem
         if sem is not None and (sky := sem == SKY_ID).any():
-            if getattr(origin, "data_type", "denselidar") in SKY_RELABEL_TYPES:
+            if getattr(origin, "data_type", SOURCE_DATA_TYPE) in SKY_RELABEL_TYPES:
                 sem = np.where(sky & frame.mask, np.int32(-1), sem)  # measured: not sky
             keep &= sem != SKY_ID  # sky is never a depth label
         if not keep.all() or sem is not frame.sem:
@@ -423,5 +430,5 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
             "pad": torch.tensor(record.pad, dtype=torch.int64),
             "intrinsic": torch.from_numpy(canonical_intrinsic(record).astype(np.float32)),
             "dataset": getattr(origin, "dataset_name", origin.name),
-            "data_type": getattr(origin, "data_type", "denselidar"),
+            "data_type": getattr(origin, "data_type", SOURCE_DATA_TYPE),
         }
