@@ -118,5 +118,5 @@ def test_small_unet_keeps_its_own_l1_log_and_silog(tmp_path):
     silog = silog_loss(out["log_depth_c"], official["target"], official["mask"], 0.85)
     assert torch.equal(terms["l1_log"], 0.5 * l1) and torch.equal(terms["silog"], 2.0 * silog)
     # the total is the weighted sum, up to float32 rounding (not tied to a summation order)
-    expected = 0.5 * float(l1) + 2.0 * float(silog)
-    assert float(terms["total"]) == pytest.approx(expected, rel=1e-6, abs=0)
+    expected = 0.5 * float(l1.detach()) + 2.0 * float(silog.detach())
+    assert float(terms["total"].detach()) == pytest.approx(expected, rel=1e-6, abs=0)
