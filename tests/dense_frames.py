@@ -6,6 +6,8 @@ confidence term over the pixels with ``|t - p| < t``. With every pixel labelled,
 predictions are clamped to [0.1, 200], so ``|t - p| < t`` always holds), both masks are full
 and the loss of a batch is the mean of its images' losses: micro-batches and data-parallel
 processes then add up to the gradient of one big batch.
+
+``tiny_vit_config`` is the raw training config the tiny-ViT tests start from.
 """
 
 from __future__ import annotations
@@ -15,6 +17,40 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+#: Synthetic scenes of the tiny-ViT canvas (56x84, a multiple of the ViT's 28 px).
+TINY_VIT_SYNTH = {"height": 56, "width": 84, "sizes": [[56, 84]], "focal_range": [40.0, 160.0]}
+
+
+def tiny_vit_config(
+    name: str, *, seed: int, scene_seed: int = 3, num_scenes: int = 16, **overrides
+):
+    """The raw config (a dict for ``config_from_dict`` or YAML) of a short CPU run of the
+    test-only ``metric3d_vit`` ``size: tiny`` on 56x84 synthetic canvases; ``overrides``
+    replace or add fields."""
+    raw = {
+        "name": name,
+        "seed": seed,
+        "arch": "metric3d_vit",
+        "model_kwargs": {"size": "tiny"},
+        "input_hw": [56, 84],
+        "infer_hw": [56, 84],
+        "datasets": [
+            {
+                "kind": "synthetic",
+                "seed": scene_seed,
+                "num_scenes": num_scenes,
+                "synth": TINY_VIT_SYNTH,
+            }
+        ],
+        "batch_size": 2,
+        "steps": 2,
+        "warmup_steps": 0,
+        "progress": False,
+        "device": "cpu",
+    }
+    raw.update(overrides)
+    return raw
 
 
 def write_dense_annotations(

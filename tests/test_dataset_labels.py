@@ -362,6 +362,26 @@ def test_dataset_label_fields_are_validated(tmp_path, change, message):
         config_from_dict(raw, base_dir=tmp_path)
 
 
+def test_synthetic_sources_keep_their_own_names_and_the_batch_says_synthetic(tmp_path):
+    """Two synthetic datasets are told apart in messages (``name`` carries seed and size);
+    the losses read ``dataset`` = ``synthetic``, or the name the config gives."""
+    synth = {"height": 16, "width": 24, "sizes": [[16, 24]]}
+    raw = {"name": "x", "input_hw": [16, 24], "datasets": [
+        {"kind": "synthetic", "seed": 1, "num_scenes": 3, "synth": synth},
+        {"kind": "synthetic", "seed": 2, "num_scenes": 5, "synth": synth},
+        {"kind": "synthetic", "seed": 2, "num_scenes": 5, "synth": synth, "name": "Taskonomy"},
+    ]}  # fmt: skip
+    from metricdepth.train.loop import build_dataset
+
+    dataset = build_dataset(config_from_dict(raw, base_dir=tmp_path))
+    names = [s.name for s in dataset.sources]
+    assert names == ["synthetic(seed=1, n=3)", "synthetic(seed=2, n=5)", "Taskonomy"]
+    seen = {}
+    for g in range(40):
+        seen.setdefault(dataset.locate(g)[0], dataset[g]["dataset"])
+    assert seen == {0: "synthetic", 1: "synthetic", 2: "Taskonomy"}
+
+
 # ---------------------------------------------------------------------- (d) mixing
 def test_mixing_frequencies_follow_the_weights_within_binomial_bounds():
     frame = _lidar_frame(12, 16)
@@ -443,3 +463,18 @@ def test_predict_warns_for_another_camera_than_the_assumed_one(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and all(line.startswith("warning: ") for line in lines)
     assert "150 px" in lines[0] and "give --focal 100" in lines[1]
+
+
+def test_a_train_config_built_directly_refuses_two_assumed_focals(tmp_path):
+    """The agreement is the config's rule (checked once, in ``TrainConfig``), so a config
+    built without ``config_from_dict`` cannot record one of two assumed cameras either."""
+    one = config_from_dict(
+        {"name": "x", "datasets": [{"kind": "annotations", "path": "a.json",
+                                    "assumed_focal_px": 500}]},
+        base_dir=tmp_path,
+    )  # fmt: skip
+    other = replace(one.datasets[0], assumed_focal_px=600.0)
+    with pytest.raises(ValueError, match=r"datasets: assume different focal lengths \[500.0, 600"):
+        replace(one, datasets=(one.datasets[0], other))
+    same = replace(one, datasets=(one.datasets[0], replace(other, assumed_focal_px=500.0)))
+    assert assumed_focal(same) == 500.0

@@ -94,30 +94,17 @@ def test_two_process_tiny_vit_matches_one_process_on_the_same_global_batch(tmp_p
     to 1e-5 absolute (1 % of one AdamW step at lr 1e-3)."""
     from safetensors.torch import load_file
 
-    from dense_frames import write_dense_annotations
+    from dense_frames import tiny_vit_config, write_dense_annotations
     from metricdepth.train.config import config_from_dict
     from metricdepth.train.loop import train
 
     dense = write_dense_annotations(tmp_path / "dense", seed=3)
-    config = {
-        "name": "vit-ddp",
-        "seed": 4,
-        "arch": "metric3d_vit",
-        "model_kwargs": {"size": "tiny"},
-        "input_hw": [56, 84],
-        "infer_hw": [56, 84],
-        "resize_range": [1.0, 1.0],
-        "datasets": [{"kind": "annotations", "path": str(dense), "data_type": "denselidar"}],
-        "losses": {"gru_sequence": 1.0},
-        "batch_size": 1,
-        "accumulate": 2,
-        "steps": 3,
-        "warmup_steps": 0,
-        "lr": 1e-3,
-        "checkpoint_every": 3,
-        "progress": False,
-        "device": "cpu",
-    }
+    config = tiny_vit_config(
+        "vit-ddp", seed=4, resize_range=[1.0, 1.0],
+        datasets=[{"kind": "annotations", "path": str(dense), "data_type": "denselidar"}],
+        losses={"gru_sequence": 1.0}, batch_size=1, accumulate=2, steps=3, lr=1e-3,
+        checkpoint_every=3,
+    )  # fmt: skip
     path = tmp_path / "vit.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [

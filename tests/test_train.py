@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from metricdepth.train.loop import (
     run_training,
     train,
 )
-from metricdepth.train.losses import depth_loss, l1_log_loss, silog_loss
+from metricdepth.train.losses import l1_log_loss, silog_loss
 
 TINY_SYNTH = {"height": 32, "width": 48, "sizes": [[32, 48]], "focal_range": [40.0, 160.0]}
 
@@ -153,18 +154,23 @@ def test_silog_loss_hand_computed_per_image():
     assert shifted == pytest.approx(float(silog_loss(log_pred, depth, mask, 1.0, eps=0.0)))
 
 
+def _both_losses(log_pred, depth, mask):
+    """small_unet's own losses with weight 1 each (``objective.OWN_LOSSES``)."""
+    return l1_log_loss(log_pred, depth, mask) + silog_loss(log_pred, depth, mask, 0.85)
+
+
 def test_losses_ignore_masked_pixels_and_survive_an_empty_mask():
     log_pred = torch.zeros(1, 1, 2, 2, requires_grad=True)
     depth = torch.tensor([[[[2.0, float("inf")], [0.0, -1.0]]]])
     mask = torch.ones(1, 1, 2, 2, dtype=torch.bool)
-    loss = depth_loss(log_pred, depth, mask, l1_log=1.0, silog=1.0)
+    loss = _both_losses(log_pred, depth, mask)
     loss.backward()
     assert torch.isfinite(loss)
     grad = log_pred.grad[0, 0]
     assert grad[0, 0] != 0 and grad[0, 1] == 0 and grad[1, 0] == 0 and grad[1, 1] == 0
     empty = torch.zeros_like(mask)
     pred = torch.zeros(1, 1, 2, 2, requires_grad=True)
-    zero = depth_loss(pred, depth, empty, l1_log=1.0, silog=1.0)
+    zero = _both_losses(pred, depth, empty)
     zero.backward()
     assert zero.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
 
@@ -431,3 +437,96 @@ def test_precise_batch_norm_averages_the_statistics_of_later_batches(tmp_path):
     train(cut, stop_at_step=3)
     resumed = _state(train(cut))
     assert all(torch.equal(state[k], resumed[k]) for k in state)
+
+
+@pytest.mark.parametrize("world_size, accumulate", [(1, 1), (2, 1), (3, 2)])
+def test_precise_batch_norm_reads_only_samples_no_process_trained_on(world_size, accumulate):
+    """Under DDP every process trains on its own slice of one stream: the batches that
+    re-estimate the BatchNorm statistics start after all ``steps * accumulate * world_size``
+    trained batches, so none of them repeats a trained sample."""
+    from metricdepth.train.loop import precise_batch_norm
+
+    class Recording(torch.utils.data.Dataset):
+        def __init__(self):
+            self.read: list[int] = []
+
+        def __getitem__(self, index):
+            self.read.append(int(index))
+            return {"image": torch.full((3, 4, 4), float(index))}
+
+    config = dataclasses_replace(
+        tiny(Path(".")), steps=5, batch_size=2, accumulate=accumulate, precise_bn_batches=3
+    )
+    trained = {
+        g
+        for step in range(config.steps)
+        for rank in range(world_size)
+        for g in step_indices(step, config.batch_size * accumulate, rank, world_size)
+    }
+    dataset = Recording()
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+    precise_batch_norm(net, dataset, config, torch.device("cpu"), world_size=world_size)
+    first = max(trained) + 1
+    assert dataset.read == list(range(first, first + 3 * config.batch_size))
+    assert not trained & set(dataset.read)
+
+
+def test_the_log_reports_the_decoder_and_encoder_rates_by_group(tmp_path):
+    """``lr`` is the decoder's rate and ``lr_encoder`` the encoder's, read by group name (not
+    the last group's): with the decoder frozen there is no decoder rate to log."""
+    config = tiny(
+        tmp_path, name="rates", steps=3, lr_encoder=1e-3, lr_decoder=5e-3, min_lr_ratio=0.5
+    )
+    frozen = tiny(
+        tmp_path, name="enc-only", steps=3, lr_encoder=1e-3, freeze=["up.", "head.", "context."]
+    )
+    for run, decoder in ((config, 5e-3), (frozen, None)):
+        lines = (train(run) / "log.jsonl").read_text().splitlines()
+        entries = [json.loads(line) for line in lines]
+        assert [e["step"] for e in entries] == [1, 2, 3]
+        for e in entries:
+            factor = lr_factor(e["step"], run)
+            assert e["lr_encoder"] == pytest.approx(1e-3 * factor, rel=1e-12)
+            if decoder is None:
+                assert e["lr"] is None
+            else:
+                assert e["lr"] == pytest.approx(decoder * factor, rel=1e-12)
+
+
+def test_init_from_our_safetensors_must_share_its_focal_and_variant(tmp_path):
+    """A ``.safetensors`` init_from predicts in its spec's space: a config with another f_c or
+    variant would retrain it at another label scale, so it is refused (same space: accepted)."""
+    from metricdepth.models.registry import save_model
+    from metricdepth.train.loop import build_network, model_spec
+
+    base = tiny(tmp_path, name="base")  # f_c 80, label variant
+    weights = tmp_path / "base.safetensors"
+    save_model(build_network(base), model_spec(base), weights)
+    same = tiny(tmp_path, name="next", init_from=str(weights))
+    assert same.init_from == str(weights.resolve())
+    with pytest.raises(ValueError, match=r"canonical_focal_px: init_from base\.safetensors "
+                       r"predicts at f_c = 80 px, got 100"):  # fmt: skip
+        tiny(tmp_path, name="next", init_from=str(weights), canonical_focal_px=100.0)
+    with pytest.raises(ValueError, match="variant: init_from base.safetensors was trained as "
+                       "'label', got 'none'"):  # fmt: skip
+        tiny(tmp_path, name="next", init_from=str(weights), variant="none")
+
+
+@pytest.mark.parametrize("name", ["metric3d-vit-small", "metric3d-convnext-large"])
+def test_a_trained_model_cannot_take_an_official_models_name(tmp_path, name):
+    """Every registered name is refused, not only the bundled one's (bundled_name does not
+    unlock an official name), in the config and in a TrainConfig built directly."""
+    for raw in ({"name": name}, {"name": "x", "model_name": name}):
+        for bundled in (False, True):
+            with pytest.raises(ValueError, match=f"config: model_name: '{name}' is a registered"):
+                tiny(tmp_path, bundled_name=bundled, **raw)
+    with pytest.raises(ValueError, match="registered model's name"):
+        TrainConfig(name=name, datasets=tiny(tmp_path).datasets)
+    assert tiny(tmp_path, name=f"{name}-kitchen").model_name == f"{name}-kitchen"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"^device 'cuda:0': no CUDA device here"):
+        train(tiny(tmp_path, device="cuda"))
+    assert not (tmp_path / "runs").exists()  # refused before anything is written

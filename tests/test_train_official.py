@@ -15,6 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dense_frames import TINY_VIT_SYNTH, tiny_vit_config
+from lossfix_util import lossfix_dir, missing
 from metricdepth.train import arch
 from metricdepth.train.config import config_from_dict, load_config
 from metricdepth.train.loop import build_dataset, build_network, parameter_digest, train
@@ -25,30 +27,14 @@ from metricdepth.train.step import official_batch
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 ROOT = Path(__file__).resolve().parent.parent
-LOSSFIX = ROOT.parent / "shared" / "lossfix"
-SYNTH = {"height": 56, "width": 84, "sizes": [[56, 84]], "focal_range": [40.0, 160.0]}
+SYNTH = TINY_VIT_SYNTH
 
 
 def vit_tiny(tmp_path: Path, **overrides):
-    raw = {
-        "name": "vit",
-        "out_dir": str(tmp_path / "runs"),
-        "seed": 2,
-        "arch": "metric3d_vit",
-        "model_kwargs": {"size": "tiny"},
-        "input_hw": [56, 84],
-        "infer_hw": [56, 84],
-        "resize_range": [0.9, 1.1],
-        "datasets": [{"kind": "synthetic", "seed": 3, "num_scenes": 16, "synth": SYNTH}],
-        "batch_size": 2,
-        "steps": 2,
-        "warmup_steps": 0,
-        "lr": 1e-3,
-        "checkpoint_every": 2,
-        "log_every": 1,
-        "progress": False,
-        "device": "cpu",
-    }
+    raw = tiny_vit_config(
+        "vit", seed=2, scene_seed=3, num_scenes=16, out_dir=str(tmp_path / "runs"),
+        resize_range=[0.9, 1.1], lr=1e-3, checkpoint_every=2, log_every=1,
+    )  # fmt: skip
     raw.update(overrides)
     return config_from_dict(raw, base_dir=tmp_path)
 
@@ -230,9 +216,9 @@ def test_finetune_presets_load_and_carry_the_official_kitti_values(size):
     kitti = [(t.loss, t.weight) for t in terms_from_config(config.losses)]
     assert kitti == [("VNLoss", 0.1), ("GRUSequenceLoss", 1.0), ("DeNoConsistencyLoss", 0.001)]
     assert config.loss_mode == "corrected"
-    if not (LOSSFIX / "loss_config_table.json").is_file():
-        pytest.skip("shared/lossfix not found")
-    table = json.loads((LOSSFIX / "loss_config_table.json").read_text())
+    table_path = lossfix_dir() / "loss_config_table.json"
+    missing(table_path, "the official loss config table")
+    table = json.loads(table_path.read_text())
     name = "vit.raft5.giant2.kitti.py" if size == "giant2" else "vit.raft5.large.kitti.py"
     official = table["configs"][name]
     opt, lr = official["optimizer"]["value"], official["lr_config"]["value"]

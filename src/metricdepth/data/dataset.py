@@ -9,7 +9,9 @@ optionally with semantic labels (142 = sky) and normals:
 - ``SyntheticSource``: scenes rendered on the fly by ``metricdepth.data.synthetic``
   (scene ``i`` is ``render_scene(scene_seed(seed, i), config)``; sky labelled).
 
-Each source has a ``name`` and a Metric3D ``data_type`` (``DATA_TYPES``), which the official
+Each source has a ``name`` (in messages; ``synthetic(seed=.., n=..)`` for a synthetic one),
+optionally a ``dataset_name`` (the batch's ``dataset``, default ``name``; ``synthetic`` for a
+synthetic one) and a Metric3D ``data_type`` (``DATA_TYPES``), both of which the official
 losses read to decide which samples they apply to, and a ``sparse`` flag: True scatters the
 depth when it is resized (``frame.resize(sparse=True)``: valid-only min-pooling, no point
 copied), False resamples it by nearest neighbour, None decides per frame (sparse when fewer
@@ -47,6 +49,11 @@ DATA_TYPES: tuple[str, ...] = (
 #: Data types whose sky pixels that *have* a depth lose their sky label (Metric3D's loader:
 #: the sky mask is trusted only where the sensor saw nothing).
 SKY_RELABEL_TYPES: tuple[str, ...] = ("lidar", "sfm", "denselidar", "denselidar_nometric")
+#: The ``data_type`` of an annotation dataset that does not state one (Metric3D's KITTI and
+#: NYU are ``lidar``); a synthetic source is ``denselidar_syn``.
+ANNOTATION_DATA_TYPE = "lidar"
+#: The ``data_type`` assumed for a ``FrameSource`` of your own that has no such attribute.
+SOURCE_DATA_TYPE = "denselidar"
 #: ``sparse=None``: a frame with fewer valid depth pixels than this fraction is scattered.
 SPARSE_VALID_FRACTION = 0.3
 
@@ -55,7 +62,10 @@ class FrameSource(Protocol):
     """A finite, indexable collection of frames with metric depth.
 
     Optional attributes read by ``CanonicalTrainingSet`` (defaults in brackets):
-    ``data_type`` (``"denselidar"``) and ``sparse`` (None: decide per frame).
+    ``dataset_name`` (``name``: the batch's ``dataset``), ``data_type`` (``SOURCE_DATA_TYPE``,
+    ``"denselidar"``; the sources here always set it: ``AnnotationSource`` defaults to
+    ``ANNOTATION_DATA_TYPE``, ``"lidar"``, a ``SyntheticSource`` is ``"denselidar_syn"``) and
+    ``sparse`` (None: decide per frame).
     """
 
     name: str
@@ -87,14 +97,14 @@ class AnnotationSource:
         cache: bool = True,
         depth_scale: float | None = None,
         name: str | None = None,
-        data_type: str = "lidar",
+        data_type: str = ANNOTATION_DATA_TYPE,
         sparse: bool | None = None,
         assumed_focal_px: float | None = None,
     ) -> None:
         from metricdepth.data.annotations import read_annotations
 
         self.name = name or Path(json_path).resolve().parent.name or str(json_path)
-        self.data_type = _check_data_type(data_type)
+        self.data_type = check_data_type(data_type)
         self.sparse = sparse
         self.assumed_focal_px = assumed_focal_px
         self.entries = read_annotations(json_path, root)
@@ -153,7 +163,8 @@ class SyntheticSource:
 
         if num_scenes < 1:
             raise ValueError(f"SyntheticSource: num_scenes must be >= 1, got {num_scenes}")
-        self.name = "synthetic"
+        self.name = f"synthetic(seed={seed}, n={num_scenes})"  # tells two sources apart
+        self.dataset_name = "synthetic"  # what the losses read (batch["dataset"])
         self.data_type = "denselidar_syn"
         self.sparse = False
         self.seed = int(seed)
@@ -185,16 +196,17 @@ def build_source(dataset) -> FrameSource:
     if dataset.kind == "annotations":
         return AnnotationSource(
             dataset.path, dataset.root, cache=dataset.cache, depth_scale=dataset.depth_scale,
-            name=name, data_type=data_type or "lidar", sparse=sparse,
+            name=name, data_type=data_type or ANNOTATION_DATA_TYPE, sparse=sparse,
             assumed_focal_px=getattr(dataset, "assumed_focal_px", None),
         )  # fmt: skip
-    from metricdepth.train.config import make_synth_config
+    from metricdepth.data.synthetic import SynthConfig
 
     source = SyntheticSource(
-        dataset.seed, dataset.num_scenes, make_synth_config(dataset.synth), cache=dataset.cache
+        dataset.seed, dataset.num_scenes, SynthConfig.from_dict(dataset.synth), cache=dataset.cache
     )
-    source.name = name or source.name
-    source.data_type = _check_data_type(data_type or source.data_type)
+    if name:
+        source.name = source.dataset_name = name
+    source.data_type = data_type or source.data_type  # the config checked it
     source.sparse = bool(sparse)  # rendered depth is dense unless told otherwise
     return source
 
@@ -202,26 +214,21 @@ def build_source(dataset) -> FrameSource:
 def assumed_focal(config) -> float | None:
     """The ``assumed_focal_px`` a model trained on ``config.datasets`` must record, or None.
 
-    Every dataset that sets one must set the same value (one camera of unknown intrinsics);
-    different values are a ValueError. The trainer writes it into ``ModelSpec``
+    Every dataset that sets one sets the same value (one camera of unknown intrinsics; the
+    ``TrainConfig`` refuses different ones). The trainer writes it into ``ModelSpec``
     (``assumed_focal_px``), so ``predict`` can warn when given another camera.
     """
-    values = {
-        float(d.assumed_focal_px)
-        for d in config.datasets
-        if getattr(d, "assumed_focal_px", None) is not None
-    }
-    if len(values) > 1:
-        raise ValueError(
-            f"datasets assume different focal lengths {sorted(values)}; a model can record "
-            "one assumed camera"
-        )
-    return values.pop() if values else None
+    for d in config.datasets:
+        if getattr(d, "assumed_focal_px", None) is not None:
+            return float(d.assumed_focal_px)
+    return None
 
 
-def _check_data_type(data_type: str) -> str:
+def check_data_type(data_type: str) -> str:
+    """``data_type`` if it is one of ``DATA_TYPES``, else a one-line ValueError (the rule
+    the sources and ``train.config`` share)."""
     if data_type not in DATA_TYPES:
-        raise ValueError(f"data_type must be one of {', '.join(DATA_TYPES)}, got {data_type!r}")
+        raise ValueError(f"data_type: must be one of {', '.join(DATA_TYPES)}, got {data_type!r}")
     return data_type
 
 
@@ -287,8 +294,9 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
     - ``pad``: int64 (4,) padding ``(top, bottom, left, right)`` of the canvas;
     - ``intrinsic``: float32 (3, 3) canonical K of the canvas (``canonical_intrinsic``), the
       K the official losses back-project ``depth_c`` with;
-    - ``dataset``: the source's name, ``data_type``: its Metric3D data type (strings; the
-      default collation makes lists of them), the names the official losses read.
+    - ``dataset``: the source's ``dataset_name`` (default: its ``name``), ``data_type``: its
+      Metric3D data type (strings; the default collation makes lists of them), the names the
+      official losses read.
 
     Args:
         sources: the frame sources; ``weights``: their sampling weights (> 0).
@@ -372,7 +380,7 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
         keep = (depth >= self.min_depth_m) & (depth <= self.max_depth_m)
         sem = frame.sem
         if sem is not None and (sky := sem == SKY_ID).any():
-            if getattr(origin, "data_type", "denselidar") in SKY_RELABEL_TYPES:
+            if getattr(origin, "data_type", SOURCE_DATA_TYPE) in SKY_RELABEL_TYPES:
                 sem = np.where(sky & frame.mask, np.int32(-1), sem)  # measured: not sky
             keep &= sem != SKY_ID  # sky is never a depth label
         if not keep.all() or sem is not frame.sem:
@@ -421,6 +429,6 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
             "normal": normal,
             "pad": torch.tensor(record.pad, dtype=torch.int64),
             "intrinsic": torch.from_numpy(canonical_intrinsic(record).astype(np.float32)),
-            "dataset": origin.name,
-            "data_type": getattr(origin, "data_type", "denselidar"),
+            "dataset": getattr(origin, "dataset_name", origin.name),
+            "data_type": getattr(origin, "data_type", SOURCE_DATA_TYPE),
         }

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,6 +118,24 @@ class SynthConfig:
             raise ValueError("SynthConfig.aspect_jitter must be in [0, 1), principal in [0, .5)")
         if max(self.camera_height_range_m) >= self.wall_height_m:
             raise ValueError("SynthConfig: the camera must be lower than the walls")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SynthConfig:
+        """``SynthConfig(**values)`` with JSON lists turned into the tuples it expects (the
+        ``synth`` mapping of a training config); an unknown field is a ValueError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown SynthConfig field {unknown[0]!r}")
+        converted: dict[str, Any] = {}
+        for key, value in values.items():
+            if key == "sizes":
+                converted[key] = tuple(tuple(int(v) for v in pair) for pair in value)
+            elif isinstance(value, list):
+                converted[key] = tuple(value)
+            else:
+                converted[key] = value
+        return cls(**converted)
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,6 +15,9 @@ from metricdepth.camera import check_focal_mode
 from metricdepth.canonical import CanonicalSpace
 
 SPEC_FORMAT = "metricdepth-spec/1"
+#: The bundled model's name (``models.registry`` loads it by default; a trained model may not
+#: take it unless its config rebuilds the bundled model).
+DEFAULT_MODEL = "metricdepth-small"
 
 #: The command a warning names for real photographs (an official Metric3D model).
 REAL_PHOTOS_COMMAND = (

@@ -157,8 +157,12 @@ def load_initial_weights(net: nn.Module, arch: str, model_kwargs: Mapping[str, A
         raise ValueError(f"init_from: {message}") from None
 
 
-def check_architecture(arch: str, model_kwargs: Mapping[str, Any], freeze: tuple[str, ...]):
-    """Build ``arch`` on the meta device (no memory) to check kwargs and ``freeze`` prefixes."""
+def check_architecture(
+    arch: str, model_kwargs: Mapping[str, Any], freeze: tuple[str, ...] = ()
+) -> nn.Module:
+    """Build ``arch`` on the meta device (no memory) to check kwargs and ``freeze`` prefixes;
+    return that network (for further checks, e.g. ``apply_freeze`` with another ``freeze``)."""
     with torch.device("meta"):
         net = build_network(arch, model_kwargs)
     apply_freeze(net, arch, freeze)
+    return net

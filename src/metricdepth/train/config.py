@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +39,22 @@ from typing import Any
 
 import yaml
 
+from metricdepth.data.synthetic import SynthConfig
 from metricdepth.io import atomic_write
-from metricdepth.train.arch import ARCHS, check_architecture
+from metricdepth.models.spec import DEFAULT_MODEL
+from metricdepth.train.config_check import (  # noqa: F401 (the choice tables re-exported)
+    DATASET_KINDS,
+    DEVICES,
+    PRECISIONS,
+    SCHEDULES,
+    Checker,
+    check_fields,
+    post_checks,
+)
 
-DATASET_KINDS = ("synthetic", "annotations")
-SCHEDULES = ("cosine", "poly")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
 CONFIG_FORMAT = "metricdepth-train/1"
-#: The bundled model's name (``models.registry.DEFAULT_MODEL``, not imported: it loads torch).
-BUNDLED_MODEL_NAME = "metricdepth-small"
+#: The bundled model's name (``models.spec.DEFAULT_MODEL``).
+BUNDLED_MODEL_NAME = DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -125,9 +130,10 @@ class TrainConfig:
             the ``image`` variant always uses ``"focal"``.
         infer_hw: inference canvas (H, W) for ``"fit"`` (default: ``input_hw``).
         size_multiple: inference canvas multiple for ``"focal"``/``"none"``.
-        model_name: the name in the saved model spec (default: ``name``). It cannot be the
-            bundled model's name (``metricdepth-small``), so that a trained model's records
-            never pass for the bundled one's, unless ``bundled_name`` is set.
+        model_name: the name in the saved model spec (default: ``name``). It cannot be a
+            registered model's name (``models.registry.list_models``: the bundled
+            ``metricdepth-small`` unless ``bundled_name`` is set, or an official one), so that
+            a trained model's records never pass for that model's.
         bundled_name: allow ``model_name`` to be the bundled model's name (only the config
             that rebuilds the bundled model, ``configs/metricdepth-small.yaml``, sets it).
         description: one line for the saved model spec.
@@ -261,12 +267,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.model_name:
             object.__setattr__(self, "model_name", self.name)
-        if self.model_name == BUNDLED_MODEL_NAME and not self.bundled_name:
-            raise ValueError(
-                f"model_name: {self.model_name!r} is the bundled model's name; give the trained "
-                "model its own (model_name, or the config's name), or set bundled_name: true to "
-                "rebuild the bundled model"
-            )
+        _check_model_name(self.model_name, self.bundled_name)
+        focals = {d.assumed_focal_px for d in self.datasets} - {None}
+        if len(focals) > 1:  # a model records one assumed camera (data.dataset.assumed_focal)
+            raise ValueError(f"datasets: assume different focal lengths {sorted(focals)}; use one")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -307,452 +311,70 @@ class TrainConfig:
             tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
 
-# ---------------------------------------------------------------------- parsing
-_DATASET_FIELDS = {f.name: f for f in dataclasses.fields(DatasetConfig)}
-_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+def _check_model_name(model_name: str, bundled_name: bool) -> None:
+    """A trained model's records must never pass for a registered model's (the bundled one
+    unless ``bundled_name``, or an official one): ValueError naming ``model_name``."""
+    from metricdepth.models.registry import list_models
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-class _Checker:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, message: str) -> None:
-        raise ValueError(f"{self.source}: {key}: {message}")
-
-    def int(self, key: str, value: Any, minimum: int) -> int:
-        if not _is_int(value) or value < minimum:
-            self.fail(key, f"must be an integer >= {minimum}, got {value!r}")
-        return int(value)
-
-    def number(self, key: str, value: Any, minimum: float, *, strict: bool = False) -> float:
-        ok = _is_number(value) and math.isfinite(value)
-        ok = ok and (value > minimum if strict else value >= minimum)
-        if not ok:
-            relation = ">" if strict else ">="
-            self.fail(key, f"must be a finite number {relation} {minimum}, got {value!r}")
-        return float(value)
-
-    def choice(self, key: str, value: Any, choices: tuple[str, ...]) -> str:
-        if value not in choices:
-            self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return str(value)
-
-    def hw(self, key: str, value: Any) -> tuple[int, int]:
-        if not (
-            isinstance(value, (list, tuple))
-            and len(value) == 2
-            and all(_is_int(v) and v > 0 for v in value)
-        ):
-            self.fail(key, f"must be [height, width], two integers > 0, got {value!r}")
-        return (int(value[0]), int(value[1]))
-
-    def range(self, key: str, value: Any) -> tuple[float, float]:
-        if not (
-            isinstance(value, (list, tuple))
-            and len(value) == 2
-            and all(_is_number(v) and math.isfinite(v) for v in value)
-            and 0 < value[0] <= value[1]
-        ):
-            self.fail(key, f"must be [low, high] with 0 < low <= high, got {value!r}")
-        return (float(value[0]), float(value[1]))
-
-    def json_dict(self, key: str, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            self.fail(key, f"must be a mapping with string keys, got {value!r}")
-        try:
-            return json.loads(json.dumps(value, allow_nan=False))
-        except (TypeError, ValueError):
-            self.fail(key, "must hold plain JSON values only")
-        raise AssertionError  # unreachable
-
-
-def _dataset(raw: Any, index: int, base_dir: Path, check: _Checker) -> DatasetConfig:
-    where = f"datasets[{index}]"
-    if not isinstance(raw, dict):
-        check.fail(where, f"must be a mapping, got {raw!r}")
-    unknown = sorted(set(raw) - set(_DATASET_FIELDS))
-    if unknown:
-        check.fail(f"{where}.{unknown[0]}", f"unknown field (known: {', '.join(_DATASET_FIELDS)})")
-    if "kind" not in raw:
-        check.fail(f"{where}.kind", f"missing; one of {', '.join(DATASET_KINDS)}")
-    kind = check.choice(f"{where}.kind", raw["kind"], DATASET_KINDS)
-    values: dict[str, Any] = {"kind": kind}
-    values["weight"] = check.number(f"{where}.weight", raw.get("weight", 1.0), 0, strict=True)
-    values["cache"] = raw.get("cache", True)
-    if not isinstance(values["cache"], bool):
-        check.fail(f"{where}.cache", f"must be true or false, got {values['cache']!r}")
-    _dataset_labels(raw, kind, where, check, values)
-    if kind == "annotations":
-        for key in ("seed", "num_scenes", "synth"):  # written configs hold the defaults
-            if key in raw and raw[key] != DatasetConfig(kind).to_dict()[key]:
-                check.fail(f"{where}.{key}", "only applies to kind 'synthetic'")
-        path = raw.get("path")
-        if not isinstance(path, str) or not path:
-            check.fail(f"{where}.path", f"must name an annotation JSON, got {path!r}")
-        values["path"] = str((base_dir / path).resolve())
-        root = raw.get("root")
-        if root is not None:
-            if not isinstance(root, str) or not root:
-                check.fail(f"{where}.root", f"must be a folder path, got {root!r}")
-            values["root"] = str((base_dir / root).resolve())
-        scale = raw.get("depth_scale")
-        if scale is not None:
-            values["depth_scale"] = check.number(f"{where}.depth_scale", scale, 0, strict=True)
-    else:
-        for key in ("path", "root", "depth_scale"):
-            if raw.get(key) is not None:
-                check.fail(f"{where}.{key}", "only applies to kind 'annotations'")
-        values["seed"] = check.int(f"{where}.seed", raw.get("seed", 0), 0)
-        values["num_scenes"] = check.int(f"{where}.num_scenes", raw.get("num_scenes", 1000), 1)
-        synth = check.json_dict(f"{where}.synth", raw.get("synth", {}))
-        try:
-            make_synth_config(synth)
-        except (TypeError, ValueError) as error:
-            check.fail(f"{where}.synth", " ".join(str(error).split()))
-        values["synth"] = synth
-    return DatasetConfig(**values)
-
-
-def _dataset_labels(
-    raw: dict[str, Any], kind: str, where: str, check: _Checker, values: dict[str, Any]
-) -> None:
-    """Validate ``name``, ``data_type``, ``sparse`` and ``assumed_focal_px`` into ``values``."""
-    from metricdepth.data.dataset import DATA_TYPES
-
-    name = raw.get("name")
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        check.fail(f"{where}.name", f"must be a non-empty string, got {name!r}")
-    if raw.get("data_type") is not None:
-        values["data_type"] = check.choice(f"{where}.data_type", raw["data_type"], DATA_TYPES)
-    sparse = raw.get("sparse")
-    if sparse is not None and not isinstance(sparse, bool):
-        check.fail(f"{where}.sparse", f"must be true, false or null (auto), got {sparse!r}")
-    values.update(name=name, sparse=sparse)
-    focal = raw.get("assumed_focal_px")
-    if focal is not None:
-        if kind != "annotations":
-            check.fail(f"{where}.assumed_focal_px", "only applies to kind 'annotations'")
-        values["assumed_focal_px"] = check.number(
-            f"{where}.assumed_focal_px", focal, 0, strict=True
+    if model_name == DEFAULT_MODEL and not bundled_name:
+        raise ValueError(
+            f"model_name: {model_name!r} is the bundled model's name; give the trained model "
+            "its own (model_name, or the config's name), or set bundled_name: true to rebuild "
+            "the bundled model"
+        )
+    if model_name != DEFAULT_MODEL and model_name in list_models():
+        raise ValueError(
+            f"model_name: {model_name!r} is a registered model's name; give the trained model "
+            "its own (model_name, or the config's name)"
         )
 
 
-def make_synth_config(values: dict[str, Any]):
-    """``SynthConfig(**values)`` with JSON lists turned into the tuples it expects."""
-    from metricdepth.data.synthetic import SynthConfig
-
-    known = {f.name for f in dataclasses.fields(SynthConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown SynthConfig field {unknown[0]!r}")
-    converted: dict[str, Any] = {}
-    for key, value in values.items():
-        if key == "sizes":
-            converted[key] = tuple(tuple(int(v) for v in pair) for pair in value)
-        elif isinstance(value, list):
-            converted[key] = tuple(value)
+# ---------------------------------------------------------------------- parsing
+def _defaults(cls) -> dict[str, Any]:
+    """Every field of a config dataclass and its default (None for a required one)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
         else:
-            converted[key] = value
-    return SynthConfig(**converted)
+            out[f.name] = None
+    return out
+
+
+_DATASET_DEFAULTS = _defaults(DatasetConfig)
+_TRAIN_DEFAULTS = _defaults(TrainConfig)
+
+
+#: ``SynthConfig`` from a config's ``synth`` mapping (kept here for existing imports).
+make_synth_config = SynthConfig.from_dict
 
 
 def config_from_dict(
     raw: Any, *, base_dir: str | os.PathLike = ".", source: str = "config"
 ) -> TrainConfig:
-    """Validate a mapping (as read from YAML) into a ``TrainConfig``.
+    """Validate a mapping (as read from YAML) into a ``TrainConfig`` (``train.config_check``).
 
     Relative dataset paths are resolved against ``base_dir``. ``source`` names the file in
     error messages.
     """
-    check = _Checker(source)
+    check = Checker(source)
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: expected a mapping of config fields, got {type(raw).__name__}")
     raw = dict(raw)
     fmt = raw.pop("format", CONFIG_FORMAT)
     if fmt != CONFIG_FORMAT:
         check.fail("format", f"must be {CONFIG_FORMAT!r}, got {fmt!r}")
-    unknown = sorted(set(raw) - set(_TRAIN_FIELDS))
-    if unknown:
-        check.fail(unknown[0], "unknown field (see metricdepth.train.config.TrainConfig)")
-    for key in ("name", "datasets"):
-        if key not in raw:
-            check.fail(key, "missing (required)")
-    values: dict[str, Any] = {}
-    name = raw["name"]
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
-        check.fail("name", f"must be a non-empty folder name without slashes, got {name!r}")
-    values["name"] = name
-    datasets = raw["datasets"]
-    if not isinstance(datasets, list) or not datasets:
-        check.fail("datasets", "must be a non-empty list")
-    values["datasets"] = tuple(
-        _dataset(item, i, Path(base_dir), check) for i, item in enumerate(datasets)
+    values = check_fields(
+        raw, base_dir, check, train_defaults=_TRAIN_DEFAULTS, dataset_defaults=_DATASET_DEFAULTS
     )
-    focals = {d.assumed_focal_px for d in values["datasets"]} - {None}
-    if len(focals) > 1:
-        check.fail("datasets", f"assume different focal lengths {sorted(focals)}; use one")
-    for key in ("out_dir", "model_name", "description", "intended_use"):
-        if key in raw:
-            optional = key in ("description", "intended_use")
-            if not isinstance(raw[key], str) or (not optional and not raw[key]):
-                check.fail(key, f"must be a string, got {raw[key]!r}")
-            values[key] = raw[key]
-    ints = {
-        "seed": 0,
-        "size_multiple": 1,
-        "batch_size": 1,
-        "steps": 1,
-        "warmup_steps": 0,
-        "precise_bn_batches": 0,
-        "checkpoint_every": 1,
-        "keep_checkpoints": 1,
-        "log_every": 1,
-        "threads": 1,
-        "workers": 0,
-        "accumulate": 1,
-    }
-    for key, minimum in ints.items():
-        if key in raw:
-            values[key] = check.int(key, raw[key], minimum)
-    positive = ("canonical_focal_px", "lr", "max_depth_m", "adam_eps")
-    non_negative = (
-        "weight_decay",
-        "min_lr_ratio",
-        "grad_clip",
-        "loss_l1_log",
-        "loss_silog",
-        "silog_lambda",
-        "min_depth_m",
-        "resize_prob",
-        "flip_prob",
-    )
-    for key in positive:
-        if key in raw:
-            values[key] = check.number(key, raw[key], 0, strict=True)
-    for key in non_negative:
-        if key in raw:
-            values[key] = check.number(key, raw[key], 0)
-    for key in ("lr_encoder", "lr_decoder"):
-        if raw.get(key) is not None:
-            values[key] = check.number(key, raw[key], 0, strict=True)
-    for key in ("weight_decay_encoder", "weight_decay_decoder", "min_lr"):
-        if raw.get(key) is not None:
-            values[key] = check.number(key, raw[key], 0)
-    for key in ("resize_prob", "flip_prob", "min_lr_ratio", "silog_lambda"):
-        if values.get(key, 0) > 1:
-            check.fail(key, f"must be in [0, 1], got {values[key]!r}")
-    choices = {
-        "variant": ("none", "label", "image"),
-        "crop": ("rand", "center"),
-        "resize_base": ("none", "fit"),
-        "focal_mode": ("mean", "fx"),
-        "infer_resize": ("fit", "none"),
-        "schedule": SCHEDULES,
-        "device": DEVICES,
-        "arch": tuple(ARCHS),
-        "precision": PRECISIONS,
-    }
-    for key, options in choices.items():
-        if key in raw:
-            values[key] = check.choice(key, raw[key], options)
-    for key in ("input_hw", "infer_hw"):
-        if raw.get(key) is not None:
-            values[key] = check.hw(key, raw[key])
-    if "resize_range" in raw:
-        values["resize_range"] = check.range("resize_range", raw["resize_range"])
-    if "model_kwargs" in raw:
-        values["model_kwargs"] = check.json_dict("model_kwargs", raw["model_kwargs"])
-    for key in ("progress", "activation_checkpointing", "bundled_name"):
-        if key in raw:
-            if not isinstance(raw[key], bool):
-                check.fail(key, f"must be true or false, got {raw[key]!r}")
-            values[key] = raw[key]
-    if "adam_betas" in raw:
-        betas = raw["adam_betas"]
-        if not (
-            isinstance(betas, (list, tuple))
-            and len(betas) == 2
-            and all(_is_number(b) and 0 <= b < 1 for b in betas)
-        ):
-            check.fail("adam_betas", f"must be [beta1, beta2], each in [0, 1), got {betas!r}")
-        values["adam_betas"] = (float(betas[0]), float(betas[1]))
-    if raw.get("init_from") is not None:
-        if not isinstance(raw["init_from"], str) or not raw["init_from"]:
-            check.fail("init_from", f"must be a weights file path, got {raw['init_from']!r}")
-        values["init_from"] = str((Path(base_dir) / raw["init_from"]).resolve())
-    values["freeze"] = _freeze(raw.get("freeze"), check)
-    _arch_defaults(raw, values, check)
-    if raw.get("real_photos") is not None:
-        if not isinstance(raw["real_photos"], bool):
-            check.fail("real_photos", f"must be true, false or null, got {raw['real_photos']!r}")
-        values["real_photos"] = raw["real_photos"]
-    model_name = values.get("model_name") or name
-    if model_name == BUNDLED_MODEL_NAME and not values.get("bundled_name", False):
-        check.fail(
-            "model_name",
-            f"{model_name!r} is the bundled model's name; give the trained model its own "
-            "(model_name, or the config's name), or set bundled_name: true to rebuild the "
-            "bundled model",
-        )
-    config = TrainConfig(**values)
-    if config.min_depth_m >= config.max_depth_m:
-        check.fail(
-            "min_depth_m", f"must be < max_depth_m ({config.max_depth_m}), got {config.min_depth_m}"
-        )
-    if config.warmup_steps >= config.steps:
-        check.fail("warmup_steps", f"must be < steps ({config.steps}), got {config.warmup_steps}")
-    if config.infer_hw is None:
-        config = dataclasses.replace(config, infer_hw=config.input_hw)
+    values["datasets"] = tuple(DatasetConfig(**d) for d in values["datasets"])
     try:
-        check_architecture(config.arch, config.model_kwargs, ())
-    except (TypeError, ValueError) as error:
-        check.fail("model_kwargs", " ".join(str(error).split()))
-    try:
-        check_architecture(config.arch, config.model_kwargs, config.freeze)
-    except ValueError as error:
-        check.fail("freeze", " ".join(str(error).split()).removeprefix("freeze: "))
-    info = ARCHS[config.arch]
-    for key in ("input_hw", "infer_hw"):
-        hw = getattr(config, key)
-        if hw[0] % info.input_multiple or hw[1] % info.input_multiple:
-            check.fail(key, f"{config.arch} needs multiples of {info.input_multiple}, got {hw}")
-    if config.activation_checkpointing and config.arch != "metric3d_vit":
-        check.fail("activation_checkpointing", "applies to metric3d_vit only")
-    if (
-        config.init_from is not None
-        and Path(config.init_from).suffix != ".safetensors"
-        and config.canonical_focal_px != info.canonical_focal_px
-    ):
-        check.fail(
-            "canonical_focal_px",
-            f"official weights predict at f_c = {info.canonical_focal_px:g} px, got "
-            f"{config.canonical_focal_px:g}",
-        )
-    return config
-
-
-def _freeze(value: Any, check: _Checker) -> tuple[str, ...]:
-    """``freeze``: None, ``"encoder"``, or a list of non-empty parameter-name prefixes."""
-    if value is None:
-        return ()
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v for v in items):
-        check.fail("freeze", f"must be 'encoder' or a list of name prefixes, got {value!r}")
-    return tuple(items)
-
-
-def _arch_defaults(raw: dict[str, Any], values: dict[str, Any], check: _Checker) -> None:
-    """Fill the architecture's defaults (f_c, canvas) and resolve ``losses`` (in ``values``)."""
-    arch = values.get("arch", "small_unet")
-    info = ARCHS[arch]
-    if info.canonical_focal_px is not None and "canonical_focal_px" not in raw:
-        values["canonical_focal_px"] = info.canonical_focal_px
-    if info.canvas_hw is not None:
-        values.setdefault("input_hw", info.canvas_hw)
-        values.setdefault("infer_hw", info.canvas_hw)
-    if info.own_losses:
-        _own_losses(raw, values, check, arch)
-    else:
-        _official_losses(raw, values, check, arch)
-
-
-def _own_losses(raw: dict[str, Any], values: dict[str, Any], check: _Checker, arch: str) -> None:
-    """``small_unet``: ``losses`` (weights of ``objective.OWN_LOSSES``) or the legacy fields."""
-    from metricdepth.train.objective import check_losses
-
-    for key in ("loss_preset", "loss_mode"):
-        if raw.get(key) is not None and raw[key] != getattr(TrainConfig, key):
-            check.fail(key, f"applies to the official Metric3D losses, not to {arch}'s own")
-    legacy = {name: values.get(f"loss_{name}") for name in ("l1_log", "silog")}
-    if raw.get("losses") is not None:
-        losses = check.json_dict("losses", raw["losses"])
-        for name, weight in losses.items():
-            check.number(f"losses.{name}", weight, 0)
-            losses[name] = float(weight)
-        for name, weight in legacy.items():
-            if weight is not None and weight != losses.get(name, 0.0):
-                check.fail(f"loss_{name}", f"is {weight}, but losses says {losses.get(name, 0)}")
-    else:
-        defaults = {"l1_log": TrainConfig.loss_l1_log, "silog": TrainConfig.loss_silog}
-        losses = {n: (defaults[n] if w is None else w) for n, w in legacy.items()}
-        losses = {n: w for n, w in losses.items() if w}
-        if not losses:
-            check.fail("loss_l1_log", "loss_l1_log and loss_silog cannot both be 0")
-    if not any(losses.values()):
-        check.fail("losses", "every weight is 0")
-    try:
-        check_losses(losses, arch)
-    except ValueError as error:
-        check.fail("losses", str(error))
-    values["losses"] = losses
-    values["loss_l1_log"] = losses.get("l1_log", 0.0)
-    values["loss_silog"] = losses.get("silog", 0.0)
-
-
-def _official_losses(
-    raw: dict[str, Any], values: dict[str, Any], check: _Checker, arch: str
-) -> None:
-    """The official architectures: ``losses`` (``loss_set`` short names), ``loss_preset``
-    and ``loss_mode``; the resolved ``losses`` always holds the list that trains."""
-    from metricdepth.train.loss_presets import preset
-    from metricdepth.train.loss_set import config_from_terms, terms_from_config
-    from metricdepth.train.objective import LOSS_MODES, check_losses
-
-    for name in ("l1_log", "silog"):
-        if values.get(f"loss_{name}"):
-            check.fail(
-                f"loss_{name}",
-                f"applies to small_unet's own losses; {arch} takes losses: {{silog: w, ...}} "
-                "(the official loss set)",
-            )
-    mode = check.choice("loss_mode", raw.get("loss_mode", "corrected"), LOSS_MODES)
-    from_preset = None
-    if raw.get("loss_preset") is not None:
-        name = raw["loss_preset"]
-        if not isinstance(name, str):
-            check.fail("loss_preset", f"must be a preset name, got {name!r}")
-        try:
-            chosen = preset(name)
-        except KeyError as error:
-            check.fail("loss_preset", str(error.args[0]))
-        values["loss_preset"] = chosen.name
-        from_preset = config_from_terms(chosen.losses)
-    if raw.get("losses") is not None:
-        losses = check.json_dict("losses", raw["losses"])
-        for name, spec in losses.items():
-            if isinstance(spec, dict):
-                check.number(f"losses.{name}.weight", spec.get("weight"), 0)
-                losses[name] = dict(spec, weight=float(spec["weight"]))
-            else:
-                losses[name] = float(check.number(f"losses.{name}", spec, 0))
-    elif from_preset is not None:
-        losses = from_preset
-    else:
-        losses = {"gru_sequence": 1.0}
-    try:
-        check_losses(losses, arch, mode)
-    except ValueError as error:
-        check.fail("losses", str(error))
-    if from_preset is not None and _normal(terms_from_config(losses)) != _normal(
-        terms_from_config(from_preset)
-    ):
-        check.fail("losses", f"differ from loss_preset {values['loss_preset']}; give one of them")
-    if not any(term.weight for term in terms_from_config(losses)):
-        check.fail("losses", "every weight is 0")
-    values.update(losses=losses, loss_mode=mode, loss_l1_log=0.0, loss_silog=0.0)
-
-
-def _normal(terms) -> list:
-    """Loss terms as comparable JSON values (no config line)."""
-    return json.loads(json.dumps([(t.loss, t.branch, t.weight, dict(t.kwargs)) for t in terms]))
+        config = TrainConfig(**values)
+    except ValueError as error:  # TrainConfig.__post_init__: model name, assumed focals
+        raise ValueError(f"{source}: {error}") from None
+    return post_checks(config, check)
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:

@@ -2,14 +2,16 @@
 
 Pieces live beside it: ``train.arch`` (building any registered architecture, ``init_from``,
 freezing, activation checkpointing), ``train.optim`` (encoder/decoder groups, schedule),
-``train.step`` (micro-batches, autocast forward, float32 objective outside autocast) and
-``train.objective`` (``compute_loss``, the seam every loss goes through).
+``train.step`` (micro-batches, autocast forward, float32 objective outside autocast),
+``train.objective`` (``compute_loss``, the seam every loss goes through) and ``train.dist``
+(the torchrun process group).
 
 ``run_training(config_path)`` trains one run into ``out_dir / name`` and returns that folder::
 
     config.yaml            the resolved config (every field)
     log.jsonl              step, loss (and each weighted term when there are several),
-                           learning rates (``lr``: decoder, ``lr_encoder``), images/s
+                           learning rates (``lr``: the decoder's, ``lr_encoder``; null
+                           for a part with nothing to train), images/s
     checkpoints/step_*.pt  resumable state every ``checkpoint_every`` steps (and at the end)
     model.safetensors      final weights with their ModelSpec (``models.registry.save_model``)
     model.json             the spec, readable
@@ -39,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from metricdepth.camera import Camera
@@ -70,6 +71,14 @@ from metricdepth.train.checkpoint import (  # noqa: F401 (latest_checkpoint re-e
     save_checkpoint,
 )
 from metricdepth.train.config import TrainConfig, load_config
+from metricdepth.train.dist import (
+    Dist,
+    barrier,
+    broadcast_buffers,
+    mean_over_ranks,
+    setup_distributed,
+    teardown,
+)
 from metricdepth.train.optim import lr_factor, make_optimizer, make_scheduler  # noqa: F401 (lr_factor re-exported)
 from metricdepth.train.step import accumulate_gradients, split_batch
 
@@ -206,34 +215,14 @@ def predict_depth_m(
     return from_canonical(depth_c[0, 0].float().cpu(), record).numpy()
 
 
-# ---------------------------------------------------------------------- distributed
-@dataclasses.dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-
-def _setup_distributed(device: torch.device) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    return _Dist(rank, world, local)
-
-
+# ---------------------------------------------------------------------- device
 def _device(config: TrainConfig) -> torch.device:
+    """``config.device`` (``auto``: CUDA when present); CUDA device ``LOCAL_RANK`` under
+    torchrun. ValueError when this machine lacks it (``registry.check_device``)."""
+    from metricdepth.models.registry import check_device
+
     if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("config device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return check_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     return torch.device("cpu")
 
 
@@ -283,21 +272,15 @@ def train(config: TrainConfig, *, resume: bool = True, stop_at_step: int | None 
     right after that step, its checkpoint written if one was due), without the final files."""
     torch.set_num_threads(config.threads)
     device = _device(config)
-    ctx = _setup_distributed(device)
+    ctx = setup_distributed(device)
     try:
         return _train(config, ctx, device, resume, stop_at_step)
     finally:
-        if ctx.active and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _barrier(ctx: _Dist) -> None:
-    if ctx.active:
-        dist.barrier()
+        teardown(ctx)
 
 
 def _train(
-    config: TrainConfig, ctx: _Dist, device: torch.device, resume: bool, stop_at: int | None
+    config: TrainConfig, ctx: Dist, device: torch.device, resume: bool, stop_at: int | None
 ) -> Path:
     run_dir = Path(config.out_dir) / config.name
     checkpoint = latest_checkpoint(run_dir)
@@ -310,7 +293,7 @@ def _train(
         check_resumable(state, config, ctx.world_size, checkpoint)
         if int(state["step"]) >= config.steps and (run_dir / "model.safetensors").is_file():
             return run_dir  # already finished
-    _barrier(ctx)  # every rank has read the checkpoint before rank 0 may prune it
+    barrier(ctx)  # every rank has read the checkpoint before rank 0 may prune it
     if ctx.rank == 0:
         config.write(run_dir / "config.yaml")
 
@@ -379,7 +362,7 @@ def _train(
             optimizer.step()
             scheduler.step()
             step += 1
-            loss_value = _mean_over_ranks(terms["total"], ctx)
+            loss_value = mean_over_ranks(terms["total"], ctx)
             now = time.perf_counter()
             rate = images_per_step / max(now - tick, 1e-9)
             ips = rate if ips == 0.0 else 0.9 * ips + 0.1 * rate
@@ -391,7 +374,7 @@ def _train(
                     entry.update({k: float(v) for k, v in terms.items() if k != "total"})
                 entry.update(
                     {
-                        "lr": scheduler.get_last_lr()[-1],
+                        "lr": _group_lr(optimizer, "decoder"),
                         "lr_encoder": _group_lr(optimizer, "encoder"),
                         "images_per_s": ips,
                         "elapsed_s": now - started,
@@ -405,10 +388,8 @@ def _train(
 
     elapsed = time.perf_counter() - started
     if config.precise_bn_batches and ctx.rank == 0:
-        precise_batch_norm(net, dataset, config, device)
-    if ctx.active:  # BatchNorm statistics of the last step differ per rank: take rank 0's
-        for buffer in net.buffers():
-            dist.broadcast(buffer.data, src=0)
+        precise_batch_norm(net, dataset, config, device, world_size=ctx.world_size)
+    broadcast_buffers(net, ctx)  # BatchNorm statistics of the last step differ per rank
     with atomic_write(run_dir / f"rank_{ctx.rank}.json") as tmp:
         tmp.write_text(
             json.dumps(
@@ -442,16 +423,24 @@ def _train(
         }
         with atomic_write(run_dir / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    _barrier(ctx)
+    barrier(ctx)
     return run_dir
 
 
 def precise_batch_norm(
-    net: nn.Module, dataset: CanonicalTrainingSet, config: TrainConfig, device: torch.device
+    net: nn.Module,
+    dataset: CanonicalTrainingSet,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    world_size: int = 1,
 ) -> None:
     """Replace every BatchNorm's running statistics by their plain average over
     ``config.precise_bn_batches`` training batches (the batches after the last step, as one
     process would draw them: deterministic, so a resumed run gets the same weights).
+
+    ``world_size``: the processes that trained; their ``steps * accumulate * world_size``
+    batches of ``batch_size`` come first in the stream, so these batches follow all of them.
 
     The running averages (momentum 0.1) mostly follow the last ten batches; evaluation then
     normalises with a noisy estimate. The forward passes run in train mode without gradients,
@@ -464,7 +453,8 @@ def precise_batch_norm(
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
-    first = config.steps * config.accumulate  # batches of batch_size after every trained one
+    # in batches of batch_size: every process's every micro-batch of every step came first
+    first = config.steps * config.accumulate * world_size
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=StepBatchSampler(first, first + config.precise_bn_batches, config.batch_size),
@@ -488,14 +478,6 @@ def _group_lr(optimizer: torch.optim.Optimizer, part: str) -> float | None:
     return None
 
 
-def _mean_over_ranks(value: torch.Tensor, ctx: _Dist) -> float:
-    if ctx.active:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= ctx.world_size
-    return float(value)
-
-
 def _checkpoint(run_dir, step, net, optimizer, scheduler, config, ctx, log_lines) -> None:
     if ctx.rank == 0:
         state = {
@@ -512,7 +494,7 @@ def _checkpoint(run_dir, step, net, optimizer, scheduler, config, ctx, log_lines
         prune_checkpoints(run_dir, config.keep_checkpoints)
         with atomic_write(run_dir / "log.jsonl") as tmp:
             tmp.write_text("".join(line + "\n" for line in log_lines))
-    _barrier(ctx)
+    barrier(ctx)
 
 
 @torch.no_grad()

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-MODES = ("corrected", "official")
+from metricdepth.train.loss_guard import MODES, check_mode  # noqa: F401 (MODES re-exported)
+
 EPS = 1e-6
 
 #: Datasets whose samples get the (off by default) stereo-consistency term of the GRU loss.
@@ -96,12 +97,6 @@ def data_type_mask(
         raise ValueError(f"data_type has {len(data_type)} names for a batch of {target.shape[0]}")
     flags = torch.tensor([t in accepted for t in data_type], device=target.device)
     return (target > 1e-8) & flags[:, None, None, None]
-
-
-def check_mode(mode: str) -> None:
-    """Raise ``ValueError`` unless ``mode`` is ``corrected`` or ``official``."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def masked_count(mask: torch.Tensor, eps: float, dim=None, keepdim: bool = False) -> torch.Tensor:

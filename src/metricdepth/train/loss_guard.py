@@ -17,14 +17,20 @@ import torch
 F = TypeVar("F", bound=Callable[..., Any])
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: The loss modes: ``corrected`` fixes the documented bugs of the official losses, ``official``
+#: reproduces them (docs/losses.md).
 MODES = ("corrected", "official")
 
 
-def _upcast(value: Any) -> Any:
+def upcast(value: Any, *, float64: bool = False) -> Any:
+    """``value`` with float16/bfloat16 tensors as float32 (with ``float64``: every floating
+    tensor, float64 included); lists and tuples of tensors element by element, anything else
+    as it is."""
     if isinstance(value, torch.Tensor):
-        return value.float() if value.dtype in _LOW_PRECISION else value
+        low = value.dtype in _LOW_PRECISION or (float64 and value.is_floating_point())
+        return value.float() if low else value
     if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
-        return type(value)(_upcast(v) for v in value)
+        return type(value)(upcast(v, float64=float64) for v in value)
     return value
 
 
@@ -48,8 +54,8 @@ def full_precision(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        args = tuple(_upcast(a) for a in args)
-        kwargs = {k: _upcast(v) for k, v in kwargs.items()}
+        args = tuple(upcast(a) for a in args)
+        kwargs = {k: upcast(v) for k, v in kwargs.items()}
         device = _device_type(list(args) + list(kwargs.values()))
         guard = (
             torch.autocast(device_type=device, enabled=False)
@@ -63,6 +69,7 @@ def full_precision(fn: F) -> F:
 
 
 def check_mode(mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is one of ``MODES``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 

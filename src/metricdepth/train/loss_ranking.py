@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from metricdepth.train.loss_depth import EPS, check_mode, masked_count
+from metricdepth.train.loss_depth import EPS, masked_count
+from metricdepth.train.loss_guard import check_mode
 
 DISABLE_DATASETS = ("MapillaryPSD",)
 

@@ -42,7 +42,6 @@ import torch
 
 from metricdepth.train.loss_depth import (
     OFFICIAL_DATA_TYPES,
-    check_mode,
     data_type_mask,
     gru_sequence_loss,
     gru_step_weights,
@@ -50,6 +49,7 @@ from metricdepth.train.loss_depth import (
     sky_regularization_loss,
 )
 from metricdepth.train.loss_geometry import depth_to_normal, pwn_planes_loss, vnl_loss
+from metricdepth.train.loss_guard import check_mode, upcast
 from metricdepth.train.loss_normal import deno_consistency_loss, normal_branch_loss, pad_mask
 from metricdepth.train.loss_presets import LossTerm
 from metricdepth.train.loss_ranking import hdn_random_loss, hdsn_random_loss
@@ -152,14 +152,6 @@ def required_outputs(term: LossTerm) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _upcast(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
-        return value.float()
-    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
-        return [_upcast(v) for v in value]
-    return value
 
 
 def _names(values: Sequence[Any], batch: int, what: str) -> list[str]:
@@ -367,12 +359,12 @@ def loss_terms(
     A loss needing an absent output (e.g. DeNo without ``normal_out_list``) raises ``KeyError``.
     """
     check_mode(mode)
-    preds = _upcast(list(outputs["predictions_list"]))
+    preds = upcast(list(outputs["predictions_list"]))
     confs = outputs.get("confidence_list")
     normals = outputs.get("normal_out_list")
-    confs = _upcast(list(confs)) if confs is not None else None
-    normals = _upcast(list(normals)) if normals is not None else None
-    batch = {k: _upcast(v) for k, v in batch.items()}
+    confs = upcast(list(confs)) if confs is not None else None
+    normals = upcast(list(normals)) if normals is not None else None
+    batch = {k: upcast(v) for k, v in batch.items()}
     n_batch = preds[-1].shape[0]
     dataset = _names(batch["dataset"], n_batch, "dataset")
     data_type = _names(batch["data_type"], n_batch, "data_type")

@@ -5,7 +5,9 @@ With ``g = log_pred - log(depth_gt)`` on the valid pixels (``mask`` True and ``d
 - ``l1_log_loss``: ``mean |g|`` over all valid pixels of the batch (pixel-weighted);
 - ``silog_loss``: per image ``sqrt(mean(g^2) - lambda * mean(g)^2)`` (Eigen et al.; the
   ``lambda`` "variance focus" of BTS/Metric3D, 0.85 by default; 1 is fully scale invariant),
-  averaged over the images that have at least one valid pixel. Not multiplied by 10.
+  averaged over the images that have at least one valid pixel. Not multiplied by 10. This
+  is ``small_unet``'s ``silog``; for the official architectures the config key ``silog`` is
+  Metric3D's ``SilogLoss`` (``loss_depth.metric3d_silog_loss``: batch means, no square root).
 
 Both take the network's log-depth (no ``exp`` then ``log``), return a scalar that is 0 with a
 gradient path when nothing is valid (so every process of a data-parallel run can always call
@@ -62,21 +64,3 @@ def silog_loss(
     if not bool(has.any()):
         return log_pred.sum() * 0.0
     return per_image[has].mean()
-
-
-def depth_loss(
-    log_pred: torch.Tensor,
-    depth_gt: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    l1_log: float = 1.0,
-    silog: float = 0.0,
-    variance_focus: float = 0.85,
-) -> torch.Tensor:
-    """``l1_log * l1_log_loss + silog * silog_loss`` (terms with weight 0 are skipped)."""
-    total = log_pred.sum() * 0.0
-    if l1_log:
-        total = total + l1_log * l1_log_loss(log_pred, depth_gt, mask)
-    if silog:
-        total = total + silog * silog_loss(log_pred, depth_gt, mask, variance_focus)
-    return total

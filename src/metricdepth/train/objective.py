@@ -37,6 +37,7 @@ computed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,14 +47,9 @@ import torch
 from torch import Tensor
 
 from metricdepth.train.arch import ARCHS
-from metricdepth.train.loss_depth import MODES
 from metricdepth.train.loss_presets import LossTerm
 from metricdepth.train.loss_set import loss_terms, required_outputs, terms_from_config
 from metricdepth.train.losses import l1_log_loss, silog_loss
-
-#: ``loss_mode`` values: ``corrected`` fixes the documented bugs of the official losses,
-#: ``official`` reproduces them (docs/losses.md).
-LOSS_MODES = MODES
 
 #: The stream tag of the loss draws (the data stream uses 1-3: ``metricdepth.data.dataset``).
 _LOSS_STREAM = 4
@@ -166,3 +162,108 @@ def compute_loss(
         total = total + value
     terms["total"] = total
     return terms
+
+
+# ---------------------------------------------------------------------- config resolution
+def resolve_losses(
+    raw: Mapping[str, Any], values: dict[str, Any], check, arch: str, defaults: Mapping[str, Any]
+) -> None:
+    """Validate the loss fields of a raw training config and write the resolved ones into
+    ``values`` (``losses`` always holds the list that trains; ``train.config_check``).
+
+    ``check``: the config's ``config_check.Checker`` (one-line errors naming the field);
+    ``defaults``: ``TrainConfig``'s field defaults.
+    """
+    if ARCHS[arch].own_losses:
+        _own_losses(raw, values, check, arch, defaults)
+    else:
+        _official_losses(raw, values, check, arch)
+
+
+def _own_losses(
+    raw: dict[str, Any], values: dict[str, Any], check, arch: str, defaults: Mapping[str, Any]
+) -> None:
+    """``small_unet``: ``losses`` (weights of ``objective.OWN_LOSSES``) or the legacy fields."""
+    for key in ("loss_preset", "loss_mode"):
+        if raw.get(key) is not None and raw[key] != defaults[key]:
+            check.fail(key, f"applies to the official Metric3D losses, not to {arch}'s own")
+    legacy = {name: values.get(f"loss_{name}") for name in ("l1_log", "silog")}
+    if raw.get("losses") is not None:
+        losses = check.json_dict("losses", raw["losses"])
+        for name, weight in losses.items():
+            check.number(f"losses.{name}", weight, 0)
+            losses[name] = float(weight)
+        for name, weight in legacy.items():
+            if weight is not None and weight != losses.get(name, 0.0):
+                check.fail(f"loss_{name}", f"is {weight}, but losses says {losses.get(name, 0)}")
+    else:
+        default = {"l1_log": defaults["loss_l1_log"], "silog": defaults["loss_silog"]}
+        losses = {n: (default[n] if w is None else w) for n, w in legacy.items()}
+        losses = {n: w for n, w in losses.items() if w}
+        if not losses:
+            check.fail("loss_l1_log", "loss_l1_log and loss_silog cannot both be 0")
+    if not any(losses.values()):
+        check.fail("losses", "every weight is 0")
+    try:
+        check_losses(losses, arch)
+    except ValueError as error:
+        check.fail("losses", str(error))
+    values["losses"] = losses
+    values["loss_l1_log"] = losses.get("l1_log", 0.0)
+    values["loss_silog"] = losses.get("silog", 0.0)
+
+
+def _official_losses(raw: dict[str, Any], values: dict[str, Any], check, arch: str) -> None:
+    """The official architectures: ``losses`` (``loss_set`` short names), ``loss_preset``
+    and ``loss_mode``; the resolved ``losses`` always holds the list that trains."""
+    from metricdepth.train.loss_guard import MODES
+    from metricdepth.train.loss_presets import preset
+    from metricdepth.train.loss_set import config_from_terms
+
+    for name in ("l1_log", "silog"):
+        if values.get(f"loss_{name}"):
+            check.fail(
+                f"loss_{name}",
+                f"applies to small_unet's own losses; {arch} takes losses: {{silog: w, ...}} "
+                "(the official loss set)",
+            )
+    mode = check.choice("loss_mode", raw.get("loss_mode", "corrected"), MODES)
+    from_preset = None
+    if raw.get("loss_preset") is not None:
+        name = raw["loss_preset"]
+        if not isinstance(name, str):
+            check.fail("loss_preset", f"must be a preset name, got {name!r}")
+        try:
+            chosen = preset(name)
+        except KeyError as error:
+            check.fail("loss_preset", str(error.args[0]))
+        values["loss_preset"] = chosen.name
+        from_preset = config_from_terms(chosen.losses)
+    if raw.get("losses") is not None:
+        losses = check.json_dict("losses", raw["losses"])
+        for name, spec in losses.items():
+            if isinstance(spec, dict):
+                check.number(f"losses.{name}.weight", spec.get("weight"), 0)
+                losses[name] = dict(spec, weight=float(spec["weight"]))
+            else:
+                losses[name] = float(check.number(f"losses.{name}", spec, 0))
+    elif from_preset is not None:
+        losses = from_preset
+    else:
+        losses = {"gru_sequence": 1.0}
+    try:
+        check_losses(losses, arch, mode)
+    except ValueError as error:
+        check.fail("losses", str(error))
+    if from_preset is not None and _normal(terms_from_config(losses)) != _normal(
+        terms_from_config(from_preset)
+    ):
+        check.fail("losses", f"differ from loss_preset {values['loss_preset']}; give one of them")
+    if not any(term.weight for term in terms_from_config(losses)):
+        check.fail("losses", "every weight is 0")
+    values.update(losses=losses, loss_mode=mode, loss_l1_log=0.0, loss_silog=0.0)
+
+
+def _normal(terms) -> list:
+    """Loss terms as comparable JSON values (no config line)."""
+    return json.loads(json.dumps([(t.loss, t.branch, t.weight, dict(t.kwargs)) for t in terms]))

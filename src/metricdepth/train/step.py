@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metricdepth.train.loss_guard import upcast
 from metricdepth.train.objective import compute_loss, loss_generator
 
 #: Loader keys passed to the objective under their own (official) names when present.
@@ -58,16 +59,8 @@ def split_batch(batch: Mapping[str, Any], size: int) -> list[dict[str, Any]]:
 
 
 def to_float32(outputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Floating tensors (and lists of them) of ``outputs`` as float32."""
-
-    def cast(value):
-        if isinstance(value, Tensor) and value.is_floating_point():
-            return value.float()
-        if isinstance(value, (list, tuple)):
-            return [cast(v) for v in value]
-        return value
-
-    return {key: cast(value) for key, value in outputs.items()}
+    """Floating tensors (and lists of them) of ``outputs`` as float32 (``loss_guard.upcast``)."""
+    return {key: upcast(value, float64=True) for key, value in outputs.items()}
 
 
 def accumulate_gradients(
