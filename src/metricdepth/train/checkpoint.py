@@ -54,7 +54,7 @@ def check_resumable(state: dict[str, Any], config: TrainConfig, world: int, path
         if saved.get(key) != current[key]:
             raise ValueError(
                 f"{path}: cannot resume, the config's {key!r} changed ({saved.get(key)!r} -> "
-                f"{current[key]!r}); use another run name or out_dir, or resume=False"
+                f"{current[key]!r}); give the run another name (or out_dir), or restore the value"
             )
     if int(state["world_size"]) != world:
         raise ValueError(
