@@ -68,7 +68,7 @@ class OptimizedModel(DepthModel):
             if bf16 and self.spec.arch == "metric3d_vit":
                 out = self._vit_bf16_encoder(x)
             else:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
                     out = self.net(x)
         return {k: v.float().contiguous() for k, v in out.items()}
 
@@ -80,7 +80,7 @@ class OptimizedModel(DepthModel):
         fixture), so only the encoder (most of the matrix products) runs in bfloat16.
         """
         model = self.net.depth_model
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
             features, grid = model.encoder(x)
         return model.decoder([f.float() for f in features], grid)
 
