@@ -9,7 +9,7 @@ stays within 1e-4 of it.
 
 ``load_onnx(path)`` opens a file written by ``metricdepth.export.export_onnx`` and returns an
 ``OnnxModel``: its ``spec`` comes from the file's metadata, and ``predict(image, camera)``
-returns the same ``Prediction`` (same record, same camera source) as ``predict.predict``, so
+returns the same ``Prediction`` (same record, same camera source) as ``pipeline.predict``, so
 ``outputs.run_batch`` writes the same files with either backend.
 """
 
@@ -186,7 +186,7 @@ class OnnxModel:
         camera_source: str = "given",
         focal_mode: str | None = None,
     ) -> Prediction:
-        """The ``Prediction`` of ``predict.predict`` for (H, W, 3) uint8 RGB ``image``."""
+        """The ``Prediction`` of ``pipeline.predict`` for (H, W, 3) uint8 RGB ``image``."""
         from metricdepth.canonical import inference_record
         from metricdepth.pipeline import _check_image
 
