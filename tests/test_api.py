@@ -62,6 +62,15 @@ def test_predict_returns_what_the_docs_promise(given):
     assert given.model == "metricdepth-small"
 
 
+def test_prediction_timings_are_the_records_schema(given):
+    """One timings schema everywhere: ``timings_ms`` with ``pre``, ``forward``, ``post``."""
+    assert set(given.timings_ms) == {"pre", "forward", "post"}
+    assert all(value > 0 for value in given.timings_ms.values())
+    summary = given.summary()
+    assert "timings_s" not in summary
+    assert summary["timings_ms"] == {k: round(v, 3) for k, v in given.timings_ms.items()}
+
+
 def test_a_path_a_pil_image_and_an_array_give_the_same_depth(model, photo, given):
     """Same pixels and camera through the same code: equal to the bit."""
     rgb = np.asarray(Image.open(photo).convert("RGB"))

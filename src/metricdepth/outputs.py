@@ -73,7 +73,7 @@ from metricdepth.io import (
     write_depth,
     write_ply,
 )
-from metricdepth.pipeline import Prediction
+from metricdepth.pipeline import Prediction, timings_ms
 from metricdepth.vis import colorize_depth, inverse_depth_range, visualization  # noqa: F401 - re-exported
 
 #: What ``--save`` accepts; ``depth`` (S.depth.npy) and the record (S.json) are always written.
@@ -146,8 +146,8 @@ def write_prediction(
     confidence writes no such file) and, from ``about`` (``models.registry.provenance`` plus
     ``input``, the input path as given), what made it: the metricdepth version, the model, the
     SHA-256 of its weights, its intended use and ``warnings`` (also drawn on ``vis``); the
-    prediction's ``timings_s`` become ``timings_ms`` (``pre``, ``forward``, ``post``; left out
-    when it has none). The files appear
+    prediction's ``timings_ms`` (``pre``, ``forward``, ``post``; left out when it has none).
+    The files appear
     together (``io.atomic_group``): if any cannot be written, none of this image's files
     changes and a ``WriteError`` names the image and the problem. ``sync``: fsync each data
     file before the renames (it then survives a power loss; without it a power loss can leave
@@ -196,12 +196,8 @@ def _write_files(
     from metricdepth import __version__
 
     record = {"metricdepth_version": __version__, **about, **prediction.summary()}
-    timings = record.pop("timings_s", None) or {}
-    if timings:
-        names = {"preprocess": "pre", "forward": "forward", "postprocess": "post"}
-        record["timings_ms"] = {
-            short: round(timings[key] * 1000, 3) for key, short in names.items() if key in timings
-        }
+    if not record["timings_ms"]:
+        del record["timings_ms"]
     record["files"] = {kind: path.name for kind, path in written.items()}
     record["bytes"] = {kind: pending_size(path) for kind, path in written.items()}
     record["save"] = sorted(save | {"depth"})
@@ -787,15 +783,11 @@ def _finish(
     save: set[str], sync: bool = False, about: dict[str, Any] | None = None,
     forward_s: float = 0.0,
 ) -> tuple[Prediction, dict[str, Path]]:  # fmt: skip
-    """Post-process one image's network outputs and write its files (timed: ``timings_s``)."""
+    """Post-process one image's network outputs and write its files (timed: ``timings_ms``)."""
     started = time.perf_counter()
     prediction = to_prediction(model, sample, out)
-    timings = {
-        "preprocess": sample.pre_s,
-        "forward": forward_s,
-        "postprocess": time.perf_counter() - started,
-    }
-    prediction = replace(prediction, timings_s=timings)
+    post_s = time.perf_counter() - started
+    prediction = replace(prediction, timings_ms=timings_ms(sample.pre_s, forward_s, post_s))
     return _write(prediction, sample.image, out_dir, stem, save, sync, about)
 
 

@@ -48,7 +48,9 @@ class Prediction:
         model: the model's registered name.
         confidence: (H, W) float32 raw confidence, or None.
         normal: (H, W, 3) float32 unit normals in the camera frame (towards the camera), or None.
-        timings_s: wall time of ``preprocess``, ``forward`` and ``postprocess`` in seconds.
+        timings_ms: wall time of pre-processing (``pre``), the forward pass (``forward``) and
+            post-processing (``post``) in milliseconds (the schema of ``S.json`` and the web
+            API; empty for a prediction not made by ``predict``).
         lens: for a distorted image, the ``PinholeView`` the network saw (distortion, pinhole
             camera, alpha); every map above is on the ORIGINAL (distorted) pixel grid and
             ``camera`` is the original camera. None for a pinhole image.
@@ -61,7 +63,7 @@ class Prediction:
     model: str
     confidence: np.ndarray | None = None
     normal: np.ndarray | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
     lens: PinholeView | None = None
 
     @property
@@ -93,7 +95,7 @@ class Prediction:
                 "median": float(np.median(valid, overwrite_input=True)) if valid.size else None,
                 "max": float(valid.max()) if valid.size else None,
             },
-            "timings_s": dict(self.timings_s),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
 
 
@@ -339,13 +341,14 @@ def predict_batch(
             started = time.perf_counter()
             camera, source, record, _, lens = items[index]
             prediction = postprocess(out, row, camera, source, record, model, lens)
-            timings = {
-                "preprocess": preprocess,
-                "forward": forward,
-                "postprocess": time.perf_counter() - started,
-            }
-            results[index] = replace(prediction, timings_s=timings)
+            post = time.perf_counter() - started
+            results[index] = replace(prediction, timings_ms=timings_ms(preprocess, forward, post))
     return results  # type: ignore[return-value]
+
+
+def timings_ms(pre_s: float, forward_s: float, post_s: float) -> dict[str, float]:
+    """``Prediction.timings_ms`` from the three wall times in seconds."""
+    return {"pre": pre_s * 1e3, "forward": forward_s * 1e3, "post": post_s * 1e3}
 
 
 def undistorted(

@@ -28,7 +28,7 @@ from torch import Tensor
 from metricdepth.camera import Camera
 from metricdepth.models.registry import DepthModel
 from metricdepth.models.spec import ModelSpec
-from metricdepth.pipeline import Prediction
+from metricdepth.pipeline import Prediction, timings_ms
 
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnxruntime")
@@ -210,11 +210,7 @@ class OnnxModel:
             model=self.spec.name,
             confidence=out.get("confidence"),
             normal=out.get("normal"),
-            timings_s={
-                "preprocess": prepared - started,
-                "forward": done - prepared,
-                "postprocess": time.perf_counter() - done,
-            },
+            timings_ms=timings_ms(prepared - started, done - prepared, time.perf_counter() - done),
         )
 
     def predict_prepared(self, sample) -> Prediction:
@@ -224,9 +220,9 @@ class OnnxModel:
         prediction = self.predict(
             sample.image, sample.camera, sample.source, sample.record.focal_mode
         )
-        timings = dict(prediction.timings_s)  # the decoding in the loader is pre-processing
-        timings["preprocess"] = timings.get("preprocess", 0.0) + sample.pre_s
-        return replace(prediction, timings_s=timings)
+        timings = dict(prediction.timings_ms)  # the decoding in the loader is pre-processing
+        timings["pre"] = timings.get("pre", 0.0) + sample.pre_s * 1e3
+        return replace(prediction, timings_ms=timings)
 
     def describe(self) -> dict:
         return json.loads(self.spec.to_json())
