@@ -15,6 +15,7 @@ import metricdepth
 from metricdepth import Camera, CanonicalSpace, from_canonical, load_image, prepare_input
 from metricdepth.camera import DEFAULT_FOV_X_DEG
 from metricdepth.exif import resolve_camera
+from metricdepth.io import rgb_from_pil
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,6 +79,29 @@ def test_a_path_a_pil_image_and_an_array_give_the_same_depth(model, photo, given
         got = metricdepth.predict(model, image, NYU)  # intrinsics as a tuple
         assert got.camera == given.camera and got.camera_source == "given"
         np.testing.assert_array_equal(got.depth_m, given.depth_m)
+
+
+@pytest.mark.parametrize("mode", ["P", "RGBA", "LA", "I;16"])
+def test_a_pil_image_is_decoded_as_its_file(model, photo, tmp_path, mode):
+    """Palette (with transparency), alpha and 16-bit images: a PIL image gives the pixels, the
+    camera and the depth of the same file given by path (one decoder for both)."""
+    rgb = np.asarray(Image.open(photo).convert("RGB").resize((160, 120)))
+    if mode == "I;16":
+        grey = rgb.mean(axis=2).astype(np.uint16) * 257 + 3  # low bits that must not count
+        image = Image.fromarray(grey)  # mode I;16
+    else:
+        image = Image.fromarray(rgb).convert(mode)
+        if mode == "P":
+            image.info["transparency"] = 0
+    path = tmp_path / "image.png"
+    image.save(path)
+    with Image.open(path) as opened:
+        from_pil = metricdepth.predict(model, opened)
+        pixels, _ = rgb_from_pil(opened)
+    from_path = metricdepth.predict(model, path)
+    np.testing.assert_array_equal(pixels, load_image(path)[0])
+    assert from_pil.camera == from_path.camera and from_pil.camera_source == "default"
+    np.testing.assert_array_equal(from_pil.depth_m, from_path.depth_m)
 
 
 def test_camera_as_a_focal_length(model, photo):

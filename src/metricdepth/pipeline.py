@@ -184,48 +184,24 @@ def as_camera(camera: CameraLike, width: int, height: int) -> Camera | None:
     return resolve_camera((width, height), intrinsics=[float(v) for v in camera])[0]
 
 
-def _from_pil(image: Any) -> tuple[np.ndarray, Camera | None]:
-    """A PIL image -> (RGB uint8 as displayed, its EXIF camera or None)."""
-    import tempfile
-
-    from PIL import Image, ImageOps
-
-    from metricdepth.exif import camera_from_exif
-
-    exif = image.getexif()
-    shown = ImageOps.exif_transpose(image) if exif else image
-    rgb = _check_image(np.asarray(shown.convert("RGB")))
-    if not exif:
-        return rgb, None
-    # the EXIF rules read a file: a blank one of the stored size carrying the same EXIF
-    with tempfile.TemporaryDirectory() as folder:
-        blank = Path(folder) / "exif.jpg"
-        Image.new("L", image.size).save(blank, exif=exif)
-        camera, _ = camera_from_exif(blank)
-    if camera is not None and camera.size != (rgb.shape[1], rgb.shape[0]):
-        camera = None  # cannot happen for a consistent file; never guess
-    return rgb, camera
-
-
 def _image_and_camera(
     image: Any, camera: CameraLike, source: str | None
 ) -> tuple[np.ndarray, Camera, str]:
     """Decode ``image`` (path, PIL image or array) and settle its camera and camera source:
-    the camera given, else the EXIF focal (path or PIL image), else the stated default."""
-    from metricdepth.exif import resolve_camera
-    from metricdepth.io import load_image
+    the camera given, else the EXIF focal (path or PIL image), else the stated default.
+    A path and a PIL image of the same file are decoded and resolved by the same code."""
+    from PIL import Image
 
-    if isinstance(image, (str, Path)):
-        path = image
-        image, _, _ = load_image(path)  # as displayed (EXIF orientation applied)
+    from metricdepth.exif import resolve_camera
+    from metricdepth.io import read_image, rgb_from_pil
+
+    if isinstance(image, (str, Path, Image.Image)):
+        given = image
+        # as displayed (EXIF orientation applied)
+        image, _ = rgb_from_pil(image) if isinstance(image, Image.Image) else read_image(image)
         camera = as_camera(camera, image.shape[1], image.shape[0])
-        if camera is None:  # the file's EXIF focal, else the announced default
-            camera, source, _ = resolve_camera(path)
-    elif hasattr(image, "getexif") and hasattr(image, "convert"):  # a PIL image
-        image, exif_camera = _from_pil(image)
-        camera = as_camera(camera, image.shape[1], image.shape[0])
-        if camera is None and exif_camera is not None:
-            camera, source = exif_camera, "exif"
+        if camera is None:  # the EXIF focal, else the announced default
+            camera, source, _ = resolve_camera(given)
     image = _check_image(image)
     height, width = image.shape[:2]
     camera = as_camera(camera, width, height)
