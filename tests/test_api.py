@@ -39,7 +39,7 @@ def given(model, photo):
 
 def test_the_two_names_are_the_pipeline_functions():
     module = importlib.import_module("metricdepth.pipeline")
-    assert metricdepth.predict is module.predict  # whichever import came first
+    assert metricdepth.predict is module.predict  # the function, not a module
     assert metricdepth.load_model is module.load_model
     assert metricdepth.Prediction is module.Prediction
     assert {"load_model", "predict", "Prediction", "example_image"} <= set(metricdepth.__all__)
@@ -73,7 +73,8 @@ def test_prediction_timings_are_the_records_schema(given):
 
 
 def test_a_path_a_pil_image_and_an_array_give_the_same_depth(model, photo, given):
-    """Same pixels and camera through the same code: equal to the bit."""
+    """A path and a PIL image share io's decoder and the array is those pixels: the same
+    pixels and camera through the same code, so equal to the bit."""
     rgb = np.asarray(Image.open(photo).convert("RGB"))
     for image in (Image.open(photo), rgb):
         got = metricdepth.predict(model, image, NYU)  # intrinsics as a tuple
