@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metricdepth.camera import CAMERA_SOURCES, DEFAULT_FOV_X_DEG, Camera
+from metricdepth.camera import CAMERA_SOURCES, Camera
 from metricdepth.canonical import (
     CanonicalRecord,
     from_canonical,
@@ -126,11 +126,6 @@ def assumed_focal_mismatch(spec, focal_px: float) -> str | None:
     )
 
 
-def default_camera(width: int, height: int) -> Camera:
-    """The stated default camera: ``DEFAULT_FOV_X_DEG`` horizontal FOV, centred."""
-    return Camera.from_fov(DEFAULT_FOV_X_DEG, width, height)
-
-
 def load_model(
     name_or_path: str | Path | None = None,
     *,
@@ -206,7 +201,7 @@ def _image_and_camera(
     height, width = image.shape[:2]
     camera = as_camera(camera, width, height)
     if camera is None:
-        camera, source = default_camera(width, height), "default"
+        camera, source, _ = resolve_camera((width, height))  # the stated default camera
     source = source or "given"
     if source not in CAMERA_SOURCES:
         known = ", ".join(CAMERA_SOURCES)
