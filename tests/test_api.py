@@ -213,3 +213,25 @@ def test_an_onnx_file_loads_and_predicts_like_the_torch_model(model, photo, give
     np.testing.assert_allclose(got.depth_m, given.depth_m, rtol=1e-4)
     with pytest.raises(ValueError, match="takes no weights, device or precision"):
         metricdepth.load_model(str(path), precision="fp32")
+
+
+def test_a_camera_other_than_the_assumed_one_warns_at_the_callers_line(model, photo):
+    """A model trained on one camera of unknown intrinsics warns (``CameraMismatchWarning``)
+    for another focal; the warning names the line that called ``predict``/``predict_batch``."""
+    import copy
+    import dataclasses
+
+    from metricdepth.pipeline import CameraMismatchWarning, predict_batch
+
+    assumed = copy.copy(model)
+    object.__setattr__(assumed, "spec", dataclasses.replace(model.spec, assumed_focal_px=300.0))
+    for call in (
+        lambda: metricdepth.predict(assumed, photo, 519.0),
+        lambda: predict_batch(assumed, [photo], [519.0]),
+    ):
+        with pytest.warns(CameraMismatchWarning, match="assumed focal of 300 px") as caught:
+            call()
+        assert [w.filename for w in caught] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metricdepth.predict(assumed, photo, 305.0)  # within ASSUMED_FOCAL_TOLERANCE

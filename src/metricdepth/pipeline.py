@@ -248,10 +248,7 @@ def predict(
         alpha: how much of a distorted photo the pinhole image keeps (0..1; default
             ``metricdepth.distortion.DEFAULT_ALPHA`` of the lens model).
     """
-    return predict_batch(
-        model, [image], [camera], camera_sources=[camera_source], focal_mode=focal_mode,
-        distortion=distortion, alpha=alpha,
-    )[0]  # fmt: skip
+    return _run(model, [image], [camera], [camera_source], focal_mode, distortion, alpha)[0]
 
 
 def predict_batch(
@@ -275,15 +272,29 @@ def predict_batch(
     sources = list(camera_sources) if camera_sources is not None else [None] * n
     if len(cameras) != n or len(sources) != n:
         raise ValueError(f"{n} images but {len(cameras)} cameras and {len(sources)} sources")
-    spec = model.spec
+    return _run(model, images, cameras, sources, focal_mode, distortion, alpha)
+
+
+def _warn_mismatch(spec, record: CanonicalRecord) -> None:
+    """``CameraMismatchWarning`` when ``record``'s focal does not fit ``spec``'s assumed one;
+    attributed to the caller of ``predict``/``predict_batch`` (which call ``_run``, this)."""
+    if (mismatch := assumed_focal_mismatch(spec, record.focal_px)) is not None:
+        warnings.warn(mismatch, CameraMismatchWarning, stacklevel=4)
+
+
+def _run(model, images, cameras, sources, focal_mode, distortion, alpha) -> list[Prediction]:
+    """``predict_batch`` on checked, equally long lists."""
+    n, spec = len(images), model.spec
     mode = focal_mode or spec.focal_mode
     if getattr(model, "needs_image", False):  # an exported graph: image + focal in, metres out
         if distortion is not None:
             raise ValueError("distortion needs a PyTorch model (ONNX graphs are pinhole)")
-        return [
-            model.predict(*_image_and_camera(image, camera, source), focal_mode=mode)
-            for image, camera, source in zip(images, cameras, sources, strict=True)
-        ]
+        predictions = []
+        for image, camera, source in zip(images, cameras, sources, strict=True):
+            prediction = model.predict(*_image_and_camera(image, camera, source), focal_mode=mode)
+            _warn_mismatch(spec, prediction.record)
+            predictions.append(prediction)
+        return predictions
     started = time.perf_counter()
     items = []
     for image, camera, source in zip(images, cameras, sources, strict=True):
@@ -291,8 +302,7 @@ def predict_batch(
         image, lens = undistorted(image, camera, distortion, alpha, spec.space.pad_rgb)
         seen = camera if lens is None else lens.pinhole  # the camera the network sees
         record = inference_record(seen, spec.space, mode)
-        if (mismatch := assumed_focal_mismatch(spec, record.focal_px)) is not None:
-            warnings.warn(mismatch, CameraMismatchWarning, stacklevel=2)
+        _warn_mismatch(spec, record)
         canvas = to_canonical(Frame(image, seen), record, pad_rgb=spec.space.pad_rgb)
         items.append((camera, source, record, normalize(canvas.image, spec.space), lens))
     preprocess = (time.perf_counter() - started) / max(n, 1)
