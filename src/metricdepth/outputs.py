@@ -73,7 +73,7 @@ from metricdepth.io import (
     write_depth,
     write_ply,
 )
-from metricdepth.pipeline import Prediction, timings_ms
+from metricdepth.prediction import Prediction, timings_ms
 from metricdepth.vis import colorize_depth, inverse_depth_range, visualization  # noqa: F401 - re-exported
 
 #: What ``--save`` accepts; ``depth`` (S.depth.npy) and the record (S.json) are always written.

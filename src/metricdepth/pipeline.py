@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,71 +33,7 @@ from metricdepth.canonical import (
 from metricdepth.distortion import Distortion, PinholeView
 from metricdepth.frame import Frame
 from metricdepth.models.registry import DepthModel
-
-
-@dataclass(frozen=True, eq=False)
-class Prediction:
-    """Metric depth (and what else the model gives) for one image, at its resolution.
-
-    Attributes:
-        depth_m: (H, W) float32 metric z-depth.
-        camera: the camera of the image (as displayed).
-        camera_source: ``"given"``, ``"annotation"``, ``"exif"`` or ``"default"``.
-        record: the canonical record: f_eff (``record.f_eff_px``), the canonical scale
-            (``record.metric_scale``), resize and padding.
-        model: the model's registered name.
-        confidence: (H, W) float32 raw confidence, or None.
-        normal: (H, W, 3) float32 unit normals in the camera frame (towards the camera), or None.
-        timings_ms: wall time of pre-processing (``pre``), the forward pass (``forward``) and
-            post-processing (``post``) in milliseconds (the schema of ``S.json`` and the web
-            API; empty for a prediction not made by ``predict``).
-        lens: for a distorted image, the ``PinholeView`` the network saw (distortion, pinhole
-            camera, alpha); every map above is on the ORIGINAL (distorted) pixel grid and
-            ``camera`` is the original camera. None for a pinhole image.
-    """
-
-    depth_m: np.ndarray
-    camera: Camera
-    camera_source: str
-    record: CanonicalRecord
-    model: str
-    confidence: np.ndarray | None = None
-    normal: np.ndarray | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    lens: PinholeView | None = None
-
-    @property
-    def distortion(self) -> Distortion | None:
-        """The lens distortion the prediction was made with (``lens.distortion``), or None."""
-        return None if self.lens is None else self.lens.distortion
-
-    def points(self) -> np.ndarray:
-        """(H, W, 3) points in the camera frame, metres (along the distorted rays if any)."""
-        if self.lens is not None:
-            from metricdepth.distortion import points_from_depth
-
-            return points_from_depth(self.depth_m, self.camera, self.lens.distortion)
-        from metricdepth.geometry import depth_to_points
-
-        return depth_to_points(self.depth_m, self.camera)
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready record of how this prediction was made."""
-        valid = self.depth_m[self.depth_m > 0]  # a copy: the median may reorder it
-        return {
-            "model": self.model,
-            "camera": self.camera.to_dict(),
-            "camera_source": self.camera_source,
-            **({} if self.lens is None else {"lens": self.lens.to_dict()}),
-            "canonical": self.record.to_dict(),
-            "depth_m": {
-                "min": float(valid.min()) if valid.size else None,
-                "median": float(np.median(valid, overwrite_input=True)) if valid.size else None,
-                "max": float(valid.max()) if valid.size else None,
-            },
-            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
-        }
-
+from metricdepth.prediction import Prediction, check_image, timings_ms
 
 #: ``predict`` warns when a model trained on one camera of unknown intrinsics
 #: (``ModelSpec.assumed_focal_px``) is given a focal differing by more than this fraction.
@@ -197,7 +133,7 @@ def _image_and_camera(
         camera = as_camera(camera, image.shape[1], image.shape[0])
         if camera is None:  # the EXIF focal, else the announced default
             camera, source, _ = resolve_camera(given)
-    image = _check_image(image)
+    image = check_image(image)
     height, width = image.shape[:2]
     camera = as_camera(camera, width, height)
     if camera is None:
@@ -211,13 +147,6 @@ def _image_and_camera(
             f"image is {width}x{height} but its camera is for {camera.width}x{camera.height}"
         )
     return image, camera, source
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-    return image
 
 
 def predict(
@@ -325,11 +254,6 @@ def _run(model, images, cameras, sources, focal_mode, distortion, alpha) -> list
             post = time.perf_counter() - started
             results[index] = replace(prediction, timings_ms=timings_ms(preprocess, forward, post))
     return results  # type: ignore[return-value]
-
-
-def timings_ms(pre_s: float, forward_s: float, post_s: float) -> dict[str, float]:
-    """``Prediction.timings_ms`` from the three wall times in seconds."""
-    return {"pre": pre_s * 1e3, "forward": forward_s * 1e3, "post": post_s * 1e3}
 
 
 def undistorted(

@@ -28,7 +28,7 @@ from torch import Tensor
 from metricdepth.camera import Camera
 from metricdepth.models.registry import DepthModel
 from metricdepth.models.spec import ModelSpec
-from metricdepth.pipeline import Prediction, timings_ms
+from metricdepth.prediction import Prediction, check_image, timings_ms
 
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnxruntime")
@@ -188,10 +188,9 @@ class OnnxModel:
     ) -> Prediction:
         """The ``Prediction`` of ``pipeline.predict`` for (H, W, 3) uint8 RGB ``image``."""
         from metricdepth.canonical import inference_record
-        from metricdepth.pipeline import _check_image
 
         started = time.perf_counter()
-        image = _check_image(image)
+        image = check_image(image)
         height, width = image.shape[:2]
         if (camera.width, camera.height) != (width, height):  # as the torch path's Frame
             raise ValueError(
