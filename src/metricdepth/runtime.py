@@ -27,7 +27,7 @@ from torch import Tensor
 
 from metricdepth.camera import Camera
 from metricdepth.models.registry import DepthModel
-from metricdepth.models.spec import ModelSpec
+from metricdepth.models.spec import ONNX_FORMAT, ONNX_META_FORMAT, ONNX_META_SPEC, ModelSpec
 from metricdepth.prediction import Prediction, check_image, timings_ms
 
 PRECISIONS = ("fp32", "bf16")
@@ -128,8 +128,6 @@ class OnnxModel:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from metricdepth.export import FORMAT, META_FORMAT, META_SPEC
-
         self.path = Path(path)
         if not self.path.is_file():
             raise ValueError(f"model file not found: {self.path}")
@@ -144,12 +142,12 @@ class OnnxModel:
             first = str(error).strip().splitlines()[0] if str(error).strip() else error
             raise ValueError(f"{self.path}: not a loadable ONNX model ({first})") from None
         self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        if self.meta.get(META_FORMAT) != FORMAT:
+        if self.meta.get(ONNX_META_FORMAT) != ONNX_FORMAT:
             raise ValueError(
-                f"{self.path}: not a metricdepth export (no {META_FORMAT}={FORMAT} metadata); "
-                "write one with 'metricdepth export'"
+                f"{self.path}: not a metricdepth export (no {ONNX_META_FORMAT}={ONNX_FORMAT} "
+                "metadata); write one with 'metricdepth export'"
             )
-        self.spec = ModelSpec.from_json(self.meta[META_SPEC])
+        self.spec = ModelSpec.from_json(self.meta[ONNX_META_SPEC])
         self.weights_file = self.path
         self._weights_sha256: str | None = None
         self.camera_input = self.meta.get("metricdepth.camera_input", "focal")

@@ -15,6 +15,11 @@ from metricdepth.camera import check_focal_mode
 from metricdepth.canonical import CanonicalSpace
 
 SPEC_FORMAT = "metricdepth-spec/1"
+#: An exported ``.onnx`` file's metadata_props: its spec (JSON) and format (written by
+#: ``metricdepth.export``, read by ``metricdepth.runtime``).
+ONNX_META_SPEC = "metricdepth.spec"
+ONNX_META_FORMAT = "metricdepth.format"
+ONNX_FORMAT = "metricdepth-onnx/1"
 
 #: The command a warning names for real photographs (an official Metric3D model).
 REAL_PHOTOS_COMMAND = (
