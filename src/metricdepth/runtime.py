@@ -27,10 +27,15 @@ from torch import Tensor
 
 from metricdepth.camera import Camera
 from metricdepth.models.registry import DepthModel
-from metricdepth.models.spec import ONNX_FORMAT, ONNX_META_FORMAT, ONNX_META_SPEC, ModelSpec
+from metricdepth.models.spec import (
+    ONNX_FORMAT,
+    ONNX_META_FORMAT,
+    ONNX_META_SPEC,
+    PRECISIONS,
+    ModelSpec,
+)
 from metricdepth.prediction import Prediction, check_image, timings_ms
 
-PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnxruntime")
 
 

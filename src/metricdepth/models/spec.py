@@ -20,6 +20,8 @@ SPEC_FORMAT = "metricdepth-spec/1"
 ONNX_META_SPEC = "metricdepth.spec"
 ONNX_META_FORMAT = "metricdepth.format"
 ONNX_FORMAT = "metricdepth-onnx/1"
+#: Numeric precisions a model runs (``runtime.optimize``) or trains in.
+PRECISIONS = ("fp32", "bf16")
 
 #: The command a warning names for real photographs (an official Metric3D model).
 REAL_PHOTOS_COMMAND = (
