@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from metricdepth.camera import Camera
-from metricdepth.models.registry import DepthModel
+from metricdepth.models.registry import DepthModel, cached_weights_sha256
 from metricdepth.models.spec import (
     ONNX_FORMAT,
     ONNX_META_FORMAT,
@@ -154,7 +154,6 @@ class OnnxModel:
             )
         self.spec = ModelSpec.from_json(self.meta[ONNX_META_SPEC])
         self.weights_file = self.path
-        self._weights_sha256: str | None = None
         self.camera_input = self.meta.get("metricdepth.camera_input", "focal")
         self.image_dtype = self.meta.get("metricdepth.image_dtype", "uint8")
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -163,11 +162,7 @@ class OnnxModel:
     @property
     def weights_sha256(self) -> str:
         """The SHA-256 of the ``.onnx`` file (computed once)."""
-        if self._weights_sha256 is None:
-            from metricdepth.models.registry import file_sha256
-
-            self._weights_sha256 = file_sha256(self.path)
-        return self._weights_sha256
+        return cached_weights_sha256(self)
 
     def run(self, image: np.ndarray, camera: Camera, focal_mode: str) -> dict[str, np.ndarray]:
         """Raw graph outputs (``depth`` metres, ``confidence``, ``normal``) for one image."""

@@ -141,13 +141,10 @@ class DepthModel(nn.Module):
         self.spec = spec
         self.net = net
         self.weights_file = weights_file
-        self._weights_sha256: str | None = None
 
     @property
     def weights_sha256(self) -> str | None:
-        if self._weights_sha256 is None and self.weights_file is not None:
-            self._weights_sha256 = file_sha256(self.weights_file)
-        return self._weights_sha256
+        return cached_weights_sha256(self)
 
     def forward(self, x: Tensor, record: CanonicalRecord | None = None) -> dict[str, Tensor]:
         self.check_input(x, record)
@@ -189,6 +186,19 @@ def file_sha256(path: str | Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cached_weights_sha256(owner: Any) -> str | None:
+    """The SHA-256 of ``owner.weights_file`` (None without one), hashed once per file and kept
+    on ``owner``: the ``weights_sha256`` of ``DepthModel`` and ``runtime.OnnxModel``."""
+    path = owner.weights_file
+    if path is None:
+        return None
+    cached = owner.__dict__.get("_weights_digest")
+    if cached is None or cached[0] != path:
+        cached = (path, file_sha256(path))
+        owner.__dict__["_weights_digest"] = cached
+    return cached[1]
 
 
 def provenance(model: Any) -> dict[str, Any]:
