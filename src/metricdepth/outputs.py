@@ -74,7 +74,7 @@ from metricdepth.io import (
     write_ply,
 )
 from metricdepth.prediction import Prediction, timings_ms
-from metricdepth.vis import colorize_depth, inverse_depth_range, visualization  # noqa: F401 - re-exported
+from metricdepth.vis import visualization
 
 #: What ``--save`` accepts; ``depth`` (S.depth.npy) and the record (S.json) are always written.
 SAVE_KINDS = ("depth", "png16", "normal", "confidence", "ply", "vis")
