@@ -306,11 +306,9 @@ class PredictionInputs:
         return len(self.items)
 
     def __getitem__(self, index: int) -> PreparedInput:
-        from metricdepth.canonical import inference_record, to_canonical
         from metricdepth.exif import resolve_camera
-        from metricdepth.frame import Frame
         from metricdepth.io import read_image
-        from metricdepth.pipeline import undistorted
+        from metricdepth.pipeline import prepare
 
         item = self.items[index]
         started = time.perf_counter()
@@ -320,11 +318,9 @@ class PredictionInputs:
             camera, source = camera_for_item(item, width, height, self.intrinsics, self.focal)
             if camera is None:  # the file's EXIF focal, else the default camera (as predict)
                 camera, source, _ = resolve_camera(item.image)
-            pad = self.space.pad_rgb
-            seen, lens = undistorted(rgb, camera, self.distortion, self.alpha, pad)
-            net_camera = camera if lens is None else lens.pinhole
-            record = inference_record(net_camera, self.space, self.focal_mode)
-            canvas = to_canonical(Frame(seen, net_camera), record, pad_rgb=pad).image
+            canvas, record, _ = prepare(
+                rgb, camera, self.space, self.focal_mode, self.distortion, self.alpha
+            )
         except (ValueError, cv2.error) as error:
             return PreparedInput(index, error=problem_line(item.image, error))
         except MemoryError:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from metricdepth.camera import CAMERA_SOURCES, Camera
 from metricdepth.canonical import (
     CanonicalRecord,
+    CanonicalSpace,
     from_canonical,
     inference_record,
     normalize,
@@ -228,12 +229,9 @@ def _run(model, images, cameras, sources, focal_mode, distortion, alpha) -> list
     items = []
     for image, camera, source in zip(images, cameras, sources, strict=True):
         image, camera, source = _image_and_camera(image, camera, source)
-        image, lens = undistorted(image, camera, distortion, alpha, spec.space.pad_rgb)
-        seen = camera if lens is None else lens.pinhole  # the camera the network sees
-        record = inference_record(seen, spec.space, mode)
+        canvas, record, lens = prepare(image, camera, spec.space, mode, distortion, alpha)
         _warn_mismatch(spec, record)
-        canvas = to_canonical(Frame(image, seen), record, pad_rgb=spec.space.pad_rgb)
-        items.append((camera, source, record, normalize(canvas.image, spec.space), lens))
+        items.append((camera, source, record, normalize(canvas, spec.space), lens))
     preprocess = (time.perf_counter() - started) / max(n, 1)
 
     results: list[Prediction | None] = [None] * n
@@ -254,6 +252,29 @@ def _run(model, images, cameras, sources, focal_mode, distortion, alpha) -> list
             post = time.perf_counter() - started
             results[index] = replace(prediction, timings_ms=timings_ms(preprocess, forward, post))
     return results  # type: ignore[return-value]
+
+
+def prepare(
+    image: np.ndarray,
+    camera: Camera,
+    space: CanonicalSpace,
+    focal_mode: str,
+    distortion: Distortion | None = None,
+    alpha: float | None = None,
+) -> tuple[np.ndarray, CanonicalRecord, PinholeView | None]:
+    """The network's canvas of one decoded image: ``(canvas, record, lens)``.
+
+    ``image`` (H, W, 3) uint8 of ``camera``; with ``distortion`` it is first undistorted
+    (``lens``: the ``PinholeView``, else None) and the pinhole camera is the one the network
+    sees. ``canvas`` is the (H_in, W_in, 3) uint8 canonical canvas (``to_canonical``, padded
+    with ``space.pad_rgb``), ``record`` its ``inference_record``; ``normalize`` makes the
+    network input. ``predict`` and ``outputs.PredictionInputs`` both prepare through here.
+    """
+    seen, lens = undistorted(image, camera, distortion, alpha, space.pad_rgb)
+    net_camera = camera if lens is None else lens.pinhole  # the camera the network sees
+    record = inference_record(net_camera, space, focal_mode)
+    canvas = to_canonical(Frame(seen, net_camera), record, pad_rgb=space.pad_rgb)
+    return canvas.image, record, lens
 
 
 def undistorted(
