@@ -15,13 +15,6 @@ from metricdepth.camera import check_focal_mode
 from metricdepth.canonical import CanonicalSpace
 
 SPEC_FORMAT = "metricdepth-spec/1"
-#: An exported ``.onnx`` file's metadata_props: its spec (JSON) and format (written by
-#: ``metricdepth.export``, read by ``metricdepth.runtime``).
-ONNX_META_SPEC = "metricdepth.spec"
-ONNX_META_FORMAT = "metricdepth.format"
-ONNX_FORMAT = "metricdepth-onnx/1"
-#: Numeric precisions a model runs (``runtime.optimize``) or trains in.
-PRECISIONS = ("fp32", "bf16")
 
 #: The command a warning names for real photographs (an official Metric3D model).
 REAL_PHOTOS_COMMAND = (
@@ -34,6 +27,14 @@ SYNTHETIC_ONLY = "synthetic scenes only, not for real photographs"
 OFFICIAL_USE = (
     "real photographs (Metric3D's published weights, trained on real RGB-D and LiDAR data)"
 )
+
+#: An exported ``.onnx`` file's metadata_props: its spec (JSON) and format (written by
+#: ``metricdepth.export``, read by ``metricdepth.runtime``).
+ONNX_META_SPEC = "metricdepth.spec"
+ONNX_META_FORMAT = "metricdepth.format"
+ONNX_FORMAT = "metricdepth-onnx/1"
+#: Numeric precisions a model runs (``runtime.optimize``) or trains in.
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
