@@ -171,8 +171,8 @@ def measure(key: str, runs: int, threads: int, profile: bool) -> dict:
 
     def run_onnx(_: str):
         prediction = onnx_model.predict(rgb, camera, "given", mode)
-        t = prediction.timings_s
-        return (t["preprocess"], t["forward"], t["postprocess"]), prediction.depth_m
+        t = prediction.timings_ms
+        return (t["pre"] / 1e3, t["forward"] / 1e3, t["post"] / 1e3), prediction.depth_m
 
     runners = {name: run_torch for name in models} | {"onnxruntime": run_onnx}
     times = {name: {"pre": [], "forward": [], "post": []} for name in runners}

@@ -15,6 +15,7 @@ import metricdepth
 from metricdepth import Camera, CanonicalSpace, from_canonical, load_image, prepare_input
 from metricdepth.camera import DEFAULT_FOV_X_DEG
 from metricdepth.exif import resolve_camera
+from metricdepth.io import rgb_from_pil
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +39,7 @@ def given(model, photo):
 
 def test_the_two_names_are_the_pipeline_functions():
     module = importlib.import_module("metricdepth.pipeline")
-    assert metricdepth.predict is module.predict  # whichever import came first
+    assert metricdepth.predict is module.predict  # the function, not a module
     assert metricdepth.load_model is module.load_model
     assert metricdepth.Prediction is module.Prediction
     assert {"load_model", "predict", "Prediction", "example_image"} <= set(metricdepth.__all__)
@@ -62,13 +63,46 @@ def test_predict_returns_what_the_docs_promise(given):
     assert given.model == "metricdepth-small"
 
 
+def test_prediction_timings_are_the_records_schema(given):
+    """One timings schema everywhere: ``timings_ms`` with ``pre``, ``forward``, ``post``."""
+    assert set(given.timings_ms) == {"pre", "forward", "post"}
+    assert all(value > 0 for value in given.timings_ms.values())
+    summary = given.summary()
+    assert "timings_s" not in summary
+    assert summary["timings_ms"] == {k: round(v, 3) for k, v in given.timings_ms.items()}
+
+
 def test_a_path_a_pil_image_and_an_array_give_the_same_depth(model, photo, given):
-    """Same pixels and camera through the same code: equal to the bit."""
+    """A path and a PIL image share io's decoder and the array is those pixels: the same
+    pixels and camera through the same code, so equal to the bit."""
     rgb = np.asarray(Image.open(photo).convert("RGB"))
     for image in (Image.open(photo), rgb):
         got = metricdepth.predict(model, image, NYU)  # intrinsics as a tuple
         assert got.camera == given.camera and got.camera_source == "given"
         np.testing.assert_array_equal(got.depth_m, given.depth_m)
+
+
+@pytest.mark.parametrize("mode", ["P", "RGBA", "LA", "I;16"])
+def test_a_pil_image_is_decoded_as_its_file(model, photo, tmp_path, mode):
+    """Palette (with transparency), alpha and 16-bit images: a PIL image gives the pixels, the
+    camera and the depth of the same file given by path (one decoder for both)."""
+    rgb = np.asarray(Image.open(photo).convert("RGB").resize((160, 120)))
+    if mode == "I;16":
+        grey = rgb.mean(axis=2).astype(np.uint16) * 257 + 3  # low bits that must not count
+        image = Image.fromarray(grey)  # mode I;16
+    else:
+        image = Image.fromarray(rgb).convert(mode)
+        if mode == "P":
+            image.info["transparency"] = 0
+    path = tmp_path / "image.png"
+    image.save(path)
+    with Image.open(path) as opened:
+        from_pil = metricdepth.predict(model, opened)
+        pixels, _ = rgb_from_pil(opened)
+    from_path = metricdepth.predict(model, path)
+    np.testing.assert_array_equal(pixels, load_image(path)[0])
+    assert from_pil.camera == from_path.camera and from_pil.camera_source == "default"
+    np.testing.assert_array_equal(from_pil.depth_m, from_path.depth_m)
 
 
 def test_camera_as_a_focal_length(model, photo):
@@ -179,3 +213,25 @@ def test_an_onnx_file_loads_and_predicts_like_the_torch_model(model, photo, give
     np.testing.assert_allclose(got.depth_m, given.depth_m, rtol=1e-4)
     with pytest.raises(ValueError, match="takes no weights, device or precision"):
         metricdepth.load_model(str(path), precision="fp32")
+
+
+def test_a_camera_other_than_the_assumed_one_warns_at_the_callers_line(model, photo):
+    """A model trained on one camera of unknown intrinsics warns (``CameraMismatchWarning``)
+    for another focal; the warning names the line that called ``predict``/``predict_batch``."""
+    import copy
+    import dataclasses
+
+    from metricdepth.pipeline import CameraMismatchWarning, predict_batch
+
+    assumed = copy.copy(model)
+    object.__setattr__(assumed, "spec", dataclasses.replace(model.spec, assumed_focal_px=300.0))
+    for call in (
+        lambda: metricdepth.predict(assumed, photo, 519.0),
+        lambda: predict_batch(assumed, [photo], [519.0]),
+    ):
+        with pytest.warns(CameraMismatchWarning, match="assumed focal of 300 px") as caught:
+            call()
+        assert [w.filename for w in caught] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metricdepth.predict(assumed, photo, 305.0)  # within ASSUMED_FOCAL_TOLERANCE

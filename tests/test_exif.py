@@ -11,7 +11,7 @@ from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
 from metricdepth.camera import DEFAULT_FOV_X_DEG, Camera
-from metricdepth.exif import camera_from_exif, camera_report, resolve_camera
+from metricdepth.exif import camera_from_exif, camera_from_pil, camera_report, resolve_camera
 from metricdepth.io import read_image
 
 B = ExifTags.Base
@@ -214,6 +214,15 @@ def test_downscaled_photo_without_exif_size_is_rejected_not_8x_wrong(tmp_path):
     assert "camera source: default (default 60 degree" in text
     assert "exif rejected: implied sensor width 0.91 mm is outside 2-60 mm" in text
     assert "warning: no intrinsics given and the EXIF focal length was rejected" in text
+    # a PIL image of the file: the same rules, the same rejection and the same report
+    with Image.open(path) as image:
+        pil_camera, pil_report = camera_from_pil(image)
+        assert pil_camera is None and pil_report["file"] is None
+        assert pil_report == {**camera_from_exif(path)[1], "file": None}
+        pil_camera, pil_source, pil_resolved = resolve_camera(image)
+    assert pil_source == source == "default" and pil_camera == camera
+    assert pil_resolved["rule"] == resolved["rule"]
+    assert pil_resolved["warning"] == resolved["warning"]
     # with the camera's pixel count recorded the same file is scaled correctly instead
     camera, report = camera_from_exif(write_jpeg(tmp_path / "ok.jpg", exif_tags=plane_tags()))
     assert_camera(camera, PLANE_FX, PLANE_FX, 319.5, 239.5, 640, 480)

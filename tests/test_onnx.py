@@ -143,6 +143,20 @@ def test_a_camera_for_another_image_size_is_refused_as_by_torch(default_model, d
         predict(default_model, image, camera)
 
 
+def test_onnx_model_warns_for_a_camera_other_than_the_assumed_one(default_onnx):
+    """As the torch path: an ONNX model of one assumed camera warns for another focal."""
+    import copy
+
+    from metricdepth.pipeline import CameraMismatchWarning
+
+    assumed = copy.copy(default_onnx)
+    assumed.spec = replace(default_onnx.spec, assumed_focal_px=300.0)
+    image = textured(120, 160, seed=5)
+    with pytest.warns(CameraMismatchWarning, match="assumed focal of 300 px") as caught:
+        predict(assumed, image, 150.0)
+    assert [w.filename for w in caught] == [__file__]
+
+
 def test_focal_is_a_runtime_input(default_onnx):
     """Twice the focal length is twice the depth (below the clamp): de-canonicalised in-graph."""
     image = textured(120, 160, seed=3)

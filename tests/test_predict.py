@@ -195,3 +195,34 @@ def test_official_file_without_the_unused_mask_token_loads(tmp_path, vit_small_w
     torch.save({"model_state_dict": state}, path)
     with pytest.raises(ValueError, match=r"1 missing \[depth_model.encoder.cls_token\]"):
         load_model("metric3d-vit-small", weights=path)
+
+
+def test_model_spec_resolves_files_as_load_model_and_maps_a_pth(tmp_path, monkeypatch):
+    """model_spec and load_model resolve paths alike (a folder with one .safetensors, the
+    same errors); the spec of an official .pth comes from its memory-mapped tensor shapes,
+    without reading the checkpoint's weights."""
+    from metricdepth.models import registry
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "m.safetensors").write_bytes((registry.ASSETS / "metricdepth-small.safetensors")
+                                           .read_bytes())  # fmt: skip
+    assert registry.model_spec(folder) == load_model(folder).spec
+    (folder / "other.safetensors").write_bytes(b"")
+    for read in (registry.model_spec, load_model):
+        with pytest.raises(ValueError, match="expected exactly one .safetensors model file"):
+            read(folder)
+        with pytest.raises(ValueError, match="no model or file named 'nope'; registered models"):
+            read("nope")
+        (tmp_path / "m.txt").write_text("x")
+        with pytest.raises(ValueError, match="unsupported model file type '.txt'"):
+            read(tmp_path / "m.txt")
+    checkpoint = tmp_path / "vit.pth"
+    torch.save({"model_state_dict": {"depth_model.encoder.pos_embed": torch.zeros(1, 5, 384)}},
+               checkpoint)  # fmt: skip
+
+    def no_full_read(path):
+        raise AssertionError("model_spec read the whole checkpoint")
+
+    monkeypatch.setattr(registry, "read_torch_checkpoint", no_full_read)
+    assert registry.model_spec(checkpoint) == registry.MODELS["metric3d-vit-small"][0]

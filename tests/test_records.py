@@ -249,3 +249,14 @@ def test_the_picture_scales_its_text_and_shows_a_warning_band():
     assert (band.max(axis=-1) < 60).any()  # dark text on it
     small, large = vis_layout(96, 128), vis_layout(1080, 1920)
     assert small.font_px >= 12 and large.font_px > 2 * vis_layout(375, 1242).font_px
+
+
+def test_file_sha256_needs_no_file_digest(tmp_path, monkeypatch):
+    """Python 3.10 (requires-python) has no ``hashlib.file_digest``: hashing works without it,
+    over more than one read chunk."""
+    from metricdepth.models.registry import file_sha256
+
+    monkeypatch.delattr(hashlib, "file_digest", raising=False)
+    path = tmp_path / "weights.bin"
+    path.write_bytes(np.random.default_rng(0).bytes((1 << 20) * 2 + 123))
+    assert file_sha256(path) == sha256(path)

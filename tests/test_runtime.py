@@ -85,3 +85,26 @@ def test_optimize_checks_its_arguments_and_threads():
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", [None, "metric3d-vit-small"])
+def test_bf16_autocast_follows_the_input_device(monkeypatch, name):
+    """bf16 autocasts on the device the input is on (a CUDA model must not run fp32 because
+    autocast was opened for the CPU). Runs on the meta device: shapes only, no arithmetic."""
+    import contextlib
+
+    seen = []
+
+    def autocast(device_type, *args, **kwargs):
+        seen.append(device_type)
+        return contextlib.nullcontext()
+
+    spec = load_model().spec if name is None else MODELS[name][0]
+    with torch.device("meta"):
+        model = build_model(spec)
+    fast = optimize(model, "bf16")
+    monkeypatch.setattr(torch, "autocast", autocast)
+    height, width = spec.space.input_hw
+    out = fast(torch.zeros(1, 3, height, width, device="meta"))
+    assert seen == ["meta"]
+    assert out["depth_c"].dtype == torch.float32 and out["depth_c"].shape[:2] == (1, 1)

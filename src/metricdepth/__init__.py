@@ -49,10 +49,7 @@ def example_image() -> Path:
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        module = importlib.import_module(_LAZY[name])
-        if name in globals():  # the import bound a submodule of this name: ``predict``,
-            return globals()[name]  # which is callable as its function
-        return getattr(module, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'metricdepth' has no attribute {name!r}")
 
 

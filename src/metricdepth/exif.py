@@ -240,25 +240,26 @@ class _Tags:
 
 
 # ---------------------------------------------------------------------- reading
+def _exif_tags(image: Image.Image) -> tuple[dict, dict, str | None]:
+    """``(ifd0, exif_ifd, problem)`` of an opened image; odd EXIF is reported, never raised."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; we report it instead
+            exif = image.getexif()
+            return dict(exif), dict(exif.get_ifd(ExifTags.IFD.Exif)), None
+    except Exception as exc:  # odd EXIF must never stop us: report it
+        return {}, {}, f"EXIF unreadable ({type(exc).__name__}: {' '.join(str(exc).split())})"
+
+
 def _read_tags(path: Path) -> tuple[tuple[int, int], dict, dict, str | None]:
     """``((width, height) stored, ifd0, exif_ifd, problem)``; raises only on unreadable files."""
-    problem = None
-    ifd0: dict = {}
-    exif_ifd: dict = {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; we report it instead
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 size = (int(image.size[0]), int(image.size[1]))
-                try:
-                    exif = image.getexif()
-                    ifd0 = dict(exif)
-                    exif_ifd = dict(exif.get_ifd(ExifTags.IFD.Exif))
-                except Exception as exc:  # odd EXIF must never stop us: report it
-                    problem = (
-                        f"EXIF unreadable ({type(exc).__name__}: {' '.join(str(exc).split())})"
-                    )
+                ifd0, exif_ifd, problem = _exif_tags(image)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -428,20 +429,48 @@ def camera_from_exif(
     next (``f35_diagonal``, then ``focal_plane``); when all are rejected the camera is None.
 
     Raises ValueError (one line naming the file) only when the file cannot be read as an image.
+    A PIL image already open: ``camera_from_pil``.
     """
+    _check_zoom_mode(digital_zoom)
+    path = Path(path)
+    return _camera_from_tags(str(path), *_read_tags(path), digital_zoom)
+
+
+def camera_from_pil(
+    image: Image.Image, *, digital_zoom: DigitalZoomMode = "auto"
+) -> tuple[Camera | None, dict[str, Any]]:
+    """``camera_from_exif`` for a PIL image: the same rules on its EXIF and stored size
+    (``image.size``); the report's ``file`` is None."""
+    _check_zoom_mode(digital_zoom)
+    stored = (int(image.size[0]), int(image.size[1]))
+    if stored[0] <= 0 or stored[1] <= 0:
+        raise ValueError("empty image")
+    return _camera_from_tags(None, stored, *_exif_tags(image), digital_zoom)
+
+
+def _check_zoom_mode(digital_zoom: str) -> None:
     if digital_zoom not in DIGITAL_ZOOM_MODES:
         raise ValueError(
             f"digital_zoom must be one of {', '.join(DIGITAL_ZOOM_MODES)}, got {digital_zoom!r}"
         )
-    path = Path(path)
-    stored, ifd0, exif_ifd, problem = _read_tags(path)
+
+
+def _camera_from_tags(
+    file: str | None,
+    stored: tuple[int, int],
+    ifd0: dict,
+    exif_ifd: dict,
+    problem: str | None,
+    digital_zoom: DigitalZoomMode,
+) -> tuple[Camera | None, dict[str, Any]]:
+    """``camera_from_exif`` on tags already read (``file``: for the report only)."""
     tags = _Tags(ifd0, exif_ifd)
     notes: list[str] = [problem] if problem else []
     orientation = _orientation(tags, notes)
     transpose = EXIF_ORIENTATIONS[orientation][0]
     displayed = (stored[1], stored[0]) if transpose else stored
     report: dict[str, Any] = {
-        "file": str(path),
+        "file": file,
         "stored_size": list(stored),
         "size": list(displayed),
         "orientation": orientation,
@@ -649,7 +678,7 @@ def camera_for_size(
 
 
 def resolve_camera(
-    path_or_size: str | os.PathLike | tuple[int, int],
+    path_or_size: str | os.PathLike | tuple[int, int] | Image.Image,
     *,
     intrinsics: Camera | Sequence[float] | str | None = None,
     focal: float | None = None,
@@ -657,9 +686,10 @@ def resolve_camera(
 ) -> tuple[Camera, str, dict[str, Any]]:
     """The camera of an image as displayed, where it came from, and a report.
 
-    ``path_or_size`` is an image file or its displayed ``(width, height)`` (then EXIF cannot be
-    consulted). Order: ``intrinsics`` (``[fx, fy, cx, cy]``, ``"fx,fy,cx,cy"`` or a ``Camera``
-    of the displayed size) -> ``"given"``; ``focal`` in pixels (principal point at the centre)
+    ``path_or_size`` is an image file, an open PIL image (its EXIF is read as a file's) or
+    the displayed ``(width, height)`` (then EXIF cannot be consulted). Order: ``intrinsics``
+    (``[fx, fy, cx, cy]``, ``"fx,fy,cx,cy"`` or a ``Camera`` of the displayed size) ->
+    ``"given"``; ``focal`` in pixels (principal point at the centre)
     -> ``"given"``; the EXIF focal (``camera_from_exif``) -> ``"exif"``; else a
     ``DEFAULT_FOV_X_DEG`` horizontal field of view -> ``"default"``.
 
@@ -677,6 +707,9 @@ def resolve_camera(
     exif_report: dict[str, Any] | None = None
     if isinstance(path_or_size, (str, os.PathLike)):
         exif_camera, exif_report = camera_from_exif(path_or_size, digital_zoom=digital_zoom)
+        width, height = exif_report["size"]
+    elif isinstance(path_or_size, Image.Image):
+        exif_camera, exif_report = camera_from_pil(path_or_size, digital_zoom=digital_zoom)
         width, height = exif_report["size"]
     else:
         try:

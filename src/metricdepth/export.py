@@ -52,12 +52,11 @@ from torch import Tensor, nn
 
 from metricdepth.io import atomic_write
 from metricdepth.models.registry import DepthModel
+from metricdepth.models.spec import ONNX_FORMAT as FORMAT
+from metricdepth.models.spec import ONNX_META_FORMAT as META_FORMAT
+from metricdepth.models.spec import ONNX_META_SPEC as META_SPEC
 from metricdepth.models.spec import ModelSpec
 
-#: metadata_props keys written into every exported file.
-META_SPEC = "metricdepth.spec"
-META_FORMAT = "metricdepth.format"
-FORMAT = "metricdepth-onnx/1"
 CAMERA_INPUTS = ("focal", "intrinsics")
 IMAGE_DTYPES = ("uint8", "float32")
 OPSET = 18

@@ -196,6 +196,26 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).copy()
 
 
+def _stored(image: Image.Image) -> tuple[np.ndarray, int]:
+    """The stored pixels of an opened image as RGB uint8 and its EXIF orientation (1 when
+    absent or invalid)."""
+    orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    rgb = _to_rgb8(image)
+    if isinstance(orientation, bool) or orientation not in EXIF_ORIENTATIONS:
+        orientation = 1
+    return rgb, int(orientation)
+
+
+def rgb_from_pil(image: Image.Image) -> tuple[np.ndarray, int]:
+    """A PIL image as ``read_image`` returns a file: ``(rgb, orientation)``, ``rgb`` (H, W, 3)
+    uint8 as displayed (EXIF orientation applied), decoded exactly as a file is (palette,
+    alpha and 16-bit modes included). ValueError for a mode that has no RGB reading."""
+    rgb, orientation = _stored(image)
+    if rgb.size == 0:
+        raise ValueError("empty image")
+    return _apply_orientation(rgb, orientation), orientation
+
+
 def _read_stored(path: Path) -> tuple[np.ndarray, int]:
     """The stored pixels as RGB uint8 and the EXIF orientation (1 when absent or invalid)."""
     try:
@@ -204,8 +224,7 @@ def _read_stored(path: Path) -> tuple[np.ndarray, int]:
             with Image.open(path) as image:
                 image.seek(0)
                 image.load()
-                orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-                rgb = _to_rgb8(image)
+                rgb, orientation = _stored(image)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -216,9 +235,7 @@ def _read_stored(path: Path) -> tuple[np.ndarray, int]:
         raise ValueError(f"{path}: cannot read image ({_one_line(exc)})") from None
     if rgb.size == 0:
         raise ValueError(f"{path}: empty image")
-    if isinstance(orientation, bool) or orientation not in EXIF_ORIENTATIONS:
-        orientation = 1
-    return rgb, int(orientation)
+    return rgb, orientation
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, int]:

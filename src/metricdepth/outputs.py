@@ -73,8 +73,8 @@ from metricdepth.io import (
     write_depth,
     write_ply,
 )
-from metricdepth.pipeline import Prediction
-from metricdepth.vis import colorize_depth, inverse_depth_range, visualization  # noqa: F401 - re-exported
+from metricdepth.prediction import Prediction, timings_ms
+from metricdepth.vis import visualization
 
 #: What ``--save`` accepts; ``depth`` (S.depth.npy) and the record (S.json) are always written.
 SAVE_KINDS = ("depth", "png16", "normal", "confidence", "ply", "vis")
@@ -146,8 +146,8 @@ def write_prediction(
     confidence writes no such file) and, from ``about`` (``models.registry.provenance`` plus
     ``input``, the input path as given), what made it: the metricdepth version, the model, the
     SHA-256 of its weights, its intended use and ``warnings`` (also drawn on ``vis``); the
-    prediction's ``timings_s`` become ``timings_ms`` (``pre``, ``forward``, ``post``; left out
-    when it has none). The files appear
+    prediction's ``timings_ms`` (``pre``, ``forward``, ``post``; left out when it has none).
+    The files appear
     together (``io.atomic_group``): if any cannot be written, none of this image's files
     changes and a ``WriteError`` names the image and the problem. ``sync``: fsync each data
     file before the renames (it then survives a power loss; without it a power loss can leave
@@ -196,12 +196,8 @@ def _write_files(
     from metricdepth import __version__
 
     record = {"metricdepth_version": __version__, **about, **prediction.summary()}
-    timings = record.pop("timings_s", None) or {}
-    if timings:
-        names = {"preprocess": "pre", "forward": "forward", "postprocess": "post"}
-        record["timings_ms"] = {
-            short: round(timings[key] * 1000, 3) for key, short in names.items() if key in timings
-        }
+    if not record["timings_ms"]:
+        del record["timings_ms"]
     record["files"] = {kind: path.name for kind, path in written.items()}
     record["bytes"] = {kind: pending_size(path) for kind, path in written.items()}
     record["save"] = sorted(save | {"depth"})
@@ -310,11 +306,9 @@ class PredictionInputs:
         return len(self.items)
 
     def __getitem__(self, index: int) -> PreparedInput:
-        from metricdepth.canonical import inference_record, to_canonical
         from metricdepth.exif import resolve_camera
-        from metricdepth.frame import Frame
         from metricdepth.io import read_image
-        from metricdepth.pipeline import undistorted
+        from metricdepth.pipeline import prepare
 
         item = self.items[index]
         started = time.perf_counter()
@@ -324,11 +318,9 @@ class PredictionInputs:
             camera, source = camera_for_item(item, width, height, self.intrinsics, self.focal)
             if camera is None:  # the file's EXIF focal, else the default camera (as predict)
                 camera, source, _ = resolve_camera(item.image)
-            pad = self.space.pad_rgb
-            seen, lens = undistorted(rgb, camera, self.distortion, self.alpha, pad)
-            net_camera = camera if lens is None else lens.pinhole
-            record = inference_record(net_camera, self.space, self.focal_mode)
-            canvas = to_canonical(Frame(seen, net_camera), record, pad_rgb=pad).image
+            canvas, record, _ = prepare(
+                rgb, camera, self.space, self.focal_mode, self.distortion, self.alpha
+            )
         except (ValueError, cv2.error) as error:
             return PreparedInput(index, error=problem_line(item.image, error))
         except MemoryError:
@@ -787,15 +779,11 @@ def _finish(
     save: set[str], sync: bool = False, about: dict[str, Any] | None = None,
     forward_s: float = 0.0,
 ) -> tuple[Prediction, dict[str, Path]]:  # fmt: skip
-    """Post-process one image's network outputs and write its files (timed: ``timings_s``)."""
+    """Post-process one image's network outputs and write its files (timed: ``timings_ms``)."""
     started = time.perf_counter()
     prediction = to_prediction(model, sample, out)
-    timings = {
-        "preprocess": sample.pre_s,
-        "forward": forward_s,
-        "postprocess": time.perf_counter() - started,
-    }
-    prediction = replace(prediction, timings_s=timings)
+    post_s = time.perf_counter() - started
+    prediction = replace(prediction, timings_ms=timings_ms(sample.pre_s, forward_s, post_s))
     return _write(prediction, sample.image, out_dir, stem, save, sync, about)
 
 

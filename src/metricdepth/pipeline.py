@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metricdepth.camera import CAMERA_SOURCES, DEFAULT_FOV_X_DEG, Camera
+from metricdepth.camera import CAMERA_SOURCES, Camera
 from metricdepth.canonical import (
     CanonicalRecord,
+    CanonicalSpace,
     from_canonical,
     inference_record,
     normalize,
@@ -33,69 +34,7 @@ from metricdepth.canonical import (
 from metricdepth.distortion import Distortion, PinholeView
 from metricdepth.frame import Frame
 from metricdepth.models.registry import DepthModel
-
-
-@dataclass(frozen=True, eq=False)
-class Prediction:
-    """Metric depth (and what else the model gives) for one image, at its resolution.
-
-    Attributes:
-        depth_m: (H, W) float32 metric z-depth.
-        camera: the camera of the image (as displayed).
-        camera_source: ``"given"``, ``"annotation"``, ``"exif"`` or ``"default"``.
-        record: the canonical record: f_eff (``record.f_eff_px``), the canonical scale
-            (``record.metric_scale``), resize and padding.
-        model: the model's registered name.
-        confidence: (H, W) float32 raw confidence, or None.
-        normal: (H, W, 3) float32 unit normals in the camera frame (towards the camera), or None.
-        timings_s: wall time of ``preprocess``, ``forward`` and ``postprocess`` in seconds.
-        lens: for a distorted image, the ``PinholeView`` the network saw (distortion, pinhole
-            camera, alpha); every map above is on the ORIGINAL (distorted) pixel grid and
-            ``camera`` is the original camera. None for a pinhole image.
-    """
-
-    depth_m: np.ndarray
-    camera: Camera
-    camera_source: str
-    record: CanonicalRecord
-    model: str
-    confidence: np.ndarray | None = None
-    normal: np.ndarray | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
-    lens: PinholeView | None = None
-
-    @property
-    def distortion(self) -> Distortion | None:
-        """The lens distortion the prediction was made with (``lens.distortion``), or None."""
-        return None if self.lens is None else self.lens.distortion
-
-    def points(self) -> np.ndarray:
-        """(H, W, 3) points in the camera frame, metres (along the distorted rays if any)."""
-        if self.lens is not None:
-            from metricdepth.distortion import points_from_depth
-
-            return points_from_depth(self.depth_m, self.camera, self.lens.distortion)
-        from metricdepth.geometry import depth_to_points
-
-        return depth_to_points(self.depth_m, self.camera)
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready record of how this prediction was made."""
-        valid = self.depth_m[self.depth_m > 0]  # a copy: the median may reorder it
-        return {
-            "model": self.model,
-            "camera": self.camera.to_dict(),
-            "camera_source": self.camera_source,
-            **({} if self.lens is None else {"lens": self.lens.to_dict()}),
-            "canonical": self.record.to_dict(),
-            "depth_m": {
-                "min": float(valid.min()) if valid.size else None,
-                "median": float(np.median(valid, overwrite_input=True)) if valid.size else None,
-                "max": float(valid.max()) if valid.size else None,
-            },
-            "timings_s": dict(self.timings_s),
-        }
-
+from metricdepth.prediction import Prediction, check_image, timings_ms
 
 #: ``predict`` warns when a model trained on one camera of unknown intrinsics
 #: (``ModelSpec.assumed_focal_px``) is given a focal differing by more than this fraction.
@@ -122,11 +61,6 @@ def assumed_focal_mismatch(spec, focal_px: float) -> str | None:
         f"({focal_px / assumed - 1:+.0%}); depth is metric only for images of that camera "
         f"given that focal (at its training resolution)"
     )
-
-
-def default_camera(width: int, height: int) -> Camera:
-    """The stated default camera: ``DEFAULT_FOV_X_DEG`` horizontal FOV, centred."""
-    return Camera.from_fov(DEFAULT_FOV_X_DEG, width, height)
 
 
 def load_model(
@@ -182,53 +116,29 @@ def as_camera(camera: CameraLike, width: int, height: int) -> Camera | None:
     return resolve_camera((width, height), intrinsics=[float(v) for v in camera])[0]
 
 
-def _from_pil(image: Any) -> tuple[np.ndarray, Camera | None]:
-    """A PIL image -> (RGB uint8 as displayed, its EXIF camera or None)."""
-    import tempfile
-
-    from PIL import Image, ImageOps
-
-    from metricdepth.exif import camera_from_exif
-
-    exif = image.getexif()
-    shown = ImageOps.exif_transpose(image) if exif else image
-    rgb = _check_image(np.asarray(shown.convert("RGB")))
-    if not exif:
-        return rgb, None
-    # the EXIF rules read a file: a blank one of the stored size carrying the same EXIF
-    with tempfile.TemporaryDirectory() as folder:
-        blank = Path(folder) / "exif.jpg"
-        Image.new("L", image.size).save(blank, exif=exif)
-        camera, _ = camera_from_exif(blank)
-    if camera is not None and camera.size != (rgb.shape[1], rgb.shape[0]):
-        camera = None  # cannot happen for a consistent file; never guess
-    return rgb, camera
-
-
 def _image_and_camera(
     image: Any, camera: CameraLike, source: str | None
 ) -> tuple[np.ndarray, Camera, str]:
     """Decode ``image`` (path, PIL image or array) and settle its camera and camera source:
-    the camera given, else the EXIF focal (path or PIL image), else the stated default."""
-    from metricdepth.exif import resolve_camera
-    from metricdepth.io import load_image
+    the camera given, else the EXIF focal (path or PIL image), else the stated default.
+    A path and a PIL image of the same file are decoded and resolved by the same code."""
+    from PIL import Image
 
-    if isinstance(image, (str, Path)):
-        path = image
-        image, _, _ = load_image(path)  # as displayed (EXIF orientation applied)
+    from metricdepth.exif import resolve_camera
+    from metricdepth.io import read_image, rgb_from_pil
+
+    if isinstance(image, (str, Path, Image.Image)):
+        given = image
+        # as displayed (EXIF orientation applied)
+        image, _ = rgb_from_pil(image) if isinstance(image, Image.Image) else read_image(image)
         camera = as_camera(camera, image.shape[1], image.shape[0])
-        if camera is None:  # the file's EXIF focal, else the announced default
-            camera, source, _ = resolve_camera(path)
-    elif hasattr(image, "getexif") and hasattr(image, "convert"):  # a PIL image
-        image, exif_camera = _from_pil(image)
-        camera = as_camera(camera, image.shape[1], image.shape[0])
-        if camera is None and exif_camera is not None:
-            camera, source = exif_camera, "exif"
-    image = _check_image(image)
+        if camera is None:  # the EXIF focal, else the announced default
+            camera, source, _ = resolve_camera(given)
+    image = check_image(image)
     height, width = image.shape[:2]
     camera = as_camera(camera, width, height)
     if camera is None:
-        camera, source = default_camera(width, height), "default"
+        camera, source, _ = resolve_camera((width, height))  # the stated default camera
     source = source or "given"
     if source not in CAMERA_SOURCES:
         known = ", ".join(CAMERA_SOURCES)
@@ -238,13 +148,6 @@ def _image_and_camera(
             f"image is {width}x{height} but its camera is for {camera.width}x{camera.height}"
         )
     return image, camera, source
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-    return image
 
 
 def predict(
@@ -275,10 +178,7 @@ def predict(
         alpha: how much of a distorted photo the pinhole image keeps (0..1; default
             ``metricdepth.distortion.DEFAULT_ALPHA`` of the lens model).
     """
-    return predict_batch(
-        model, [image], [camera], camera_sources=[camera_source], focal_mode=focal_mode,
-        distortion=distortion, alpha=alpha,
-    )[0]  # fmt: skip
+    return _run(model, [image], [camera], [camera_source], focal_mode, distortion, alpha)[0]
 
 
 def predict_batch(
@@ -302,26 +202,36 @@ def predict_batch(
     sources = list(camera_sources) if camera_sources is not None else [None] * n
     if len(cameras) != n or len(sources) != n:
         raise ValueError(f"{n} images but {len(cameras)} cameras and {len(sources)} sources")
-    spec = model.spec
+    return _run(model, images, cameras, sources, focal_mode, distortion, alpha)
+
+
+def _warn_mismatch(spec, record: CanonicalRecord) -> None:
+    """``CameraMismatchWarning`` when ``record``'s focal does not fit ``spec``'s assumed one;
+    attributed to the caller of ``predict``/``predict_batch`` (which call ``_run``, this)."""
+    if (mismatch := assumed_focal_mismatch(spec, record.focal_px)) is not None:
+        warnings.warn(mismatch, CameraMismatchWarning, stacklevel=4)
+
+
+def _run(model, images, cameras, sources, focal_mode, distortion, alpha) -> list[Prediction]:
+    """``predict_batch`` on checked, equally long lists."""
+    n, spec = len(images), model.spec
     mode = focal_mode or spec.focal_mode
     if getattr(model, "needs_image", False):  # an exported graph: image + focal in, metres out
         if distortion is not None:
             raise ValueError("distortion needs a PyTorch model (ONNX graphs are pinhole)")
-        return [
-            model.predict(*_image_and_camera(image, camera, source), focal_mode=mode)
-            for image, camera, source in zip(images, cameras, sources, strict=True)
-        ]
+        predictions = []
+        for image, camera, source in zip(images, cameras, sources, strict=True):
+            prediction = model.predict(*_image_and_camera(image, camera, source), focal_mode=mode)
+            _warn_mismatch(spec, prediction.record)
+            predictions.append(prediction)
+        return predictions
     started = time.perf_counter()
     items = []
     for image, camera, source in zip(images, cameras, sources, strict=True):
         image, camera, source = _image_and_camera(image, camera, source)
-        image, lens = undistorted(image, camera, distortion, alpha, spec.space.pad_rgb)
-        seen = camera if lens is None else lens.pinhole  # the camera the network sees
-        record = inference_record(seen, spec.space, mode)
-        if (mismatch := assumed_focal_mismatch(spec, record.focal_px)) is not None:
-            warnings.warn(mismatch, CameraMismatchWarning, stacklevel=2)
-        canvas = to_canonical(Frame(image, seen), record, pad_rgb=spec.space.pad_rgb)
-        items.append((camera, source, record, normalize(canvas.image, spec.space), lens))
+        canvas, record, lens = prepare(image, camera, spec.space, mode, distortion, alpha)
+        _warn_mismatch(spec, record)
+        items.append((camera, source, record, normalize(canvas, spec.space), lens))
     preprocess = (time.perf_counter() - started) / max(n, 1)
 
     results: list[Prediction | None] = [None] * n
@@ -339,13 +249,32 @@ def predict_batch(
             started = time.perf_counter()
             camera, source, record, _, lens = items[index]
             prediction = postprocess(out, row, camera, source, record, model, lens)
-            timings = {
-                "preprocess": preprocess,
-                "forward": forward,
-                "postprocess": time.perf_counter() - started,
-            }
-            results[index] = replace(prediction, timings_s=timings)
+            post = time.perf_counter() - started
+            results[index] = replace(prediction, timings_ms=timings_ms(preprocess, forward, post))
     return results  # type: ignore[return-value]
+
+
+def prepare(
+    image: np.ndarray,
+    camera: Camera,
+    space: CanonicalSpace,
+    focal_mode: str,
+    distortion: Distortion | None = None,
+    alpha: float | None = None,
+) -> tuple[np.ndarray, CanonicalRecord, PinholeView | None]:
+    """The network's canvas of one decoded image: ``(canvas, record, lens)``.
+
+    ``image`` (H, W, 3) uint8 of ``camera``; with ``distortion`` it is first undistorted
+    (``lens``: the ``PinholeView``, else None) and the pinhole camera is the one the network
+    sees. ``canvas`` is the (H_in, W_in, 3) uint8 canonical canvas (``to_canonical``, padded
+    with ``space.pad_rgb``), ``record`` its ``inference_record``; ``normalize`` makes the
+    network input. ``predict`` and ``outputs.PredictionInputs`` both prepare through here.
+    """
+    seen, lens = undistorted(image, camera, distortion, alpha, space.pad_rgb)
+    net_camera = camera if lens is None else lens.pinhole  # the camera the network sees
+    record = inference_record(net_camera, space, focal_mode)
+    canvas = to_canonical(Frame(seen, net_camera), record, pad_rgb=space.pad_rgb)
+    return canvas.image, record, lens
 
 
 def undistorted(

@@ -9,7 +9,7 @@ stays within 1e-4 of it.
 
 ``load_onnx(path)`` opens a file written by ``metricdepth.export.export_onnx`` and returns an
 ``OnnxModel``: its ``spec`` comes from the file's metadata, and ``predict(image, camera)``
-returns the same ``Prediction`` (same record, same camera source) as ``predict.predict``, so
+returns the same ``Prediction`` (same record, same camera source) as ``pipeline.predict``, so
 ``outputs.run_batch`` writes the same files with either backend.
 """
 
@@ -26,11 +26,16 @@ import torch
 from torch import Tensor
 
 from metricdepth.camera import Camera
-from metricdepth.models.registry import DepthModel
-from metricdepth.models.spec import ModelSpec
-from metricdepth.pipeline import Prediction
+from metricdepth.models.registry import DepthModel, cached_weights_sha256
+from metricdepth.models.spec import (
+    ONNX_FORMAT,
+    ONNX_META_FORMAT,
+    ONNX_META_SPEC,
+    PRECISIONS,
+    ModelSpec,
+)
+from metricdepth.prediction import Prediction, check_image, timings_ms
 
-PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -68,7 +73,7 @@ class OptimizedModel(DepthModel):
             if bf16 and self.spec.arch == "metric3d_vit":
                 out = self._vit_bf16_encoder(x)
             else:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
                     out = self.net(x)
         return {k: v.float().contiguous() for k, v in out.items()}
 
@@ -80,7 +85,7 @@ class OptimizedModel(DepthModel):
         fixture), so only the encoder (most of the matrix products) runs in bfloat16.
         """
         model = self.net.depth_model
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
             features, grid = model.encoder(x)
         return model.decoder([f.float() for f in features], grid)
 
@@ -128,8 +133,6 @@ class OnnxModel:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from metricdepth.export import FORMAT, META_FORMAT, META_SPEC
-
         self.path = Path(path)
         if not self.path.is_file():
             raise ValueError(f"model file not found: {self.path}")
@@ -144,14 +147,13 @@ class OnnxModel:
             first = str(error).strip().splitlines()[0] if str(error).strip() else error
             raise ValueError(f"{self.path}: not a loadable ONNX model ({first})") from None
         self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        if self.meta.get(META_FORMAT) != FORMAT:
+        if self.meta.get(ONNX_META_FORMAT) != ONNX_FORMAT:
             raise ValueError(
-                f"{self.path}: not a metricdepth export (no {META_FORMAT}={FORMAT} metadata); "
-                "write one with 'metricdepth export'"
+                f"{self.path}: not a metricdepth export (no {ONNX_META_FORMAT}={ONNX_FORMAT} "
+                "metadata); write one with 'metricdepth export'"
             )
-        self.spec = ModelSpec.from_json(self.meta[META_SPEC])
+        self.spec = ModelSpec.from_json(self.meta[ONNX_META_SPEC])
         self.weights_file = self.path
-        self._weights_sha256: str | None = None
         self.camera_input = self.meta.get("metricdepth.camera_input", "focal")
         self.image_dtype = self.meta.get("metricdepth.image_dtype", "uint8")
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -160,11 +162,7 @@ class OnnxModel:
     @property
     def weights_sha256(self) -> str:
         """The SHA-256 of the ``.onnx`` file (computed once)."""
-        if self._weights_sha256 is None:
-            from metricdepth.models.registry import file_sha256
-
-            self._weights_sha256 = file_sha256(self.path)
-        return self._weights_sha256
+        return cached_weights_sha256(self)
 
     def run(self, image: np.ndarray, camera: Camera, focal_mode: str) -> dict[str, np.ndarray]:
         """Raw graph outputs (``depth`` metres, ``confidence``, ``normal``) for one image."""
@@ -186,12 +184,11 @@ class OnnxModel:
         camera_source: str = "given",
         focal_mode: str | None = None,
     ) -> Prediction:
-        """The ``Prediction`` of ``predict.predict`` for (H, W, 3) uint8 RGB ``image``."""
+        """The ``Prediction`` of ``pipeline.predict`` for (H, W, 3) uint8 RGB ``image``."""
         from metricdepth.canonical import inference_record
-        from metricdepth.pipeline import _check_image
 
         started = time.perf_counter()
-        image = _check_image(image)
+        image = check_image(image)
         height, width = image.shape[:2]
         if (camera.width, camera.height) != (width, height):  # as the torch path's Frame
             raise ValueError(
@@ -210,11 +207,7 @@ class OnnxModel:
             model=self.spec.name,
             confidence=out.get("confidence"),
             normal=out.get("normal"),
-            timings_s={
-                "preprocess": prepared - started,
-                "forward": done - prepared,
-                "postprocess": time.perf_counter() - done,
-            },
+            timings_ms=timings_ms(prepared - started, done - prepared, time.perf_counter() - done),
         )
 
     def predict_prepared(self, sample) -> Prediction:
@@ -224,9 +217,9 @@ class OnnxModel:
         prediction = self.predict(
             sample.image, sample.camera, sample.source, sample.record.focal_mode
         )
-        timings = dict(prediction.timings_s)  # the decoding in the loader is pre-processing
-        timings["preprocess"] = timings.get("preprocess", 0.0) + sample.pre_s
-        return replace(prediction, timings_s=timings)
+        timings = dict(prediction.timings_ms)  # the decoding in the loader is pre-processing
+        timings["pre"] = timings.get("pre", 0.0) + sample.pre_s * 1e3
+        return replace(prediction, timings_ms=timings)
 
     def describe(self) -> dict:
         return json.loads(self.spec.to_json())

@@ -141,13 +141,10 @@ class DepthModel(nn.Module):
         self.spec = spec
         self.net = net
         self.weights_file = weights_file
-        self._weights_sha256: str | None = None
 
     @property
     def weights_sha256(self) -> str | None:
-        if self._weights_sha256 is None and self.weights_file is not None:
-            self._weights_sha256 = file_sha256(self.weights_file)
-        return self._weights_sha256
+        return cached_weights_sha256(self)
 
     def forward(self, x: Tensor, record: CanonicalRecord | None = None) -> dict[str, Tensor]:
         self.check_input(x, record)
@@ -180,11 +177,28 @@ class DepthModel(nn.Module):
 
 
 def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (hex)."""
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB chunks (Python 3.10 has no
+    ``hashlib.file_digest``)."""
     import hashlib
 
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_weights_sha256(owner: Any) -> str | None:
+    """The SHA-256 of ``owner.weights_file`` (None without one), hashed once per file and kept
+    on ``owner``: the ``weights_sha256`` of ``DepthModel`` and ``runtime.OnnxModel``."""
+    path = owner.weights_file
+    if path is None:
+        return None
+    cached = owner.__dict__.get("_weights_digest")
+    if cached is None or cached[0] != path:
+        cached = (path, file_sha256(path))
+        owner.__dict__["_weights_digest"] = cached
+    return cached[1]
 
 
 def provenance(model: Any) -> dict[str, Any]:
@@ -378,9 +392,22 @@ def load_model(
                 raise ValueError(f"{path} holds {model.spec.name}, not {name}")
             return model
         return _load_official(name, path, device)
-    path = Path(name)
     if weights is not None:
         raise ValueError("--weights goes with a registered model name; got a path as the model")
+    path = _resolve_model_file(name)
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, device)
+    return _load_official(_official_name(path, read_torch_checkpoint), path, device)
+
+
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+def _resolve_model_file(name: str) -> Path:
+    """The model file ``name`` (not a registered name) means: the file itself, or the one
+    ``.safetensors`` in a folder; one-line ValueError when there is none or it is of a kind
+    no loader reads."""
+    path = Path(name)
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         if len(files) != 1:
@@ -391,44 +418,52 @@ def load_model(
     if not path.exists():
         known = ", ".join(list_models())
         raise ValueError(f"no model or file named {name!r}; registered models: {known}")
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path, device)
-    if path.suffix in (".pth", ".pt", ".bin"):
-        try:
-            name = _guess_official(read_torch_checkpoint(path))
-        except ValueError as error:
-            message = str(error)
-            raise ValueError(message if str(path) in message else f"{path}: {message}") from None
-        return _load_official(name, path, device)
-    raise ValueError(f"{path}: unsupported model file type {path.suffix!r} (.safetensors or .pth)")
+    if path.suffix != ".safetensors" and path.suffix not in _TORCH_SUFFIXES:
+        raise ValueError(
+            f"{path}: unsupported model file type {path.suffix!r} (.safetensors or .pth)"
+        )
+    return path
+
+
+def _official_name(path: Path, read: Callable[[Path], Mapping[str, Any]]) -> str:
+    """Which registered official model the checkpoint at ``path`` holds (``read``: how its
+    state dict is read); errors name the file."""
+    try:
+        return _guess_official(read(path))
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if str(path) in message else f"{path}: {message}") from None
+
+
+def _shapes_only(path: Path) -> Mapping[str, Any]:
+    """A checkpoint's state dict memory-mapped (tensor shapes without reading the weights);
+    a file torch cannot map (the legacy format) is read as ``load_model`` reads it."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - read_torch_checkpoint says what is wrong, in one line
+        return read_torch_checkpoint(path)
+    if isinstance(data, Mapping) and isinstance(data.get("model_state_dict"), Mapping):
+        data = data["model_state_dict"]
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(data).__name__}")
+    return data
 
 
 def model_spec(name_or_path: str | Path | None = None) -> ModelSpec:
     """The spec of the model ``load_model(name_or_path)`` would load, without its weights.
 
     Registered names need no checkpoint; a ``.safetensors`` file (or a folder holding one) is
-    read for its embedded spec; an official ``.pth`` is read to tell which model it holds.
+    read for its embedded spec; an official ``.pth`` is memory-mapped to tell which model it
+    holds from its tensor shapes (its weights are not read).
     """
     if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
         return read_spec(ASSETS / f"{DEFAULT_MODEL}.safetensors")
     if str(name_or_path) in MODELS:
         return MODELS[str(name_or_path)][0]
-    path = Path(name_or_path)
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
-        if len(files) != 1:
-            raise ValueError(
-                f"{path}: expected exactly one .safetensors model file, found {len(files)}"
-            )
-        path = files[0]
-    if not path.exists():
-        known = ", ".join(list_models())
-        raise ValueError(f"no model or file named {str(name_or_path)!r}; registered: {known}")
+    path = _resolve_model_file(str(name_or_path))
     if path.suffix == ".safetensors":
         return read_spec(path)
-    if path.suffix in (".pth", ".pt", ".bin"):
-        return MODELS[_guess_official(read_torch_checkpoint(path))][0]
-    raise ValueError(f"{path}: unsupported model file type {path.suffix!r} (.safetensors or .pth)")
+    return MODELS[_official_name(path, _shapes_only)][0]
 
 
 def convert_official(checkpoint: str | Path, out: str | Path, name: str | None = None) -> Path:

@@ -31,6 +31,14 @@ OFFICIAL_USE = (
     "real photographs (Metric3D's published weights, trained on real RGB-D and LiDAR data)"
 )
 
+#: An exported ``.onnx`` file's metadata_props: its spec (JSON) and format (written by
+#: ``metricdepth.export``, read by ``metricdepth.runtime``).
+ONNX_META_SPEC = "metricdepth.spec"
+ONNX_META_FORMAT = "metricdepth.format"
+ONNX_FORMAT = "metricdepth-onnx/1"
+#: Numeric precisions a model runs (``runtime.optimize``) or trains in.
+PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -299,7 +299,8 @@ def _write_result(
 
     ``about``: what made it (``models.registry.provenance`` and the upload's name as
     ``input``), recorded in the JSON record and returned in the answer."""
-    from metricdepth.outputs import colorize_depth, inverse_depth_range, write_prediction
+    from metricdepth.outputs import write_prediction
+    from metricdepth.vis import colorize_depth, inverse_depth_range
 
     about = about or {}
     written = write_prediction(prediction, rgb, folder, stem, SAVED_KINDS, about=about)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metricdepth.pipeline import Prediction
+from metricdepth.prediction import Prediction
 
 #: Result ids are 16 lowercase hex digits.
 RESULT_ID = re.compile(r"[0-9a-f]{16}")
