@@ -21,11 +21,10 @@ from torch import Tensor, nn
 
 from metricdepth.canonical import CanonicalRecord, CanonicalSpace, check_space, fits_space
 from metricdepth.io import atomic_write
-from metricdepth.models.spec import OFFICIAL_USE, ModelSpec
+from metricdepth.models.spec import DEFAULT_MODEL, OFFICIAL_USE, ModelSpec
 from metricdepth.models.weights import load_strict, read_torch_checkpoint
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEFAULT_MODEL = "metricdepth-small"
 SPEC_METADATA_KEY = "metricdepth_spec"
 HF_REPO = "JUGGHM/Metric3D"
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from metricdepth.data.synthetic import SynthConfig
+from metricdepth.models.spec import PRECISIONS
 from metricdepth.train.arch import ARCHS, apply_freeze, check_architecture
 
 DATASET_KINDS = ("synthetic", "annotations")
 SCHEDULES = ("cosine", "poly")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
 
 
 def _is_int(value: Any) -> bool:
