@@ -128,13 +128,38 @@ def test_predict_warns_once_and_the_record_identifies_what_made_it(tmp_path):
     assert record["weights_sha256"] == sha256(BUNDLED)
     assert record["input"] == image  # as given on the command line
     assert record["intended_use"]["real_photos"] is False
-    assert record["warnings"] == [line.removeprefix("warning: ")]
+    assert record["camera_source"] == "default"  # no intrinsics, no EXIF: the camera is a guess
+    camera_line = record["warnings"][1]
+    assert record["warnings"] == [line.removeprefix("warning: "), camera_line]
+    assert camera_line.startswith("camera assumed:") and "60 degree" in camera_line
     timings = record["timings_ms"]
     assert set(timings) == {"pre", "forward", "post"} and all(v > 0 for v in timings.values())
     picture = np.asarray(Image.open(out / "example_nyu.vis.png").convert("RGB"))
     assert picture.shape[1] == 2 * 640 and picture.shape[0] > 480
     band = picture[vis_layout(480, 640, 1).warning[0] :]
     assert (band == WARNING_BAND_RGB).all(axis=-1).mean() > 0.5  # the warning band is drawn
+
+
+def test_an_assumed_camera_is_a_warning_in_the_record_and_picture_and_a_given_one_is_not(
+    tmp_path,
+):
+    model = load_model()
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), np.uint8)).save(image)
+    for name, focal in (("default", None), ("given", 50.0)):
+        out = tmp_path / name
+        run_batch(model, collect_inputs([image]), out, {"depth", "vis"}, focal=focal,
+                  progress=False)  # fmt: skip
+        record = json.loads((out / "a.json").read_text())
+        assert record["camera_source"] == name
+        camera_lines = [w for w in record["warnings"] if w.startswith("camera assumed: ")]
+        assert len(camera_lines) == (name == "default")
+        if camera_lines:  # fx of a 60 degree field of view on a 40 px wide image
+            assert f"fx {20 / np.tan(np.radians(30)):.1f} px" in camera_lines[0]
+    # the warning band grows by the camera's line
+    heights = [Image.open(tmp_path / name / "a.vis.png").height for name in ("default", "given")]
+    assert heights[0] > heights[1]
 
 
 def test_a_model_for_real_photos_gives_no_warning_and_records_its_own_file(tmp_path):
@@ -179,8 +204,11 @@ def test_every_batch_path_records_version_weights_input_and_timings(tmp_path, wo
     made_by = provenance(model)
     for k in range(3):
         record = json.loads((out / f"{k}.json").read_text())
-        for key in ("metricdepth_version", "model", "weights_sha256", "intended_use", "warnings"):
+        for key in ("metricdepth_version", "model", "weights_sha256", "intended_use"):
             assert record[key] == made_by[key], key
+        # the model's warning, then the assumed camera's (these images have no camera)
+        assert record["warnings"][:-1] == made_by["warnings"]
+        assert record["warnings"][-1].startswith("camera assumed: ")
         assert record["weights_sha256"] == sha256(BUNDLED)
         assert record["input"] == str(images / f"{k}.png")
         timings = record["timings_ms"]

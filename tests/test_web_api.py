@@ -178,7 +178,9 @@ def test_the_answer_and_record_say_what_made_them_and_how_far_to_trust_it(work_d
         record = bundled_client.get(body["urls"]["record"]).json()
     warning = bundled.spec.trust_warning()
     assert "not for real photographs" in warning
-    assert body["warnings"] == record["warnings"] == [warning]
+    camera_line = record["warnings"][-1]  # the upload has no camera: it is assumed
+    assert camera_line.startswith("camera assumed: ")
+    assert body["warnings"] == record["warnings"] == [warning, camera_line]
     assert body["intended_use"] == record["intended_use"]
     assert body["intended_use"]["real_photos"] is False
     assert body["metricdepth_version"] == record["metricdepth_version"] == __version__

@@ -165,7 +165,8 @@ def _use_the_page(page, base: str, tmp_path: Path) -> None:
     result_id = page.evaluate("document.body.dataset.resultId")
     summary = httpx.get(f"{base}/api/results/{result_id}").json()
     assert summary["warnings"] and page.locator("#trust").is_visible()
-    assert page.text_content("#trust") == "warning: " + summary["warnings"][0]
+    assert page.text_content("#trust") == " ".join("warning: " + w for w in summary["warnings"])
+    assert summary["warnings"][-1].startswith("camera assumed: ")  # no EXIF focal, no camera
 
     # intrinsics prefilled, with their source (the example has no EXIF focal: the default)
     assert page.get_attribute("#camera-source", "data-source") == summary["camera_source"]

@@ -145,7 +145,8 @@ def write_prediction(
     ``is_finished`` checks) and ``save`` (what was requested; a model without normals or
     confidence writes no such file) and, from ``about`` (``models.registry.provenance`` plus
     ``input``, the input path as given), what made it: the metricdepth version, the model, the
-    SHA-256 of its weights, its intended use and ``warnings`` (also drawn on ``vis``); the
+    SHA-256 of its weights, its intended use and ``warnings`` (also drawn on ``vis``; plus the
+    prediction's ``camera_warning`` when its camera was assumed); the
     prediction's ``timings_ms`` (``pre``, ``forward``, ``post``; left out when it has none).
     The files appear
     together (``io.atomic_group``): if any cannot be written, none of this image's files
@@ -189,13 +190,17 @@ def _write_files(
         valid = prediction.depth_m > 0
         write_ply(paths["ply"], prediction.points(), image, prediction.normal, mask=valid)
         written["ply"] = paths["ply"]
+    warnings = list(about.get("warnings", ()))
+    if prediction.camera_warning is not None:
+        warnings.append(prediction.camera_warning)
     if "vis" in save:
-        picture = visualization(image, prediction.depth_m, about.get("warnings", ()))
+        picture = visualization(image, prediction.depth_m, warnings)
         _write_png(paths["vis"], picture)
         written["vis"] = paths["vis"]
     from metricdepth import __version__
 
     record = {"metricdepth_version": __version__, **about, **prediction.summary()}
+    record["warnings"] = warnings
     if not record["timings_ms"]:
         del record["timings_ms"]
     record["files"] = {kind: path.name for kind, path in written.items()}

@@ -6,6 +6,7 @@ distortion), so neither of those two has to import the other."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,19 @@ class Prediction:
         from metricdepth.geometry import depth_to_points
 
         return depth_to_points(self.depth_m, self.camera)
+
+    @property
+    def camera_warning(self) -> str | None:
+        """A line saying the camera was assumed (source ``default``), else None: the metric
+        scale of every depth and distance then rests on that guess."""
+        if self.camera_source != "default":
+            return None
+        fov = math.degrees(2 * math.atan(self.camera.width / (2 * self.camera.fx)))
+        return (
+            f"camera assumed: no intrinsics given and no usable EXIF focal length, so a "
+            f"{fov:.0f} degree horizontal field of view (fx {self.camera.fx:.1f} px); every "
+            "depth scales with this guess. Give --intrinsics or --focal (camera= in Python)"
+        )
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready record of how this prediction was made."""
