@@ -180,7 +180,9 @@ def visualization(
     draw.text((x1, ly), near, fill=TEXT_RGB, font=font, anchor="ra")
     cy, _, cx, _ = layout.caption
     draw.text((cx, cy), "depth in metres:", fill=TEXT_RGB, font=font)
-    draw.text((cx, cy + round(font_px * 1.3)), "linear in 1/depth, 2nd-98th pct", fill=TEXT_RGB, font=font)
+    draw.text(
+        (cx, cy + round(font_px * 1.3)), "linear in 1/depth, 2nd-98th pct", fill=TEXT_RGB, font=font
+    )
     margin = max(4, font_px // 2)
     for k, line in enumerate(lines):
         draw.text(
