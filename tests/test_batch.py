@@ -310,10 +310,15 @@ def test_keep_going_reports_a_corrupt_image_and_goes_on(tmp_path, images, capsys
         f"failed: {summary.failed[0]}"
     ]
     assert len(records(out)) == N_IMAGES and "1 failed" in summary.line()
-    with pytest.raises(ValueError, match=r"broken\.png: not an image"):
+    with pytest.raises(ValueError, match=r"broken\.png: not an image") as info:
         run_batch(
             tiny_model(), items, tmp_path / "strict", {"depth"}, workers=workers, progress=False
         )
+    assert str(info.value).endswith(" (--keep-going skips it)")  # how to go past it
+    with pytest.raises(ValueError, match=r"broken\.png: not an image") as info:
+        run_batch(tiny_model(), [item for item in items if item.image == bad], tmp_path / "one",
+                  {"depth"}, progress=False)  # fmt: skip
+    assert "--keep-going" not in str(info.value)  # a single image: nothing to go on to
 
 
 def test_resume_skips_finished_items_and_redoes_incomplete_ones(tmp_path, images):

@@ -1030,8 +1030,8 @@ def run_batch(
         return {**made_by, "input": str(item.image)}
 
     def fail(message: str) -> None:
-        if not keep_going:
-            raise ValueError(message)
+        if not keep_going:  # in a run of several images, say how to go past a bad one
+            raise ValueError(message + ("" if len(items) < 2 else " (--keep-going skips it)"))
         summary.failed.append(message)
         report(f"failed: {message}")
 
