@@ -33,42 +33,17 @@ EPS = 1e-6
 STEREO_DATASETS = ("KITTI", "NYU")
 
 
+#: The six data types of the official datasets, in the constructors' order.
+_EVERY_TYPE = ("sfm", "stereo", "lidar", "denselidar", "denselidar_nometric", "denselidar_syn")
+
 #: Data types each official loss accepts (its constructor default; no v2 config changes them).
 OFFICIAL_DATA_TYPES: dict[str, tuple[str, ...]] = {
     "GRUSequenceLoss": ("lidar", "denselidar", "stereo", "denselidar_syn"),
     "SilogLoss": ("stereo", "lidar"),
-    "SkyRegularizationLoss": (
-        "sfm",
-        "stereo",
-        "lidar",
-        "denselidar",
-        "denselidar_nometric",
-        "denselidar_syn",
-    ),
-    "HDNRandomLoss": (
-        "sfm",
-        "stereo",
-        "lidar",
-        "denselidar",
-        "denselidar_nometric",
-        "denselidar_syn",
-    ),
-    "HDSNRandomLoss": (
-        "sfm",
-        "stereo",
-        "lidar",
-        "denselidar",
-        "denselidar_nometric",
-        "denselidar_syn",
-    ),
-    "VNLoss": (
-        "sfm",
-        "stereo",
-        "lidar",
-        "denselidar",
-        "denselidar_nometric",
-        "denselidar_syn",
-    ),
+    "SkyRegularizationLoss": _EVERY_TYPE,
+    "HDNRandomLoss": _EVERY_TYPE,
+    "HDSNRandomLoss": _EVERY_TYPE,
+    "VNLoss": _EVERY_TYPE,
     # PWN reads neither the mask nor the data type (quirk 5); its default list, for the record.
     "PWNPlanesLoss": ("lidar", "denselidar"),
     "NormalBranchLoss": ("sfm", "stereo", "denselidar", "denselidar_syn"),
