@@ -15,8 +15,11 @@
    (``label``: CSTM_label, labels x f_c / f_eff; ``none``: metric labels), with the same config
    otherwise, through ``metricdepth.train.loop.run_training``. Training data: the ``synthetic``
    dataset kind (scenes rendered on the fly) at the training focal range, on a reduced canvas
-   (``--crop``; every image fitted to it as inference will, padding masked). f_c is the official
-   1000 px scaled with the canvas width (1000 x W / 1064) unless ``--canonical-focal`` is given.
+   (``--crop``; every image fitted to it as inference will, padding masked), f_c the official
+   1000 px (``--canonical-focal`` to change it). The official decoder clamps canonical depth to
+   [0.1, 200] with ReLUs; labels far below its starting range (metric labels of a few metres,
+   or f_c scaled down with the canvas) drive its GRU stage to the 0.1 floor, where no gradient
+   flows, within a few dozen steps from random initialisation (see the results' clamp column).
    The variants run as ``--jobs`` parallel processes of ``--threads`` torch threads each.
 3. Evaluates each trained ``model.safetensors`` with ``metricdepth.evaluate.harness.run_eval``
    (the code of ``metricdepth eval MODEL``; protocol ``plain``, plus the median-aligned row) on
@@ -46,6 +49,7 @@ VARIANTS = ("label", "none")
 SETS = ("in-range", "wide", "long")
 REF_WIDTH = 128  #: focal ranges are in pixels of a 128-pixel-wide image (``SynthConfig.width``)
 OFFICIAL_CANVAS_W = 1064  #: the official ViT canvas width, where f_c is 1000 px
+LOWER_CLAMP = 0.1  #: the ViT decoder's smallest canonical depth (``raft_head``)
 WINDOW = 30  #: steps averaged at the start and the end of the loss curve
 
 
@@ -90,9 +94,17 @@ def render_test_sets(args, data: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------- training
 def canonical_focal(args) -> float:
+    """``--canonical-focal``, else the official 1000 px (``--scale-focal``: scaled with the
+    canvas width, 1000 x W / 1064)."""
     if args.canonical_focal is not None:
         return args.canonical_focal
-    return round(1000.0 * args.crop[1] / OFFICIAL_CANVAS_W, 1)
+    if args.scale_focal:
+        return round(1000.0 * args.crop[1] / OFFICIAL_CANVAS_W, 1)
+    return 1000.0
+
+
+def warmup_steps(args) -> int:
+    return args.warmup if args.warmup is not None else max(1, args.steps // 10)
 
 
 def run_config(args, variant: str) -> dict:
@@ -130,7 +142,7 @@ def run_config(args, variant: str) -> dict:
         "lr_encoder": args.lr_encoder,
         "lr_decoder": args.lr_decoder,
         "weight_decay": 0.01,
-        "warmup_steps": max(1, args.steps // 10),
+        "warmup_steps": warmup_steps(args),
         "schedule": "cosine",
         "min_lr_ratio": 0.05,
         "grad_clip": 1.0,
@@ -164,6 +176,7 @@ def worker(config_path: Path, sets_json: Path) -> None:
         evals[name] = {k: result[k] for k in ("n_images", "abs_rel", "rmse", "delta1", "silog")}
         evals[name]["aligned"] = {k: result["aligned"][k] for k in ("abs_rel", "delta1", "scale")}
     result = {
+        "clamped": clamped_fraction(run_dir / "model.safetensors", sets),
         "train_call_s": train_call_s,
         "eval_s": time.perf_counter() - started,
         "load_at_start": list(load),
@@ -172,6 +185,35 @@ def worker(config_path: Path, sets_json: Path) -> None:
         "eval": evals,
     }
     (run_dir / "eval.json").write_text(json.dumps(result))
+
+
+def clamped_fraction(model_path: Path, sets: dict[str, Path], images: int = 8) -> dict:
+    """Per test set: the fraction of canvas pixels whose canonical depth sits at the head's
+    lower clamp (0.1; no gradient flows there), over the first ``images`` images."""
+    import torch
+
+    from metricdepth.canonical import inference_record, normalize, to_canonical
+    from metricdepth.data.dataset import AnnotationSource
+    from metricdepth.frame import Frame
+    from metricdepth.models.registry import load_model
+
+    model = load_model(model_path)
+    net, spec = model.net.eval(), model.spec
+    out = {}
+    for name, path in sets.items():
+        source = AnnotationSource(path, cache=False)
+        fractions = []
+        for index in range(min(images, len(source))):
+            frame = source.frame(index)
+            record = inference_record(frame.camera, spec.space, spec.focal_mode)
+            canvas = to_canonical(
+                Frame(frame.image, frame.camera), record, pad_rgb=spec.space.pad_rgb
+            )
+            with torch.inference_mode():
+                depth_c = net(normalize(canvas.image, spec.space))["depth_c"]
+            fractions.append(float((depth_c <= LOWER_CLAMP * 1.001).float().mean()))
+        out[name] = sum(fractions) / len(fractions)
+    return out
 
 
 def constant_reference(args, sets: dict[str, Path], samples: int = 200) -> tuple[float, dict]:
@@ -270,10 +312,10 @@ def markdown(report: dict) -> str:
         "initialisation** (`init_from` none; no official or pre-trained weights were used, "
         "so these are figures for a from-scratch network after a few hundred steps, not for a "
         "fine-tuned Metric3D). "
-        f"Canvas {s['crop'][0]} x {s['crop'][1]}, f_c {report['canonical_focal_px']:g} px "
-        f"(1000 px x {s['crop'][1]} / {OFFICIAL_CANVAS_W}), batch {s['batch_size']}, "
+        f"Canvas {s['crop'][0]} x {s['crop'][1]}, f_c {report['canonical_focal_px']:g} px, "
+        f"batch {s['batch_size']}, "
         f"{s['steps']} steps, AdamW lr encoder {s['lr_encoder']:g} / decoder "
-        f"{s['lr_decoder']:g}, warm-up {max(1, s['steps'] // 10)} steps then cosine, "
+        f"{s['lr_decoder']:g}, warm-up {report['warmup_steps']} steps then cosine, "
         f"grad clip 1.0, {s['precision']} forward; losses `{s['losses']}`.",
         "",
         f"**Data**: training scenes rendered on the fly (`synthetic` dataset kind), focal "
@@ -308,11 +350,13 @@ def markdown(report: dict) -> str:
         "## Held-out cameras (`metricdepth eval`, protocol plain)",
         "",
         "Metric scores (no alignment); then median-aligned AbsRel / δ1 (structure only) and the "
-        "mean median-alignment factor gt/pred (1 = right scale).",
+        "mean median-alignment factor gt/pred (1 = right scale); `at lower clamp`: the share of "
+        "canvas pixels (first 8 images) whose canonical depth is the decoder's floor 0.1, where "
+        "no gradient flows (a collapsed GRU stage).",
         "",
         "| test set (focal px at 128 px width) | variant | AbsRel | RMSE (m) | δ1 | aligned "
-        "AbsRel | aligned δ1 | scale gt/pred |",
-        "|---|---|---|---|---|---|---|---|",
+        "AbsRel | aligned δ1 | scale gt/pred | at lower clamp |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in SETS:
         label = f"{name} {focal[name][0]:g}-{focal[name][1]:g}"
@@ -323,12 +367,13 @@ def markdown(report: dict) -> str:
             a = e["aligned"]
             lines.append(
                 f"| {label} | {variant} | {e['abs_rel']:.3f} | {e['rmse']:.2f} | "
-                f"{e['delta1']:.3f} | {a['abs_rel']:.3f} | {a['delta1']:.3f} | {a['scale']:.2f} |"
+                f"{e['delta1']:.3f} | {a['abs_rel']:.3f} | {a['delta1']:.3f} | {a['scale']:.2f} | "
+                f"{run['clamped'][name]:.0%} |"
             )
         c = report["constant"]["sets"][name]
         lines.append(
             f"| {label} | constant {report['constant']['depth_m']:.2f} m | {c['abs_rel']:.3f} | "
-            f"{c['rmse']:.2f} | {c['delta1']:.3f} | - | - | - |"
+            f"{c['rmse']:.2f} | {c['delta1']:.3f} | - | - | - | - |"
         )
     lines += [
         "",
@@ -352,12 +397,13 @@ def _fmt_load(load) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny ViT, 3 steps")
-    parser.add_argument("--steps", type=int, default=None, help="default 320 (quick: 3)")
+    parser.add_argument("--steps", type=int, default=None, help="default 300 (quick: 3)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 2 (quick: 1)")
     parser.add_argument("--crop", type=int, nargs=2, default=None, help="H W (default 168 224)")
     parser.add_argument("--size", default=None, help="ViT size (default small; quick: tiny)")
-    parser.add_argument("--lr-encoder", type=float, default=1e-4)
-    parser.add_argument("--lr-decoder", type=float, default=2e-4)
+    parser.add_argument("--lr-encoder", type=float, default=5e-5)
+    parser.add_argument("--lr-decoder", type=float, default=1e-4)
+    parser.add_argument("--warmup", type=int, default=None, help="steps (default steps / 10)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--losses", default='{"gru_sequence": 1.0}', help="config.losses, JSON")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -369,7 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-focal", type=float, nargs=2, default=[100.0, 600.0])
     parser.add_argument("--wide-focal", type=float, nargs=2, default=[60.0, 100.0])
     parser.add_argument("--long-focal", type=float, nargs=2, default=[600.0, 1000.0])
-    parser.add_argument("--canonical-focal", type=float, default=None)
+    parser.add_argument("--canonical-focal", type=float, default=None, help="default 1000")
+    parser.add_argument(
+        "--scale-focal", action="store_true", help="f_c = 1000 x crop width / 1064 instead"
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="data and runs (temp dir)")
     parser.add_argument("--results-dir", type=Path, default=None, help="write <tag>.md/.json")
     parser.add_argument("--tag", default="finetune_cstm")
@@ -380,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         worker(args.worker, args.sets)
         return 0
     quick = {"steps": 3, "batch_size": 1, "crop": [56, 84], "size": "tiny", "test_scenes": 3}
-    full = {"steps": 320, "batch_size": 2, "crop": [168, 224], "size": "small", "test_scenes": 60}
+    full = {"steps": 300, "batch_size": 2, "crop": [168, 224], "size": "small", "test_scenes": 60}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -461,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - started,
         "settings": settings,
         "canonical_focal_px": canonical_focal(args),
+        "warmup_steps": warmup_steps(args),
         "parameters": first["parameters"],
         "constant": {"depth_m": constant, "sets": constant_sets},
         "runs": runs,
