@@ -3,7 +3,7 @@ low-level path's check that an input was prepared in the model's own canonical s
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import warnings
 
 import numpy as np
@@ -235,3 +235,10 @@ def test_a_camera_other_than_the_assumed_one_warns_at_the_callers_line(model, ph
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         metricdepth.predict(assumed, photo, 305.0)  # within ASSUMED_FOCAL_TOLERANCE
+
+
+def test_a_missing_checkpoint_names_the_python_argument_too():
+    if importlib.util.find_spec("huggingface_hub") is not None:
+        pytest.skip("huggingface_hub is installed: load_model would try to download")
+    with pytest.raises(ValueError, match=r"pass --weights FILE \(weights=FILE in Python; "):
+        metricdepth.load_model("metric3d-vit-small")

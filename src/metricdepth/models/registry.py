@@ -328,7 +328,8 @@ def _guess_official(state: Mapping[str, Any]) -> str:
             stem.shape[0], "unknown"
         )
     raise ValueError(
-        "cannot tell which Metric3D model these weights belong to; pass the model name"
+        "cannot tell which Metric3D model these weights belong to; name it: --model NAME "
+        "--weights FILE (load_model(NAME, weights=FILE) in Python)"
     )
 
 
@@ -350,8 +351,9 @@ def _hub_file(name: str) -> Path:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise ValueError(
-            f"{name} needs its checkpoint: pass --weights FILE ({filename} from the Hugging Face "
-            f"repo {HF_REPO}), or install huggingface_hub to download it"
+            f"{name} needs its checkpoint: pass --weights FILE (weights=FILE in Python; "
+            f"{filename} from the Hugging Face repo {HF_REPO}), or install huggingface_hub to "
+            "download it"
         ) from None
     try:
         return Path(hf_hub_download(HF_REPO, filename))
