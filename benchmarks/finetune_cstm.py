@@ -148,6 +148,7 @@ def run_config(args, variant: str) -> dict:
         "grad_clip": 1.0,
         "losses": json.loads(args.losses),
         "precision": args.precision,
+        "clamp_gradient": args.clamp_gradient,
         "checkpoint_every": args.steps,
         "keep_checkpoints": 1,
         "log_every": 1,
@@ -405,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-decoder", type=float, default=1e-4)
     parser.add_argument("--warmup", type=int, default=None, help="steps (default steps / 10)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument(
+        "--clamp-gradient",
+        choices=("straight_through", "official"),
+        default="straight_through",
+        help="config.clamp_gradient: the decoder clamp's gradient (default straight_through)",
+    )
     parser.add_argument("--losses", default='{"gru_sequence": 1.0}', help="config.losses, JSON")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")

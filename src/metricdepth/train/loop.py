@@ -307,6 +307,7 @@ def _train(
         _init_output_bias(net, dataset)
     arch.apply_freeze(net, config.arch, config.freeze)
     arch.set_activation_checkpointing(net, config.activation_checkpointing)
+    arch.set_clamp_gradient(net, config.clamp_gradient)
     if small:  # about 10 % faster convolutions on CPU
         net.to(device, memory_format=torch.channels_last)
     else:
