@@ -273,6 +273,13 @@ def loss_curve(run_dir: Path, window: int = WINDOW) -> dict:
     }
 
 
+def native_precision() -> str:
+    """``bf16`` where this CPU runs bfloat16 matrix products natively, else ``fp32``."""
+    import torch
+
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
 # ---------------------------------------------------------------------- report
 def machine_info() -> dict:
     import torch
@@ -405,7 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-encoder", type=float, default=5e-5)
     parser.add_argument("--lr-decoder", type=float, default=1e-4)
     parser.add_argument("--warmup", type=int, default=None, help="steps (default steps / 10)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 where oneDNN has native bf16 (AVX-512 BF16 / AMX), else fp32 "
+        "(bf16 is emulated, many times slower, on AVX2-only CPUs)",
+    )
     parser.add_argument(
         "--clamp-gradient",
         choices=("straight_through", "official"),
@@ -441,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.crop = list(args.crop)
+    if args.precision == "auto":
+        args.precision = native_precision()
     if args.crop[0] % 28 or args.crop[1] % 28:
         parser.error(f"--crop must be multiples of 28, got {args.crop}")
 
