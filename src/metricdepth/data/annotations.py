@@ -6,8 +6,9 @@ Format (``data/*/test_annotations.json`` in Metric3D)::
                 "cam_in": [fx, fy, cx, cy]}, ...]}
 
 ``rgb`` is required; ``depth`` needs ``depth_scale`` (stored value / depth_scale = metres);
-``cam_in`` (pixels, for the *stored* pixel grid of the rgb file) is optional. Optional labels
-for training: ``sky_mask`` (an 8- or 16-bit image, nonzero = sky), or Metric3D's ``sem`` (a
+``cam_in`` (pixels of the rgb image as displayed, EXIF orientation applied; checked by
+``cameras.annotation_camera``) is optional. Optional labels for training: ``sky_mask`` (an 8- or
+16-bit image, nonzero = sky), or Metric3D's ``sem`` (a
 grey semantic-label image, 142 = sky, 255 = no label; not both), and ``normal`` (a ``.npy``
 (H, W, 3) float array of camera-frame normals, x right, y down, z forward, zero = none).
 Other keys are ignored. Paths are relative to a root: the JSON's folder by default, or
@@ -162,10 +163,13 @@ def read_annotations(
 
 
 def camera_for(entry: AnnotationEntry, width: int, height: int) -> Camera:
-    """The camera of ``entry``'s stored image of ``width x height`` pixels, from ``cam_in``."""
+    """The camera of ``entry``'s image of ``width x height`` pixels as displayed, from
+    ``cam_in``, with the checks ``predict`` and eval make (``cameras.annotation_camera``)."""
+    from metricdepth.cameras import annotation_camera
+
     if entry.intrinsics is None:
         raise ValueError(f"annotation {entry.key!r} has no 'cam_in' intrinsics")
-    return Camera.from_intrinsics(entry.intrinsics, width, height)
+    return annotation_camera(entry.intrinsics, width, height)
 
 
 def read_sem(entry: AnnotationEntry) -> np.ndarray | None:
