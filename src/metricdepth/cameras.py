@@ -63,6 +63,7 @@ __all__ = [
     "default_camera",
     "default_count_warning",
     "image_camera_mismatch",
+    "parse_cam_in",
     "parse_intrinsics",
     "resolve_camera",
     "run_camera_warning",
@@ -123,6 +124,28 @@ def parse_intrinsics(text: str) -> tuple[float, ...]:
         values += (float(parts[0]), float(parts[1]))
     _check_intrinsics(values, f"intrinsics {text!r}")
     return values
+
+
+def parse_cam_in(value: Any, where: str) -> tuple[float, float, float, float]:
+    """An annotation's ``cam_in`` (JSON) as ``(fx, fy, cx, cy)``, or one ValueError line
+    starting with ``where`` (the file and entry): 4 finite numbers with ``fx, fy > 0``."""
+    values = value if isinstance(value, (list, tuple)) else ()
+    if not (
+        len(values) == 4
+        and all(_is_number(v) and math.isfinite(v) for v in values)
+        and values[0] > 0
+        and values[1] > 0
+    ):
+        raise ValueError(
+            f"{where}: 'cam_in' must be [fx, fy, cx, cy], 4 finite numbers with "
+            f"fx, fy > 0, got {value!r}"
+        )
+    fx, fy, cx, cy = (float(v) for v in values)
+    return fx, fy, cx, cy
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_intrinsics(values: Sequence[float], where: str) -> None:

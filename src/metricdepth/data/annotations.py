@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from metricdepth.camera import Camera
+from metricdepth.cameras import parse_cam_in
 from metricdepth.frame import SKY_ID
 from metricdepth.io import atomic_write
 
@@ -101,18 +102,7 @@ def _parse(data: Any, root: Path, source: str) -> list[AnnotationEntry]:
             raise ValueError(f"{where}: 'depth' is given without 'depth_scale'")
         intrinsics = item.get("cam_in")
         if intrinsics is not None:
-            values = intrinsics if isinstance(intrinsics, (list, tuple)) else ()
-            if not (
-                len(values) == 4
-                and all(_is_number(v) and math.isfinite(v) for v in values)
-                and values[0] > 0
-                and values[1] > 0
-            ):
-                raise ValueError(
-                    f"{where}: 'cam_in' must be [fx, fy, cx, cy], 4 finite numbers with "
-                    f"fx, fy > 0, got {intrinsics!r}"
-                )
-            intrinsics = tuple(float(v) for v in values)
+            intrinsics = parse_cam_in(intrinsics, where)
         labels: dict[str, Path] = {}
         for name in LABEL_KEYS:
             if item.get(name) is not None:
