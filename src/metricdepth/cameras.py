@@ -167,7 +167,9 @@ def _intrinsics_values(intrinsics: Sequence[float], where: str) -> tuple[float, 
     return values
 
 
-def check_one_camera(intrinsics: Any, focal: Any, names: tuple[str, str] = ("intrinsics", "focal")):
+def check_one_camera(
+    intrinsics: Any, focal: Any, names: tuple[str, str] = ("intrinsics", "focal")
+) -> None:
     """ValueError ``give either intrinsics or focal, not both`` (``names``: how the caller calls
     them, e.g. ``("--intrinsics", "--focal")``) when both are given."""
     if intrinsics is not None and focal is not None:
