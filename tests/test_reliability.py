@@ -46,6 +46,7 @@ from conftest import (
 )
 from metricdepth import cli
 from metricdepth.camera import Camera
+from metricdepth.cameras import camera_for_size, parse_intrinsics, resolve_camera
 from metricdepth.canonical import (
     CanonicalSpace,
     from_canonical,
@@ -57,7 +58,6 @@ from metricdepth.canonical import (
 )
 from metricdepth.data.annotations import read_annotations
 from metricdepth.data.inputs import collect_inputs
-from metricdepth.exif import camera_for_size, parse_intrinsics, resolve_camera
 from metricdepth.frame import Frame
 from metricdepth.io import read_depth, read_image
 from metricdepth.models.registry import ASSETS, SPEC_METADATA_KEY, load_model, read_spec

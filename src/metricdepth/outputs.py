@@ -221,22 +221,14 @@ def camera_for_item(
     height: int,
     intrinsics: Sequence[float] | None = None,
     focal: float | None = None,
-) -> tuple[Camera | None, str | None]:
-    """The camera of one input and its source: command line, then annotation, else None.
+) -> tuple[Camera, str]:
+    """The camera of one decoded input and its source: ``cameras.camera_for_image`` (the run's
+    camera, else the item's annotation, else the file's EXIF focal, else the default)."""
+    from metricdepth.cameras import camera_for_image
 
-    (``None`` leaves the choice to the caller: ``run_batch`` then tries the file's EXIF focal
-    and falls back to the default camera.) Intrinsics go through ``exif.camera_for_size``:
-    ``[fx, fy, cx, cy, W, H]`` is rescaled to the image, a principal point outside it refused.
-    """
-    from metricdepth.exif import camera_for_size
-
-    if intrinsics is not None:
-        return camera_for_size(intrinsics, width, height, "intrinsics"), "given"
-    if focal is not None:
-        return Camera(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height), "given"
-    if item.intrinsics is not None:
-        return camera_for_size(item.intrinsics, width, height, "annotation cam_in"), "annotation"
-    return None, None
+    return camera_for_image(
+        item.image, width, height, intrinsics=intrinsics, focal=focal, annotation=item.intrinsics
+    )
 
 
 # ------------------------------------------------------------------ loading in worker processes
@@ -281,9 +273,9 @@ class PredictionInputs:
     """Map-style dataset: item k -> ``PreparedInput`` (decode, camera, canonical input).
 
     Exactly the pre-processing of ``predict``: the image read with its EXIF orientation, the
-    camera from ``intrinsics``/``focal``, else the item's annotation, else the file's EXIF focal
-    (``exif.resolve_camera``), else the default camera, then the model's ``inference_record``,
-    ``to_canonical`` and ``normalize``. A bad image gives
+    camera from ``intrinsics``/``focal``, else the item's annotation, else the file's EXIF focal,
+    else the default camera (``cameras.camera_for_image``), then the model's
+    ``inference_record``, ``to_canonical`` and ``normalize``. A bad image gives
     a ``PreparedInput`` with ``error`` set instead of raising, so one file cannot stop a worker.
     """
 
@@ -311,7 +303,6 @@ class PredictionInputs:
         return len(self.items)
 
     def __getitem__(self, index: int) -> PreparedInput:
-        from metricdepth.exif import resolve_camera
         from metricdepth.io import read_image
         from metricdepth.pipeline import prepare
 
@@ -321,8 +312,6 @@ class PredictionInputs:
             rgb, _ = read_image(item.image)
             height, width = rgb.shape[:2]
             camera, source = camera_for_item(item, width, height, self.intrinsics, self.focal)
-            if camera is None:  # the file's EXIF focal, else the default camera (as predict)
-                camera, source, _ = resolve_camera(item.image)
             canvas, record, _ = prepare(
                 rgb, camera, self.space, self.focal_mode, self.distortion, self.alpha
             )
@@ -427,11 +416,11 @@ def predict_prepared(model, sample: PreparedInput) -> Prediction:
 def _check_arguments(model, workers, intrinsics, focal, focal_mode) -> str:
     """The focal mode to use, or a ValueError for a bad argument of the batch functions."""
     from metricdepth.camera import check_focal_mode
+    from metricdepth.cameras import check_one_camera
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
-    if intrinsics is not None and focal is not None:
-        raise ValueError("give either intrinsics or focal, not both")
+    check_one_camera(intrinsics, focal)
     return check_focal_mode(focal_mode or model.spec.focal_mode)
 
 

@@ -22,6 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from metricdepth.camera import CAMERA_SOURCES, Camera
+from metricdepth.cameras import (  # noqa: F401 (the camera policy; these re-exported here)
+    ASSUMED_FOCAL_TOLERANCE,
+    CameraMismatchWarning,
+    assumed_focal_mismatch,
+)
 from metricdepth.canonical import (
     CanonicalRecord,
     CanonicalSpace,
@@ -35,32 +40,6 @@ from metricdepth.distortion import Distortion, PinholeView
 from metricdepth.frame import Frame
 from metricdepth.models.registry import DepthModel
 from metricdepth.prediction import Prediction, check_image, timings_ms
-
-#: ``predict`` warns when a model trained on one camera of unknown intrinsics
-#: (``ModelSpec.assumed_focal_px``) is given a focal differing by more than this fraction.
-ASSUMED_FOCAL_TOLERANCE = 0.05
-
-
-class CameraMismatchWarning(UserWarning):
-    """A model trained on one assumed camera was given a camera with another focal."""
-
-
-def assumed_focal_mismatch(spec, focal_px: float) -> str | None:
-    """Why ``focal_px`` (pixels of the image given) does not fit ``spec``, or None.
-
-    Only models with ``spec.assumed_focal_px`` (trained on one camera of unknown intrinsics)
-    can mismatch: their metric scale holds for that camera described by that focal, at the
-    training resolution; another focal scales every depth by the ratio of the two.
-    """
-    assumed = getattr(spec, "assumed_focal_px", None)
-    if assumed is None or abs(focal_px / assumed - 1.0) <= ASSUMED_FOCAL_TOLERANCE:
-        return None
-    return (
-        f"model {spec.name!r} was trained on one camera of unknown intrinsics with an assumed "
-        f"focal of {assumed:g} px, but this camera's focal is {focal_px:g} px "
-        f"({focal_px / assumed - 1:+.0%}); depth is metric only for images of that camera "
-        f"given that focal (at its training resolution)"
-    )
 
 
 def load_model(
@@ -104,7 +83,7 @@ def as_camera(camera: CameraLike, width: int, height: int) -> Camera | None:
     ``(fx, fy, cx, cy)`` or a focal length in pixels (principal point at the centre)."""
     if camera is None or isinstance(camera, Camera):
         return camera
-    from metricdepth.exif import resolve_camera
+    from metricdepth.cameras import resolve_camera
 
     if isinstance(camera, (int, float, np.number)) and not isinstance(camera, bool):
         return resolve_camera((width, height), focal=float(camera))[0]
@@ -124,7 +103,7 @@ def _image_and_camera(
     A path and a PIL image of the same file are decoded and resolved by the same code."""
     from PIL import Image
 
-    from metricdepth.exif import resolve_camera
+    from metricdepth.cameras import resolve_camera
     from metricdepth.io import read_image, rgb_from_pil
 
     if isinstance(image, (str, Path, Image.Image)):
