@@ -36,6 +36,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -216,6 +217,12 @@ def predict_depth_m(
 
 
 # ---------------------------------------------------------------------- device
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively on ``device`` (always on CUDA; on a CPU
+    where oneDNN has bf16 kernels, i.e. AVX-512 BF16 or AMX)."""
+    return device.type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _device(config: TrainConfig) -> torch.device:
     """``config.device`` (``auto``: CUDA when present); CUDA device ``LOCAL_RANK`` under
     torchrun. ValueError when this machine lacks it (``registry.check_device``)."""
@@ -297,6 +304,12 @@ def _train(
     if ctx.rank == 0:
         config.write(run_dir / "config.yaml")
 
+    if ctx.rank == 0 and config.precision == "bf16" and not native_bf16(device):
+        print(
+            "warning: precision bf16 on a CPU without native bfloat16 (AVX-512 BF16 or AMX): "
+            "it is emulated here and runs many times slower than fp32; use precision: fp32",
+            file=sys.stderr,
+        )
     torch.manual_seed(config.seed)
     net = build_network(config)
     dataset = build_dataset(config)
