@@ -24,8 +24,8 @@ import torch
 from metricdepth.camera import CAMERA_SOURCES, Camera
 from metricdepth.canonical import CanonicalRecord
 from metricdepth.distortion import Distortion
-from metricdepth.predictor import Backend, Predictor
 from metricdepth.prediction import Prediction, check_image
+from metricdepth.predictor import Backend, Predictor
 
 #: ``predict`` warns when a model trained on one camera of unknown intrinsics
 #: (``ModelSpec.assumed_focal_px``) is given a focal differing by more than this fraction.
