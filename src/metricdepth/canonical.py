@@ -228,6 +228,13 @@ def _minimum(a, b):
     return min(a, b)
 
 
+def _ratio(a: float, b):
+    """``a / b`` for a number ``a`` and a number or tensor ``b``. (``a / tensor`` in torch is
+    ``a * (1 / tensor)``, rounded twice: 1064 / 3.0 gives 354.66666666666663, not Python's
+    354.6666666666667; a tensor ``a`` makes it one correctly rounded division.)"""
+    return torch.full_like(b, a) / b if isinstance(b, torch.Tensor) else a / b
+
+
 def _truncate(x):
     """``int(x)`` of a number >= 0, or the same on a float tensor (int64)."""
     return torch.floor(x).long() if isinstance(x, torch.Tensor) else int(x)
@@ -241,7 +248,7 @@ def fit_geometry(hw, space: CanonicalSpace):
     (the dynamic size inside an exported graph): the results are then tensors (int64 sizes).
     """
     H_in, W_in = space.input_hw  # noqa: N806
-    scale = _minimum(H_in / hw[0], W_in / hw[1])
+    scale = _minimum(_ratio(H_in, hw[0]), _ratio(W_in, hw[1]))
     size = (_truncate(hw[0] * scale), _truncate(hw[1] * scale))
     return scale, size, pad_offset(size, space.input_hw, space.pad_placement)
 
