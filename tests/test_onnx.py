@@ -387,3 +387,33 @@ def test_an_onnx_file_not_from_metricdepth_is_refused(tmp_path):
     onnx.save(onnx.helper.make_model(graph), str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="not a metricdepth export"):
         load_onnx(tmp_path / "plain.onnx")
+
+
+def test_a_fixed_grid_makes_the_vit_position_embedding_a_constant():
+    """``DinoVisionTransformer.fixed_grid`` (what the export uses instead of patching the
+    encoder): within it the embedding of that grid is computed once, the same values; an
+    exported program then has no bicubic resampling of ``pos_embed``; other grids and the
+    time after it are as usual."""
+    from metricdepth.models.vit import VIT_CONFIGS, DinoVisionTransformer
+
+    torch.manual_seed(0)
+    encoder = DinoVisionTransformer(VIT_CONFIGS["tiny"]).eval()
+    with torch.no_grad():
+        encoder.pos_embed.normal_()
+    usual = encoder.interpolate_pos_encoding(4, 6).detach().clone()
+    x = torch.randn(1, 3, 4 * 14, 6 * 14)
+
+    def bicubic_nodes() -> int:
+        program = torch.export.export(encoder, (x,))
+        return sum("upsample_bicubic" in str(node.target) for node in program.graph.nodes)
+
+    assert bicubic_nodes() == 1
+    with encoder.fixed_grid(4, 6):
+        assert torch.equal(encoder.interpolate_pos_encoding(4, 6), usual)
+        assert bicubic_nodes() == 0
+        with torch.no_grad():
+            encoder.pos_embed.add_(1.0)  # a constant: computed on entry
+        assert torch.equal(encoder.interpolate_pos_encoding(4, 6), usual)
+        other = encoder.interpolate_pos_encoding(5, 6)  # another grid: resampled now
+        assert other.shape[1] == 1 + 30 and torch.equal(other[:, :1], encoder.pos_embed[:, :1])
+    assert not torch.equal(encoder.interpolate_pos_encoding(4, 6), usual)  # follows pos_embed

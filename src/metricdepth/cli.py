@@ -337,7 +337,7 @@ def run_predict(
     check_device(device)
     shard_range = parse_shard(shard) if shard is not None else None
     net = load_predictor(model, weights, device, backend, precision, workers)
-    warn_assumed_camera(getattr(net, "spec", None), values, focal, focal_mode)
+    warn_assumed_camera(net.spec, values, focal, focal_mode)
     if lens is not None and "image" in net.takes:
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"

@@ -291,7 +291,7 @@ def export_onnx(
     example = _example_inputs(graph, image_dtype)
     with (
         _quiet_exporter(),
-        _constant_position_embedding(model),
+        _fixed_position_embeddings(model),
         torch.inference_mode(False),
         torch.no_grad(),
     ):
@@ -357,29 +357,16 @@ def _quiet_exporter() -> Iterator[None]:
                 logger.setLevel(level)
 
 
-class _constant_position_embedding:  # noqa: N801 (a context manager used like a function)
-    """Freeze a ViT's interpolated position embedding for the fixed canvas during export.
+@contextlib.contextmanager
+def _fixed_position_embeddings(model: DepthModel) -> Iterator[None]:
+    """Every ViT encoder of ``model`` with its position embedding fixed for the model's canvas
+    (``DinoVisionTransformer.fixed_grid``): a constant in the graph, not a Resize."""
+    from metricdepth.models.vit import DinoVisionTransformer
 
-    The bicubic resampling of the 37x37 grid depends only on the canvas size, so the graph
-    carries its result as a constant instead of a Resize of a parameter.
-    """
-
-    def __init__(self, model: DepthModel) -> None:
-        self.encoder = getattr(getattr(model.net, "depth_model", None), "encoder", None)
-        self.patched = self.encoder is not None and hasattr(
-            self.encoder, "interpolate_pos_encoding"
-        )
-        self.space = model.spec.space
-
-    def __enter__(self) -> None:
-        if not self.patched:
-            return
-        p = self.encoder.cfg.patch_size
-        h, w = self.space.input_hw
-        with torch.no_grad():
-            fixed = self.encoder.interpolate_pos_encoding(h // p, w // p).detach().clone()
-        self.encoder.interpolate_pos_encoding = lambda gh, gw: fixed
-
-    def __exit__(self, *exc: object) -> None:
-        if self.patched:
-            del self.encoder.interpolate_pos_encoding
+    height, width = model.spec.space.input_hw
+    with contextlib.ExitStack() as stack:
+        for module in model.net.modules():
+            if isinstance(module, DinoVisionTransformer):
+                patch = module.cfg.patch_size
+                stack.enter_context(module.fixed_grid(height // patch, width // patch))
+        yield
