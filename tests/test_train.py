@@ -395,7 +395,7 @@ def test_tiny_run_from_yaml_lowers_the_loss_and_saves_a_loadable_model(tmp_path)
     assert after < 0.8 * before, (before, after)
 
     frame = dataset.sources[0].frame(0)
-    depth_m = predict_depth_m(model.net, frame.image, frame.camera, model.spec.space)
+    depth_m = predict_depth_m(model, frame.image, frame.camera)
     assert depth_m.shape == frame.depth.shape and (depth_m > 0).all()
     # a second call with the same config finds the run finished and leaves it as it is
     digest = parameter_digest(model.net)

@@ -175,8 +175,7 @@ def run_canonical(
 
     import cv2
 
-    from metricdepth.canonical import inference_record, to_canonical
-    from metricdepth.frame import Frame
+    from metricdepth.canonical import canonical_canvas
     from metricdepth.io import atomic_write, read_image
     from metricdepth.models.registry import model_spec
 
@@ -200,7 +199,7 @@ def run_canonical(
     space = replace(spec.space, **changes)
     rgb, _ = read_image(image)
     camera, source = resolve_camera(image, intrinsics, focal)
-    record = inference_record(camera, space, focal_mode or spec.focal_mode)
+    canvas, record = canonical_canvas(rgb, camera, space, focal_mode or spec.focal_mode)
     if image == EXAMPLE_IMAGE and source == "given" and intrinsics is not None:
         source = "annotation"  # the bundled example's published calibration
     summary = {
@@ -211,12 +210,11 @@ def run_canonical(
         "record": record.to_dict(),
     }
     if out is not None:
-        canvas = to_canonical(Frame(rgb, camera), record, pad_rgb=space.pad_rgb)
         stem = Path(image).stem
         png, meta = Path(out) / f"{stem}.canonical.png", Path(out) / f"{stem}.canonical.json"
         summary["written"] = [str(png), str(meta)]
         with atomic_write(png) as tmp:
-            if not cv2.imwrite(str(tmp), canvas.image[:, :, ::-1]):
+            if not cv2.imwrite(str(tmp), canvas[:, :, ::-1]):
                 raise ValueError(f"could not write {png}")
         with atomic_write(meta) as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
@@ -335,8 +333,8 @@ def run_predict(
     check_device(device)
     shard_range = parse_shard(shard) if shard is not None else None
     net = load_predictor(model, weights, device, backend, precision, workers)
-    warn_assumed_camera(getattr(net, "spec", None), values, focal, focal_mode)
-    if lens is not None and getattr(net, "needs_image", False):
+    warn_assumed_camera(net.spec, values, focal, focal_mode)
+    if lens is not None and "image" in net.takes:
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
         )

@@ -74,6 +74,7 @@ from metricdepth.io import (
     write_ply,
 )
 from metricdepth.prediction import Prediction, timings_ms
+from metricdepth.predictor import Prepared
 from metricdepth.vis import visualization
 
 #: What ``--save`` accepts; ``depth`` (S.depth.npy) and the record (S.json) are always written.
@@ -304,7 +305,7 @@ class PredictionInputs:
 
     def __getitem__(self, index: int) -> PreparedInput:
         from metricdepth.io import read_image
-        from metricdepth.pipeline import prepare
+        from metricdepth.predictor import prepare_canvas
 
         item = self.items[index]
         started = time.perf_counter()
@@ -312,8 +313,8 @@ class PredictionInputs:
             rgb, _ = read_image(item.image)
             height, width = rgb.shape[:2]
             camera, source = camera_for_item(item, width, height, self.intrinsics, self.focal)
-            canvas, record, _ = prepare(
-                rgb, camera, self.space, self.focal_mode, self.distortion, self.alpha
+            canvas, record, _ = prepare_canvas(
+                self.space, self.focal_mode, rgb, camera, self.distortion, self.alpha
             )
         except (ValueError, cv2.error) as error:
             return PreparedInput(index, error=problem_line(item.image, error))
@@ -395,22 +396,51 @@ def can_trace(model, remaining: int) -> bool:
     return model.spec.space.resize == "fit" and remaining >= TRACE_MIN_IMAGES
 
 
-def to_prediction(model, sample: PreparedInput, out: dict[str, torch.Tensor]) -> Prediction:
-    """Network outputs -> metric ``Prediction`` at the image's size (``predict``'s own step)."""
+def as_prepared(model, sample: PreparedInput) -> Prepared:
+    """A ``predictor.Prepared`` of one ``PreparedInput`` for ``model``'s inputs (a bad one is a
+    ValueError): the normalised canvas, or the image and camera for a whole-prediction graph
+    (``sample.image`` must then be kept)."""
+    from metricdepth.canonical import normalize
     from metricdepth.distortion import pinhole_view
-    from metricdepth.pipeline import postprocess
+    from metricdepth.predictor import prepare
+
+    if sample.error is not None or sample.canvas is None:
+        raise ValueError(sample.error or "no input")
+    if "image" in model.takes:
+        if sample.image is None:
+            raise ValueError("this backend needs the decoded image")
+        prepared = prepare(
+            model.spec.space, sample.record.focal_mode, sample.image, sample.camera,
+            sample.source, takes=model.takes,
+        )  # fmt: skip
+        return replace(prepared, pre_s=prepared.pre_s + sample.pre_s)
+    lens = None
+    if sample.distortion is not None:  # cached: computed once per camera and lens
+        lens = pinhole_view(sample.camera, sample.distortion, sample.alpha)
+    x = normalize(sample.canvas, model.spec.space)[0]
+    return Prepared({"x": x}, sample.record, sample.camera, sample.source, lens, sample.pre_s)
+
+
+def to_prediction(model, sample: PreparedInput, out: dict[str, torch.Tensor]) -> Prediction:
+    """Network outputs (a batch of one) -> metric ``Prediction`` at the image's size
+    (``predictor.finish``, ``predict``'s own step)."""
+    from metricdepth.distortion import pinhole_view
+    from metricdepth.predictor import finish
 
     lens = None
     if sample.distortion is not None:  # cached: computed once per camera and lens
         lens = pinhole_view(sample.camera, sample.distortion, sample.alpha)
-    return postprocess(out, 0, sample.camera, sample.source, sample.record, model, lens)
+    prepared = Prepared({}, sample.record, sample.camera, sample.source, lens, sample.pre_s)
+    return finish(model.spec, {key: value[0] for key, value in out.items()}, prepared)
 
 
 def predict_prepared(model, sample: PreparedInput) -> Prediction:
-    """Run the network on one ``PreparedInput`` and return the metric ``Prediction``."""
-    if hasattr(model, "predict_prepared"):  # a backend with its own pipeline (runtime.OnnxModel)
-        return model.predict_prepared(sample)
-    return to_prediction(model, sample, run_network(model, sample))
+    """Run the network on one ``PreparedInput`` and return the metric ``Prediction``
+    (the ``Predictor``'s forward and finish)."""
+    from metricdepth.predictor import Predictor
+
+    predictor = Predictor(model, sample.record.focal_mode if sample.record else None)
+    return predictor.predict_prepared([as_prepared(model, sample)])[0]
 
 
 def _check_arguments(model, workers, intrinsics, focal, focal_mode) -> str:
@@ -496,7 +526,7 @@ def iter_predictions(
         focal=focal,
         focal_mode=focal_mode,
         workers=workers,
-        keep_images=keep_images or getattr(model, "needs_image", False),
+        keep_images=keep_images or "image" in model.takes,
         distortion=distortion,
         alpha=alpha,
     )
@@ -1010,7 +1040,7 @@ def run_batch(
     remove_stale_temporaries(out_dir, (item.stem for item in items))
     pending = [item for item in items if not (resume and is_finished(out_dir, item.stem, save))]
     summary.skipped = len(items) - len(pending)
-    keep_images = bool(save & {"ply", "vis"}) or getattr(model, "needs_image", False)
+    keep_images = bool(save & {"ply", "vis"}) or "image" in model.takes
     from metricdepth.models.registry import provenance
 
     made_by = provenance(model)  # hashes the weights file once, here
@@ -1043,7 +1073,7 @@ def run_batch(
     # does the next ones; results are settled (on_done, counts) in input order. A one-thread
     # network then has a core of its own (split_cores) and a thread of its own there
     # (_NetworkThread); this thread and the loader and writer processes use the other cores.
-    own_pipeline = hasattr(model, "predict_prepared")  # a backend with its own pipeline
+    own_pipeline = "image" in model.takes  # a whole-prediction graph (predictor.Backend)
     process = workers > 0 and on_done is None and not own_pipeline and len(pending) > 1
     apart = split_cores(network_threads(workers)) if process else None
     network_core, side_cores = apart or (None, None)
@@ -1102,7 +1132,7 @@ def run_batch(
                         fail(sample.error)
                         advance()
                     elif own_pipeline:
-                        prediction = model.predict_prepared(sample)
+                        prediction = predict_prepared(model, sample)
                         written = sink.write(prediction, sample.image, item.stem, about(item))
                         queue.append((item, written))
                     else:  # the post-processing and writes overlap the next forward

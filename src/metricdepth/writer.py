@@ -34,7 +34,7 @@ from metricdepth.data.loader import (
     start_context,
 )
 
-#: The network outputs that post-processing reads (``pipeline.postprocess``); only these cross.
+#: The network outputs that post-processing reads (``predictor.finish``); only these cross.
 POST_KEYS = ("depth_c", "confidence", "normal")
 
 
