@@ -312,11 +312,12 @@ def run_predict(
     backend=None, precision=None, fsync=False,
 ):  # fmt: skip
     """The work of ``metricdepth predict``: ``(batch summary, files skipped in folders)``."""
+    from metricdepth.batch import run_batch
     from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
     from metricdepth.distortion import lens_from_options
     from metricdepth.exif import check_focal, parse_intrinsics
-    from metricdepth.outputs import parse_save, run_batch
+    from metricdepth.files import parse_save
 
     kinds = parse_save(save)
     lens = lens_from_options(distortion, fisheye)

@@ -10,7 +10,7 @@ stays within 1e-4 of it.
 ``load_onnx(path)`` opens a file written by ``metricdepth.export.export_onnx`` and returns an
 ``OnnxModel``: its ``spec`` comes from the file's metadata, and ``predict(image, camera)``
 returns the same ``Prediction`` (same record, same camera source) as ``pipeline.predict``, so
-``outputs.run_batch`` writes the same files with either backend.
+``batch.run_batch`` writes the same files with either backend.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class OnnxModel:
         path: the file.
     """
 
-    needs_image = True  # outputs.run_batch hands over the decoded image, not a canvas
+    needs_image = True  # batch.Stages hands over the decoded image, not a canvas
     device = torch.device("cpu")
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
