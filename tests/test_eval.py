@@ -22,7 +22,7 @@ from metricdepth.evaluate.harness import eval_report, run_eval
 from metricdepth.evaluate.metrics import METRIC_NAMES
 from metricdepth.models import registry
 from metricdepth.models.registry import save_model
-from metricdepth.outputs import run_batch
+from metricdepth.batch import run_batch
 
 
 def write_set(root: Path, count: int = 4, height: int = 24, width: int = 32) -> Path:

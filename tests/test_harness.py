@@ -23,7 +23,7 @@ from conftest import (
     tiny_model,
 )
 from metricdepth.data.inputs import collect_inputs
-from metricdepth.outputs import run_batch
+from metricdepth.batch import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from metricdepth.cli import app
 from metricdepth.data.inputs import collect_inputs
 from metricdepth.models.registry import ASSETS, MODELS, load_model, provenance, save_model
 from metricdepth.models.spec import REAL_PHOTOS_COMMAND, ModelSpec
-from metricdepth.outputs import run_batch
+from metricdepth.batch import run_batch
 from metricdepth.vis import (
     BAND_RGB,
     WARNING_BAND_RGB,

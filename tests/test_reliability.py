@@ -62,7 +62,8 @@ from metricdepth.frame import Frame
 from metricdepth.io import read_depth, read_image
 from metricdepth.models.registry import ASSETS, SPEC_METADATA_KEY, load_model, read_spec
 from metricdepth.models.weights import read_torch_checkpoint
-from metricdepth.outputs import WriteError, run_batch
+from metricdepth.batch import run_batch
+from metricdepth.files import WriteError
 
 RNG = np.random.default_rng(8)
 SMALL = ASSETS / "metricdepth-small.safetensors"

@@ -148,8 +148,8 @@ def load(dataset: PredictionInputs, workers: int) -> Iterator[Sample]:
     iterator = iter(loader)
     try:
         yield from iterator
-    finally:
-        del iterator  # the workers end with it
+    finally:  # DataLoader has no public close, and an error's traceback would keep the
+        iterator._shutdown_workers()  # iterator and its workers alive
 
 
 @contextmanager
