@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,7 +146,9 @@ def load(dataset: PredictionInputs, workers: int) -> Iterator[Sample]:
         dataset, batch_size=None, num_workers=workers, collate_fn=_as_is,
         worker_init_fn=_quiet_worker, prefetch_factor=4,
     )  # fmt: skip
-    iterator = iter(loader)
+    with warnings.catch_warnings():  # more workers than cores is the user's call
+        warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
+        iterator = iter(loader)
     try:
         yield from iterator
     finally:  # DataLoader has no public close, and an error's traceback would keep the
