@@ -55,8 +55,10 @@ from metricdepth.files import (
 )
 from metricdepth.prediction import Prediction, timings_ms
 
-#: Writer threads (with fsync each file waits on the disk; concurrent fsyncs share a commit).
-WRITER_THREADS = 2
+#: Writer threads without and with fsync: without, the work only uses the CPU and a second
+#: thread only adds GIL hand-offs with the network; with fsync each file waits on the disk and
+#: concurrent fsyncs share a journal commit.
+WRITER_THREADS = {False: 1, True: 2}
 #: Images whose finish and writes may still be under way while the network runs (a stop
 #: signal waits for them: they are already predicted).
 MAX_WRITES_AHEAD = 4
@@ -68,14 +70,16 @@ class Prepared:
     """One image ready for the network (picklable: it crosses from a loader worker).
 
     Attributes:
-        x: (3, H_in, W_in) float32 normalised network input; None for an ONNX model.
+        x: (3, H_in, W_in) float32 normalised network input, a numpy array (it crosses from
+            a loader worker as plain bytes: a shared-memory tensor costs the receiver about
+            twice the CPU); None for an ONNX model.
         record: the canonical record (resize, padding, f_eff).
         camera / source: the image's camera as displayed and where it came from.
         image: the (H, W, 3) uint8 RGB, for an ONNX model only (its graph takes the image).
         distortion / alpha: the lens of ``camera`` (the network saw the undistorted image).
     """
 
-    x: torch.Tensor | None
+    x: np.ndarray | None
     record: CanonicalRecord
     camera: Camera
     source: str
@@ -104,7 +108,7 @@ class _Prepare:
         canvas, record, _ = prepare(
             image, camera, self.space, self.focal_mode, self.distortion, self.alpha
         )
-        x = normalize(canvas, self.space)[0]
+        x = normalize(canvas, self.space)[0].numpy()
         return Prepared(x, record, camera, source, None, self.distortion, self.alpha)
 
 
@@ -129,7 +133,7 @@ class Stages:
         if self.onnx:
             p = prepared
             return {"onnx": self.model.predict(p.image, p.camera, p.source, p.record.focal_mode)}
-        return self.forward(prepared.x[None])
+        return self.forward(torch.from_numpy(prepared.x)[None])
 
     def finish(self, out: dict[str, Any], prepared: Prepared) -> Prediction:
         """One image's outputs -> the metric ``Prediction`` at the image's size."""
@@ -286,7 +290,7 @@ def run_batch(
         _stop_on_signals() as stop,
         worker_deaths(),
         _torch_threads(network_threads(workers)),
-        ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="metricdepth-writer") as pool,
+        ThreadPoolExecutor(WRITER_THREADS[fsync], thread_name_prefix="metricdepth-writer") as pool,
         _progress(progress, len(pending)) as (advance, report),
         closing(load(dataset, workers)) as samples,
     ):

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from metricdepth.data.inputs import InputItem
 
+#: Samples a loader worker hands over at once (each message costs the receiver ~0.5 ms of CPU).
+CHUNK = 4
 #: Signals that stop a batch run after the images under way; loader workers ignore them.
 STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
@@ -125,8 +127,8 @@ class PredictionInputs:
         return Sample(index, prepared, kept, pre_s=time.perf_counter() - started)
 
 
-def _as_is(sample: Sample) -> Sample:
-    return sample
+def _as_list(samples: list[Sample]) -> list[Sample]:
+    return samples
 
 
 def _quiet_worker(worker_id: int) -> None:
@@ -142,15 +144,16 @@ def load(dataset: PredictionInputs, workers: int) -> Iterator[Sample]:
         return
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(
-        dataset, batch_size=None, num_workers=workers, collate_fn=_as_is,
-        worker_init_fn=_quiet_worker, prefetch_factor=4,
+    loader = DataLoader(  # a few samples per message: less of DataLoader's cost per image
+        dataset, batch_size=CHUNK, num_workers=workers, collate_fn=_as_list,
+        worker_init_fn=_quiet_worker, prefetch_factor=2,
     )  # fmt: skip
     with warnings.catch_warnings():  # more workers than cores is the user's call
         warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
         iterator = iter(loader)
     try:
-        yield from iterator
+        for chunk in iterator:
+            yield from chunk
     finally:  # DataLoader has no public close, and an error's traceback would keep the
         iterator._shutdown_workers()  # iterator and its workers alive
 
