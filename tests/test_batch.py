@@ -561,3 +561,64 @@ def test_an_error_in_the_forward_stops_the_run_after_the_images_before_it(tmp_pa
     assert calls == ["MainThread"] * 4  # the forward runs in the calling thread
     assert len(records(tmp_path / "out")) == 3
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_runner_writes_what_predict_predicts(tmp_path, images, workers):
+    """The batch runner's stages (DataLoader workers, forward here, finish on a writer thread)
+    give each image the depth of ``pipeline.predict`` on it alone, to ``PATH_RTOL``."""
+    from conftest import PATH_RTOL
+    from metricdepth.pipeline import predict
+
+    model, items, out = tiny_model(), collect_inputs([images]), tmp_path / "out"
+    summary = run_batch(model, items, out, {"depth"}, focal=40.0, workers=workers, progress=False)
+    assert summary.done == N_IMAGES
+    for item in items:
+        alone = predict(model, item.image, 40.0)
+        written = np.load(output_paths(out, item.stem, {"depth"})["depth"])
+        assert written.shape == alone.depth_m.shape and (written > 0).all()
+        np.testing.assert_allclose(written, alone.depth_m, rtol=PATH_RTOL, atol=0)
+        record = json.loads(output_paths(out, item.stem, set())["record"].read_text())
+        assert record["camera"] == alone.summary()["camera"]
+
+
+def test_a_rerun_with_fewer_kinds_deletes_the_earlier_extra_files(tmp_path, images):
+    """An image's files from an earlier run with more ``--save`` kinds do not stay beside the
+    new record as if current: the rerun deletes them (other images' files are left alone)."""
+    items = collect_inputs([images])[:3]
+    out = tmp_path / "out"
+    run_batch(tiny_model(), items, out, {"depth", "png16", "vis"}, progress=False)
+    assert len(list(out.glob("*.vis.png"))) == 3
+    run_batch(tiny_model(), items[:2], out, {"depth"}, focal=40.0, progress=False)
+    for item in items[:2]:
+        record = json.loads((out / f"{item.stem}.json").read_text())
+        assert record["files"] == {"depth": f"{item.stem}.depth.npy"}
+        left = sorted(p.name for p in out.glob(f"{item.stem}.*"))
+        assert left == [f"{item.stem}.depth.npy", f"{item.stem}.json"]
+    assert (out / f"{items[2].stem}.vis.png").is_file()  # not part of the rerun
+
+
+def test_a_crash_while_writing_an_image_leaves_none_of_its_files(tmp_path, images, monkeypatch):
+    """A bug raised while an image's third file is written (after two were written under
+    temporary names): none of that image's files appears, no temporary is left, and the
+    images before it are complete."""
+    import metricdepth.files as files
+
+    items = collect_inputs([images])
+    victim, real = items[5], files.write_ply
+
+    def write_ply(path, *args, **kwargs):
+        if Path(path).name == f"{Path(victim.stem).name}.ply":
+            raise RuntimeError("a bug in the PLY writer")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "write_ply", write_ply)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="a bug in the PLY writer"):
+        run_batch(tiny_model(), items, out, {"depth", "png16", "ply"}, focal=40.0,
+                  keep_going=True, progress=False)  # fmt: skip
+    assert not list(out.rglob(f"{Path(victim.stem).name}.*"))
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    for item in items[:5]:
+        paths = output_paths(out, item.stem, {"depth", "png16", "ply"})
+        assert all(path.is_file() for path in paths.values()), item.stem

@@ -544,6 +544,8 @@ def synth(
 
         if n < 1:
             raise ValueError(f"--n must be >= 1, got {n}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out} exists and is not a folder")
         height, width = parse_size(size, "--size")
         config = SynthConfig(height=height, width=width, sizes=((height, width),))
         path = write_dataset(out, n, seed=seed, config=config)
