@@ -92,10 +92,11 @@ def forward_only(stages, inputs) -> float:
 def measure(key: str, images: int, repeats: int, workers: int, tmp: Path) -> dict:
     import torch
 
-    from metricdepth.batch import Stages, network_threads, run_batch
+    from metricdepth.batch import network_threads, run_batch
     from metricdepth.camera import Camera
     from metricdepth.data.inputs import collect_inputs
     from metricdepth.io import read_image
+    from metricdepth.stages import Stages
 
     label, (height, width), goal = MODELS[key]
     model = load(key).eval()

@@ -452,7 +452,7 @@ def test_a_post_processing_error_is_one_failed_image_in_either_writer(
 ):
     """A ValueError while mapping the outputs back (``finish``, on a writer thread) fails that
     image only, with ``keep_going``; else it stops the run."""
-    from metricdepth.batch import Stages
+    from metricdepth.stages import Stages
 
     real = Stages.finish
     items = collect_inputs([images])

@@ -1081,7 +1081,7 @@ def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path, cli_run, monkeypatch
     """The first Ctrl-C ends a batch cleanly (below); a second one during the images under
     way stops at once, through the real typer app: one ``error: interrupted`` line, exit 130
     (not typer's "Aborted!" and exit 1), no temporary left, SIGINT's handler restored."""
-    from metricdepth.batch import Stages
+    from metricdepth.stages import Stages
 
     folder = tmp_path / "in"
     folder.mkdir()

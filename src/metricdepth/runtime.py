@@ -127,7 +127,7 @@ class OnnxModel:
         path: the file.
     """
 
-    needs_image = True  # batch.Stages hands over the decoded image, not a canvas
+    needs_image = True  # stages.Stages hands over the decoded image, not a canvas
     device = torch.device("cpu")
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
