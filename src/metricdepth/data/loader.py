@@ -144,12 +144,12 @@ def load(dataset: PredictionInputs, workers: int) -> Iterator[Sample]:
         return
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(  # a few samples per message: less of DataLoader's cost per image
-        dataset, batch_size=CHUNK, num_workers=workers, collate_fn=_as_list,
-        worker_init_fn=_quiet_worker, prefetch_factor=2,
-    )  # fmt: skip
     with warnings.catch_warnings():  # more workers than cores is the user's call
         warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
+        loader = DataLoader(  # a few samples per message: less of DataLoader's cost per image
+            dataset, batch_size=CHUNK, num_workers=workers, collate_fn=_as_list,
+            worker_init_fn=_quiet_worker, prefetch_factor=2,
+        )  # fmt: skip
         iterator = iter(loader)
     try:
         for chunk in iterator:
