@@ -80,11 +80,11 @@ def make_images(folder: Path, count: int, height: int, width: int) -> None:
         cv2.imwrite(str(folder / f"img_{k:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
-def forward_only(stages, inputs) -> float:
+def forward_only(predictor, inputs) -> float:
     """Images/s of the bare forward over prepared inputs, one image per pass."""
     started = time.perf_counter()
     for x in inputs:
-        out = stages.forward(x)
+        out = predictor.forward(x)
     out["depth_c"].cpu()  # an accelerator has finished
     return len(inputs) / (time.perf_counter() - started)
 
@@ -96,27 +96,24 @@ def measure(key: str, images: int, repeats: int, workers: int, tmp: Path) -> dic
     from metricdepth.camera import Camera
     from metricdepth.data.inputs import collect_inputs
     from metricdepth.io import read_image
-    from metricdepth.stages import Stages
+    from metricdepth.predictor import Predictor
 
     label, (height, width), goal = MODELS[key]
     model = load(key).eval()
     folder = tmp / key
     make_images(folder / "in", images, height, width)
     items = collect_inputs([folder / "in"])
-    stages = Stages(model, model.spec.focal_mode)
+    predictor = Predictor(model)
     camera = Camera(300.0, 300.0, (width - 1) / 2, (height - 1) / 2, width, height)
-    inputs = [
-        torch.from_numpy(stages.prepare(read_image(i.image)[0], camera, "given").x)[None]
-        for i in items
-    ]
+    inputs = [predictor.prepare(read_image(i.image)[0], camera, "given").x[None] for i in items]
     threads = torch.get_num_threads()
     torch.set_num_threads(network_threads(workers))  # what run_batch gives the network
     try:
-        forward_only(stages, inputs[:1])  # warm-up
+        forward_only(predictor, inputs[:1])  # warm-up
         forward, batch = [], []
         load_before = os.getloadavg()
         for repeat in range(repeats):
-            forward.append(forward_only(stages, inputs))
+            forward.append(forward_only(predictor, inputs))
             summary = run_batch(
                 model, items, folder / f"out{repeat}", {"depth"}, focal=300.0,
                 workers=workers, progress=False,
@@ -126,7 +123,7 @@ def measure(key: str, images: int, repeats: int, workers: int, tmp: Path) -> dic
             batch.append(summary.images_per_s)
             print(f"  {key} run {repeat + 1}: forward-only {forward[-1]:.3f}, batch "
                   f"{batch[-1]:.3f} images/s", flush=True)  # fmt: skip
-        forward.append(forward_only(stages, inputs))
+        forward.append(forward_only(predictor, inputs))
         load_after = os.getloadavg()
         network = torch.get_num_threads()
     finally:

@@ -148,6 +148,7 @@ def run_config(args, variant: str) -> dict:
         "grad_clip": 1.0,
         "losses": json.loads(args.losses),
         "precision": args.precision,
+        "clamp_gradient": args.clamp_gradient,
         "checkpoint_every": args.steps,
         "keep_checkpoints": 1,
         "log_every": 1,
@@ -270,6 +271,13 @@ def loss_curve(run_dir: Path, window: int = WINDOW) -> dict:
         "images_per_s_last": log[-1].get("images_per_s"),
         "elapsed_s_last": log[-1].get("elapsed_s"),
     }
+
+
+def native_precision() -> str:
+    """``bf16`` where this CPU runs bfloat16 matrix products natively, else ``fp32``."""
+    import torch
+
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 # ---------------------------------------------------------------------- report
@@ -404,7 +412,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-encoder", type=float, default=5e-5)
     parser.add_argument("--lr-decoder", type=float, default=1e-4)
     parser.add_argument("--warmup", type=int, default=None, help="steps (default steps / 10)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 where oneDNN has native bf16 (AVX-512 BF16 / AMX), else fp32 "
+        "(bf16 is emulated, many times slower, on AVX2-only CPUs)",
+    )
+    parser.add_argument(
+        "--clamp-gradient",
+        choices=("straight_through", "official"),
+        default="straight_through",
+        help="config.clamp_gradient: the decoder clamp's gradient (default straight_through)",
+    )
     parser.add_argument("--losses", default='{"gru_sequence": 1.0}', help="config.losses, JSON")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
@@ -434,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.crop = list(args.crop)
+    if args.precision == "auto":
+        args.precision = native_precision()
     if args.crop[0] % 28 or args.crop[1] % 28:
         parser.error(f"--crop must be multiples of 28, got {args.crop}")
 

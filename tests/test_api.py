@@ -14,7 +14,7 @@ from PIL import ExifTags, Image
 import metricdepth
 from metricdepth import Camera, CanonicalSpace, from_canonical, load_image, prepare_input
 from metricdepth.camera import DEFAULT_FOV_X_DEG
-from metricdepth.exif import resolve_camera
+from metricdepth.cameras import resolve_camera
 from metricdepth.io import rgb_from_pil
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -452,19 +452,19 @@ def test_a_post_processing_error_is_one_failed_image_in_either_writer(
 ):
     """A ValueError while mapping the outputs back (``finish``, on a writer thread) fails that
     image only, with ``keep_going``; else it stops the run."""
-    from metricdepth.stages import Stages
+    from metricdepth.predictor import Predictor
 
-    real = Stages.finish
+    real = Predictor.finish
     items = collect_inputs([images])
     victim = items[4]
     width = cv2.imread(str(victim.image)).shape[1]  # no other image is as wide
 
-    def finish(self, out, prepared):
+    def finish(self, out, prepared, *args):
         if prepared.camera.width == width:
             raise ValueError(f"{victim.image}: cannot map the depth back")
-        return real(self, out, prepared)
+        return real(self, out, prepared, *args)
 
-    monkeypatch.setattr(Stages, "finish", finish)
+    monkeypatch.setattr(Predictor, "finish", finish)
     out = tmp_path / "out"
     summary = run_batch(
         tiny_model(), items, out, {"depth"}, focal=40.0, workers=workers, keep_going=True,

@@ -11,7 +11,8 @@ from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
 from metricdepth.camera import DEFAULT_FOV_X_DEG, Camera
-from metricdepth.exif import camera_from_exif, camera_from_pil, camera_report, resolve_camera
+from metricdepth.cameras import camera_report, resolve_camera
+from metricdepth.exif import camera_from_exif, camera_from_pil
 from metricdepth.io import read_image
 
 B = ExifTags.Base
@@ -388,59 +389,3 @@ def test_unreadable_file_is_one_line_error_naming_it(tmp_path, content):
     assert str(path) in message and "\n" not in message
     with pytest.raises(ValueError, match="broken.jpg"):
         resolve_camera(path)
-
-
-# ---------------------------------------------------------------------- the policy
-def test_resolve_camera_order(tmp_path):
-    path = write_jpeg(
-        tmp_path / "a.jpg", exif_tags={B.FocalLengthIn35mmFilm: 26}, ifd0={B.Orientation: 6}
-    )
-    camera, source, report = resolve_camera(path)
-    assert source == "exif" and report["warning"] is None
-    assert_camera(camera, F35_26_640x480, F35_26_640x480, 239.5, 319.5, 480, 640)
-
-    camera, source, report = resolve_camera(path, intrinsics=[500, 510, 240, 320])
-    assert source == "given" and camera == Camera(500, 510, 240, 320, 480, 640)
-    assert report["exif"]["rule"] == "f35_diagonal"  # what EXIF said is still reported
-    camera, source, _ = resolve_camera(path, intrinsics="500,510,240,320")
-    assert source == "given" and camera == Camera(500, 510, 240, 320, 480, 640)
-    given = Camera(400, 400, 239.5, 319.5, 480, 640)
-    assert resolve_camera(path, intrinsics=given)[:2] == (given, "given")
-
-    camera, source, _ = resolve_camera(path, focal=600.0)
-    assert source == "given" and camera == Camera(600, 600, 239.5, 319.5, 480, 640)
-
-
-def test_resolve_camera_from_size_and_errors(tmp_path):
-    camera, source, report = resolve_camera((640, 480))
-    assert source == "default" and report["exif"] is None
-    assert camera.fov_x_deg == pytest.approx(DEFAULT_FOV_X_DEG)
-    assert resolve_camera((640, 480), focal=500)[0] == Camera(500, 500, 319.5, 239.5, 640, 480)
-    with pytest.raises(ValueError, match="not both"):
-        resolve_camera((640, 480), intrinsics=[1, 1, 1, 1], focal=1)
-    with pytest.raises(ValueError, match="4 comma-separated"):
-        resolve_camera((640, 480), intrinsics="1,2,3")
-    with pytest.raises(ValueError, match="focal"):
-        resolve_camera((640, 480), focal=-3)
-    with pytest.raises(ValueError, match="640x480"):
-        resolve_camera((640, 480), intrinsics=Camera(1, 1, 1, 1, 480, 640))
-
-
-def test_camera_report_text(tmp_path):
-    tags = {B.FocalLengthIn35mmFilm: 26, B.FocalLength: IFDRational(17, 4)}
-    path = write_jpeg(tmp_path / "a.jpg", exif_tags=tags, ifd0={B.Orientation: 6})
-    text = camera_report(path)
-    for expected in (
-        "FocalLengthIn35mmFilm: 26 mm",
-        "FocalLength: 4.25 mm",
-        "orientation 6",
-        "f35_diagonal",
-        "camera source: exif",
-        "fx=480.74 fy=480.74 cx=239.50 cy=319.50",
-        "size 480x640",
-        "degrees",
-    ):
-        assert expected in text, expected
-    assert "camera source: given" in camera_report(path, focal=500)
-    default = camera_report(write_jpeg(tmp_path / "b.jpg"))
-    assert "camera source: default" in default and "warning:" in default

@@ -47,6 +47,7 @@ from conftest import (
 from metricdepth import cli
 from metricdepth.batch import run_batch
 from metricdepth.camera import Camera
+from metricdepth.cameras import camera_for_size, parse_intrinsics, resolve_camera
 from metricdepth.canonical import (
     CanonicalSpace,
     from_canonical,
@@ -58,7 +59,6 @@ from metricdepth.canonical import (
 )
 from metricdepth.data.annotations import read_annotations
 from metricdepth.data.inputs import collect_inputs
-from metricdepth.exif import camera_for_size, parse_intrinsics, resolve_camera
 from metricdepth.files import WriteError
 from metricdepth.frame import Frame
 from metricdepth.io import read_depth, read_image
@@ -1081,13 +1081,13 @@ def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path, cli_run, monkeypatch
     """The first Ctrl-C ends a batch cleanly (below); a second one during the images under
     way stops at once, through the real typer app: one ``error: interrupted`` line, exit 130
     (not typer's "Aborted!" and exit 1), no temporary left, SIGINT's handler restored."""
-    from metricdepth.stages import Stages
+    from metricdepth.predictor import Predictor
 
     folder = tmp_path / "in"
     folder.mkdir()
     for k in range(6):
         Image.new("RGB", (32, 24), (40 * k, 20, 200 - 30 * k)).save(folder / f"im{k}.png")
-    real = Stages.run
+    real = Predictor.forward
     calls = []
 
     def twice_interrupted(*args, **kwargs):
@@ -1098,7 +1098,7 @@ def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path, cli_run, monkeypatch
             time.sleep(0.5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(Stages, "run", twice_interrupted)
+    monkeypatch.setattr(Predictor, "forward", twice_interrupted)
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "out"
     error_line(cli_run("predict", folder, "--out", out), "error: interrupted", code=130)

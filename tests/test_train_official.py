@@ -77,6 +77,45 @@ def test_vit_training_mode_returns_every_iteration_and_eval_is_unchanged():
     assert all((t >= 0.1).all() and (t <= 200).all() for t in train_out["predictions_list"])
 
 
+def _floor_case(mode: str):
+    """Tiny ViT in training mode whose last depth-delta bias pushes every pixel far below the
+    0.1 floor; the GRU-sequence objective's gradient w.r.t. that bias, and the outputs."""
+    torch.manual_seed(0)
+    net = arch.build_network("metric3d_vit", {"size": "tiny"})
+    arch.set_clamp_gradient(net, mode)
+    head = net.depth_model.decoder
+    bias = head.update_block.flow_head.conv2d.bias
+    with torch.no_grad():
+        bias[0] = -50.0  # state -50 per iteration: depth 100 * -50 + 200, far below 0.1
+    x = torch.randn(1, 3, 56, 84)
+    out = net(x)
+    target = torch.full_like(out["depth_c"], 5.0)
+    loss = sum((p - target).abs().mean() for p in out["predictions_list"][1:])
+    (grad,) = torch.autograd.grad(loss, bias)
+    return out, grad[0]
+
+
+def test_clamp_gradient_straight_through_keeps_values_and_lets_the_floor_learn():
+    official, grad_official = _floor_case("official")
+    passing, grad_passing = _floor_case("straight_through")
+    # every pixel at the floor (0.1 through float32 ReLUs: 200 - 199.9 = 0.1000061)
+    assert (official["depth_c"] < 0.1001).all()
+    for key in ("depth_c", "confidence", "normal"):
+        assert torch.equal(official[key], passing[key])  # same code path for values
+    assert grad_official == 0.0  # the ReLU floor passes no gradient: the state is stuck
+    # straight-through: L1 towards 5 > 0.1 pushes the state up (negative gradient)
+    assert grad_passing < -1.0
+    with pytest.raises(ValueError, match="clamp_gradient must be one of"):
+        arch.set_clamp_gradient(arch.build_network("metric3d_vit", {"size": "tiny"}), "leaky")
+
+
+def test_training_applies_the_configured_clamp_gradient(tmp_path):
+    assert vit_tiny(tmp_path).clamp_gradient == "straight_through"
+    assert vit_tiny(tmp_path, clamp_gradient="official").clamp_gradient == "official"
+    with pytest.raises(ValueError, match="clamp_gradient: must be one of"):
+        vit_tiny(tmp_path, clamp_gradient="leaky")
+
+
 def test_convnext_training_mode_returns_one_entry_lists():
     torch.manual_seed(0)
     net = arch.build_network("metric3d_convnext", {"size": "tiny"})

@@ -28,13 +28,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from metricdepth.cameras import check_one_camera, image_camera_mismatch
 from metricdepth.data.inputs import InputItem, check_shard, shard_items
 from metricdepth.data.loader import (
     STOP_SIGNALS,
@@ -51,8 +53,8 @@ from metricdepth.files import (
     remove_stale_temporaries,
     write_prediction,
 )
-from metricdepth.prediction import Prediction, timings_ms
-from metricdepth.stages import Stages
+from metricdepth.prediction import Prediction
+from metricdepth.predictor import Predictor, collate, prepare, split
 
 #: Writer threads without and with fsync: without, the work only uses the CPU and a second
 #: thread only adds GIL hand-offs with the network; with fsync each file waits on the disk and
@@ -73,6 +75,8 @@ class BatchSummary:
         skipped: images skipped as already finished (``resume``).
         failed: one line per bad image (``keep_going``): ``"PATH: problem"``.
         default_camera: images predicted with the default camera (no intrinsics anywhere).
+        camera_mismatch: images whose camera does not fit a model trained on one assumed
+            camera (``cameras.image_camera_mismatch``); ``mismatch_example``: the first's line.
         interrupted: stopped early by SIGINT or SIGTERM; ``resume`` finishes the rest.
         elapsed_s: wall time of the run in seconds (start-up of the workers included).
         shard: ``(i, n)`` when the run was one shard of n.
@@ -83,6 +87,8 @@ class BatchSummary:
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     default_camera: int = 0
+    camera_mismatch: int = 0
+    mismatch_example: str | None = None
     interrupted: bool = False
     elapsed_s: float = 0.0
     shard: tuple[int, int] | None = None
@@ -162,17 +168,14 @@ def run_batch(
     from metricdepth.models.registry import provenance
 
     made_by = provenance(model)  # hashes the weights file once, here
-    stages = Stages(model, mode, distortion, alpha)
+    predictor = Predictor(model, mode)
     dataset = PredictionInputs(
-        pending, stages.prepare, intrinsics=intrinsics, focal=focal,
+        pending, _stage_one(predictor, distortion, alpha), intrinsics=intrinsics, focal=focal,
         keep_image=bool(save & {"ply", "vis"}),
     )  # fmt: skip
 
     def finish(item: InputItem, sample, out: dict, forward_s: float):
-        begun = time.perf_counter()
-        prediction = stages.finish(out, sample.prepared)
-        took = timings_ms(sample.pre_s, forward_s, time.perf_counter() - begun)
-        prediction = replace(prediction, timings_ms=took)
+        prediction = predictor.finish(out, sample.prepared, forward_s)
         about = {**made_by, "input": str(item.image)}
         written = write_prediction(
             prediction, sample.image, out_dir, item.stem, save, sync=fsync, about=about
@@ -195,6 +198,9 @@ def run_batch(
         else:
             summary.done += 1
             summary.default_camera += prediction.camera_source == "default"
+            if message := image_camera_mismatch(model.spec, prediction.camera, mode):
+                summary.camera_mismatch += 1
+                summary.mismatch_example = summary.mismatch_example or message
             if on_done is not None:
                 on_done(item, prediction, written)
         advance()
@@ -215,7 +221,7 @@ def run_batch(
                 advance()
             else:
                 begun = time.perf_counter()
-                out = stages.run(sample.prepared)
+                out = _forward_one(predictor, sample.prepared)
                 forward_s = time.perf_counter() - begun
                 writes.append((item, pool.submit(finish, item, sample, out, forward_s)))
             while writes and (len(writes) > MAX_WRITES_AHEAD or writes[0][1].done()):
@@ -248,18 +254,21 @@ def iter_predictions(
     ``image`` is the RGB when ``keep_images``, else None.
     """
     mode = _check_arguments(model, workers, intrinsics, focal, focal_mode)
-    stages = Stages(model, mode, distortion, alpha)
+    predictor = Predictor(model, mode)
     dataset = PredictionInputs(
-        items, stages.prepare, intrinsics=intrinsics, focal=focal, keep_image=keep_images
-    )
+        items, _stage_one(predictor, distortion, alpha), intrinsics=intrinsics, focal=focal,
+        keep_image=keep_images,
+    )  # fmt: skip
     with worker_deaths(), closing(load(dataset, workers)) as samples:
         for sample in samples:
             item = dataset.items[sample.index]
             if sample.error is not None:
                 yield item, sample.error, None
             else:
-                out = stages.run(sample.prepared)
-                yield item, stages.finish(out, sample.prepared), sample.image
+                begun = time.perf_counter()
+                out = _forward_one(predictor, sample.prepared)
+                forward_s = time.perf_counter() - begun
+                yield item, predictor.finish(out, sample.prepared, forward_s), sample.image
 
 
 def predict_to_files(
@@ -293,14 +302,28 @@ def predict_to_files(
 
 
 # ------------------------------------------------------------------ helpers
+def _stage_one(predictor: Predictor, distortion, alpha) -> Callable:
+    """``prepare(image, camera, source) -> Prepared`` of ``predictor`` without its model (the
+    module-level ``predictor.prepare`` with the space and focal mode bound; cheap to pickle
+    into loader workers)."""
+    return partial(
+        prepare, predictor.space, predictor.focal_mode,
+        takes=predictor.backend.takes, distortion=distortion, alpha=alpha,
+    )  # fmt: skip
+
+
+def _forward_one(predictor: Predictor, prepared) -> dict:
+    """``Predictor.forward`` of one image (a batch of one) -> its outputs (``split``)."""
+    return split(predictor.forward(collate([prepared])))[0]
+
+
 def _check_arguments(model, workers, intrinsics, focal, focal_mode) -> str:
     """The focal mode to use, or a ValueError for a bad argument of the batch functions."""
     from metricdepth.camera import check_focal_mode
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
-    if intrinsics is not None and focal is not None:
-        raise ValueError("give either intrinsics or focal, not both")
+    check_one_camera(intrinsics, focal)
     return check_focal_mode(focal_mode or model.spec.focal_mode)
 
 

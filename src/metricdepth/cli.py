@@ -69,7 +69,7 @@ def check_device(device: str) -> None:
 
 def resolve_camera(image: Path, intrinsics: str | None, focal: float | None):
     """The camera of an image file (given, EXIF or the announced default) and its source."""
-    from metricdepth.exif import resolve_camera as resolve
+    from metricdepth.cameras import resolve_camera as resolve
 
     camera, source, report = resolve(image, intrinsics=intrinsics, focal=focal)
     if report.get("warning"):
@@ -175,8 +175,7 @@ def run_canonical(
 
     import cv2
 
-    from metricdepth.canonical import inference_record, to_canonical
-    from metricdepth.frame import Frame
+    from metricdepth.canonical import canonical_canvas
     from metricdepth.io import atomic_write, read_image
     from metricdepth.models.registry import model_spec
 
@@ -200,7 +199,7 @@ def run_canonical(
     space = replace(spec.space, **changes)
     rgb, _ = read_image(image)
     camera, source = resolve_camera(image, intrinsics, focal)
-    record = inference_record(camera, space, focal_mode or spec.focal_mode)
+    canvas, record = canonical_canvas(rgb, camera, space, focal_mode or spec.focal_mode)
     if image == EXAMPLE_IMAGE and source == "given" and intrinsics is not None:
         source = "annotation"  # the bundled example's published calibration
     summary = {
@@ -211,12 +210,11 @@ def run_canonical(
         "record": record.to_dict(),
     }
     if out is not None:
-        canvas = to_canonical(Frame(rgb, camera), record, pad_rgb=space.pad_rgb)
         stem = Path(image).stem
         png, meta = Path(out) / f"{stem}.canonical.png", Path(out) / f"{stem}.canonical.json"
         summary["written"] = [str(png), str(meta)]
         with atomic_write(png) as tmp:
-            if not cv2.imwrite(str(tmp), canvas.image[:, :, ::-1]):
+            if not cv2.imwrite(str(tmp), canvas[:, :, ::-1]):
                 raise ValueError(f"could not write {png}")
         with atomic_write(meta) as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
@@ -313,19 +311,15 @@ def run_predict(
 ):  # fmt: skip
     """The work of ``metricdepth predict``: ``(batch summary, files skipped in folders)``."""
     from metricdepth.batch import run_batch
-    from metricdepth.camera import DEFAULT_FOV_X_DEG, check_focal_mode
+    from metricdepth.camera import check_focal_mode
+    from metricdepth.cameras import CameraOptions, default_count_warning
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
     from metricdepth.distortion import lens_from_options
-    from metricdepth.exif import check_focal, parse_intrinsics
     from metricdepth.files import parse_save
 
     kinds = parse_save(save)
     lens = lens_from_options(distortion, fisheye)
-    if intrinsics is not None and focal is not None:
-        raise ValueError("give either --intrinsics or --focal, not both")
-    values = parse_intrinsics(intrinsics) if intrinsics is not None else None
-    if focal is not None:
-        check_focal(focal, "--focal")
+    values = CameraOptions.parse(intrinsics, focal, flags=True).intrinsics
     if focal_mode is not None:
         check_focal_mode(focal_mode)
     skipped: list = []
@@ -340,8 +334,8 @@ def run_predict(
     check_device(device)
     shard_range = parse_shard(shard) if shard is not None else None
     net = load_predictor(model, weights, device, backend, precision, workers)
-    warn_assumed_camera(getattr(net, "spec", None), values, focal, focal_mode)
-    if lens is not None and getattr(net, "needs_image", False):
+    warn_assumed_camera(net.spec, values, focal, focal_mode)
+    if lens is not None and "image" in net.takes:
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
         )
@@ -358,12 +352,7 @@ def run_predict(
         distortion=lens, fsync=fsync,
     )  # fmt: skip
     if summary.default_camera:
-        typer.echo(
-            f"warning: {summary.default_camera} image(s) had no intrinsics and no EXIF focal; "
-            f"assumed a {DEFAULT_FOV_X_DEG:g} degree horizontal field of view "
-            "(camera source: default)",
-            err=True,
-        )
+        typer.echo(f"warning: {default_count_warning(summary.default_camera)}", err=True)
     if summary.done:
         trust_warning(net)  # after the run: a refused or failed run stays one error line
     return summary, len(skipped)
@@ -371,23 +360,9 @@ def run_predict(
 
 def warn_assumed_camera(spec, intrinsics, focal, focal_mode) -> None:
     """One ``warning:`` line when ``spec`` assumed its camera and the run's may differ."""
-    assumed = getattr(spec, "assumed_focal_px", None)
-    if assumed is None:
-        return
-    from metricdepth.pipeline import assumed_focal_mismatch
+    from metricdepth.cameras import run_camera_warning
 
-    if intrinsics is not None:
-        mode = focal_mode or spec.focal_mode
-        focal = intrinsics[0] if mode == "fx" else (intrinsics[0] + intrinsics[1]) / 2
-    if focal is not None:
-        message = assumed_focal_mismatch(spec, focal)
-    else:
-        message = (
-            f"model {spec.name!r} was trained on one camera of unknown intrinsics with an "
-            f"assumed focal of {assumed:g} px; images get their own cameras here (annotation, "
-            f"EXIF or default): for images of that camera give --focal {assumed:g}"
-        )
-    if message:
+    if message := run_camera_warning(spec, intrinsics, focal, focal_mode):
         typer.echo(f"warning: {message}", err=True)
 
 
@@ -487,7 +462,7 @@ def camera(
     focal: Annotated[float | None, typer.Option(help="Focal length in pixels.")] = None,
 ) -> None:
     """Print the camera metricdepth would use for IMAGE: EXIF findings, rule, intrinsics."""
-    from metricdepth.exif import camera_report
+    from metricdepth.cameras import camera_report
 
     try:
         typer.echo(camera_report(image, intrinsics, focal))

@@ -1,15 +1,10 @@
-"""The camera of a photo from its EXIF tags, and the policy that picks every image's camera.
+"""The camera of a photo as its EXIF tags describe it: reading and interpreting the tags only.
 
 ``camera_from_exif(path)`` reads the tags with Pillow (no decoding of the pixels) and returns the
 camera of the image *as displayed* (EXIF orientation applied, the size ``metricdepth.io``
-returns) or None, plus a JSON-ready report of what was found and which rule was used.
-``resolve_camera`` is the whole policy used by the command line and the Python API:
-
-1. ``intrinsics`` given (``[fx, fy, cx, cy]``, ``"fx,fy,cx,cy"`` or a ``Camera``) -> "given";
-2. ``focal`` given (pixels, principal point at the image centre) -> "given";
-3. a focal length from EXIF -> "exif";
-4. otherwise ``DEFAULT_FOV_X_DEG`` horizontal field of view, centred -> "default" (with a warning
-   in the report).
+returns) or None, plus a JSON-ready report of what was found and which rule was used. Which
+camera an image gets (given, annotation, EXIF or the default) is decided in
+``metricdepth.cameras``, which calls this module for the EXIF step.
 
 EXIF rules, in order (only the Exif sub-IFD holds these tags; Pillow's ``getexif()`` alone is
 IFD0, so the tags are read from ``get_ifd(IFD.Exif)``, then IFD0 as a fallback):
@@ -75,23 +70,21 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 from PIL.TiffImagePlugin import IFDRational
 
-from metricdepth.camera import DEFAULT_FOV_X_DEG, EXIF_ORIENTATIONS, Camera
+from metricdepth.camera import EXIF_ORIENTATIONS, Camera
 
 __all__ = [
     "DIGITAL_ZOOM_MODES",
     "FILM_DIAGONAL_MM",
+    "ORIENTATION_NAMES",
     "camera_from_exif",
-    "camera_for_size",
-    "camera_report",
-    "parse_intrinsics",
-    "resolve_camera",
+    "camera_from_pil",
+    "tag_number",
 ]
 
 DigitalZoomMode = Literal["auto", "apply", "ignore"]
@@ -149,7 +142,7 @@ RULE_FOCAL_PLANE = "focal_plane"
 
 
 # ---------------------------------------------------------------------- tag values
-def _number(value: Any) -> float | None:
+def tag_number(value: Any) -> float | None:
     """A finite float from an EXIF value (int, float, IFDRational, 1-tuple, num/den), or None."""
     if isinstance(value, bool):
         return None
@@ -160,7 +153,7 @@ def _number(value: Any) -> float | None:
     elif isinstance(value, numbers.Real):
         number = float(value)
     elif isinstance(value, tuple) and len(value) == 1:
-        return _number(value[0])
+        return tag_number(value[0])
     elif (
         isinstance(value, tuple)
         and len(value) == 2
@@ -211,7 +204,7 @@ class _Tags:
         """The tag as a number in ``(0, inf)`` and within ``[low, high]``, else None (noted)."""
         if name not in self._raw:
             return None
-        number = _number(self._raw[name])
+        number = tag_number(self._raw[name])
         if number is None:
             self.ignored[name] = f"not a number: {self.found[name]}"
         elif number == 0:
@@ -228,7 +221,7 @@ class _Tags:
         """The tag as an int in ``allowed``, else None (noted)."""
         if name not in self._raw:
             return None
-        number = _number(self._raw[name])
+        number = tag_number(self._raw[name])
         if number is None or number != int(number) or int(number) not in allowed:
             self.ignored[name] = f"not one of {sorted(allowed)}: {self.found[name]}"
             return None
@@ -404,7 +397,7 @@ def _zoom_ratio(tags: _Tags) -> float:
     """DigitalZoomRatio when > 1 (digital zoom used), else 1."""
     if "DigitalZoomRatio" not in tags._raw:
         return 1.0
-    number = _number(tags._raw["DigitalZoomRatio"])
+    number = tag_number(tags._raw["DigitalZoomRatio"])
     if number is not None and number == 0:
         return 1.0  # EXIF: numerator 0 = digital zoom not used
     ratio = tags.positive("DigitalZoomRatio", 0.0, _MAX_ZOOM)
@@ -579,255 +572,3 @@ def _zoom_for_f35(
     if make.lower().startswith("apple"):
         return False, "Apple writes FocalLengthIn35mmFilm with the digital zoom already in it"
     return True, "FocalLengthIn35mmFilm taken as the lens without digital zoom: multiplied"
-
-
-# ---------------------------------------------------------------------- the policy
-def check_focal(value: Any, name: str = "focal") -> float:
-    """A focal length in pixels (a number or its text) as a float, or one ValueError line naming
-    ``name`` when it is not a finite number > 0 (the CLI's ``--focal``, the web form's ``focal``).
-    """
-    if isinstance(value, str):
-        try:
-            number: float | None = float(value)
-        except ValueError:
-            number = None
-    else:
-        number = _number(value)  # None unless a finite number
-    if number is None or not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{name} must be a finite number of pixels > 0, got {value!r}")
-    return number
-
-
-def parse_intrinsics(text: str) -> tuple[float, ...]:
-    """``"fx,fy,cx,cy"`` -> four floats; ``"fx,fy,cx,cy@WxH"`` -> six (the calibrated size).
-
-    ``fx`` and ``fy`` must be finite and > 0, ``cx`` and ``cy`` finite; anything else is one
-    ValueError line quoting the text. ``@WxH`` says which image size the intrinsics were
-    measured on; ``camera_for_size`` then rescales them to each image (same aspect ratio only).
-    """
-    body, _, size = text.partition("@")
-    try:
-        values = tuple(float(v) for v in body.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ValueError(
-            f"intrinsics must be 4 comma-separated numbers fx,fy,cx,cy (optionally @WIDTHxHEIGHT),"
-            f" got {text!r}"
-        )
-    if size:
-        parts = size.lower().split("x")
-        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-            raise ValueError(
-                f"intrinsics: the size after '@' must be WIDTHxHEIGHT in pixels, got {text!r}"
-            )
-        values += (float(parts[0]), float(parts[1]))
-    _check_intrinsics(values, f"intrinsics {text!r}")
-    return values
-
-
-def _check_intrinsics(values: Sequence[float], where: str) -> None:
-    for name, value in zip(("fx", "fy"), values[:2], strict=True):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{where}: {name} must be a finite number > 0, got {value!r}")
-    for name, value in zip(("cx", "cy"), values[2:4], strict=True):
-        if not math.isfinite(value):
-            raise ValueError(f"{where}: {name} must be finite, got {value!r}")
-
-
-def camera_for_size(
-    intrinsics: Sequence[float], width: int, height: int, where: str = "intrinsics"
-) -> Camera:
-    """The camera of a ``width x height`` image (as displayed) from user-given intrinsics.
-
-    ``intrinsics`` is ``[fx, fy, cx, cy]`` for this image size, or ``[fx, fy, cx, cy, W, H]``
-    measured on a ``W x H`` image: those are rescaled exactly (``Camera.resized``) when the
-    aspect ratio agrees to within one pixel, and refused otherwise (a crop cannot be undone).
-    A principal point outside the image is refused: it is the mark of intrinsics written for
-    another image size. (``Camera`` itself accepts any principal point: crops make them.)
-    ``where`` names the source in the one-line ValueError (e.g. ``"--intrinsics"``).
-    """
-    values = [float(v) for v in intrinsics]
-    if len(values) not in (4, 6):
-        raise ValueError(f"{where}: expected [fx, fy, cx, cy] (+ [width, height]), got {values}")
-    _check_intrinsics(values, where)
-    if len(values) == 6 and (values[4], values[5]) != (width, height):
-        cal_w, cal_h = int(values[4]), int(values[5])
-        if (cal_w, cal_h) == (height, width):  # the stored size of a photo shown rotated
-            raise ValueError(
-                f"{where}: the intrinsics are for {cal_w}x{cal_h} pixels but the image as "
-                f"displayed is {width}x{height} (turned by its EXIF orientation?); give the "
-                "intrinsics of the displayed image (fx and fy, cx and cy swapped as the turn "
-                "does) with its size"
-            )
-        if abs(cal_w * height - cal_h * width) > max(width, height, cal_w, cal_h):
-            raise ValueError(
-                f"{where}: the intrinsics are for {cal_w}x{cal_h} pixels but the image is "
-                f"{width}x{height}, another aspect ratio (cropped?), so they cannot be rescaled"
-            )
-        camera = Camera(*values[:4], cal_w, cal_h).resized(width, height)
-    else:
-        camera = Camera(*values[:4], width, height)
-    if not (-0.5 <= camera.cx <= width - 0.5 and -0.5 <= camera.cy <= height - 0.5):
-        raise ValueError(
-            f"{where}: principal point ({camera.cx:g}, {camera.cy:g}) lies outside the "
-            f"{width}x{height} image; intrinsics for another image size? "
-            "give fx,fy,cx,cy@WIDTHxHEIGHT to rescale them"
-        )
-    return camera
-
-
-def resolve_camera(
-    path_or_size: str | os.PathLike | tuple[int, int] | Image.Image,
-    *,
-    intrinsics: Camera | Sequence[float] | str | None = None,
-    focal: float | None = None,
-    digital_zoom: DigitalZoomMode = "auto",
-) -> tuple[Camera, str, dict[str, Any]]:
-    """The camera of an image as displayed, where it came from, and a report.
-
-    ``path_or_size`` is an image file, an open PIL image (its EXIF is read as a file's) or
-    the displayed ``(width, height)`` (then EXIF cannot be consulted). Order: ``intrinsics``
-    (``[fx, fy, cx, cy]``, ``"fx,fy,cx,cy"`` or a ``Camera`` of the displayed size) ->
-    ``"given"``; ``focal`` in pixels (principal point at the centre)
-    -> ``"given"``; the EXIF focal (``camera_from_exif``) -> ``"exif"``; else a
-    ``DEFAULT_FOV_X_DEG`` horizontal field of view -> ``"default"``.
-
-    The report (JSON-ready) has ``source``, ``rule`` (how the camera was obtained, in words),
-    ``camera`` (``Camera.to_dict()``), ``fov_x_deg``, ``fov_y_deg``, ``exif`` (the EXIF report
-    whenever a file was given, even when not used; else None) and ``warning`` (a sentence when
-    the default was assumed, else None). Raises ValueError for both ``intrinsics`` and ``focal``,
-    malformed values, a principal point outside the image (``camera_for_size``; intrinsics
-    measured on another size are given as ``"fx,fy,cx,cy@WxH"`` and rescaled), a ``Camera`` of
-    another size, or an unreadable file.
-    """
-    if intrinsics is not None and focal is not None:
-        raise ValueError("give either intrinsics or focal, not both")
-    exif_camera: Camera | None = None
-    exif_report: dict[str, Any] | None = None
-    if isinstance(path_or_size, (str, os.PathLike)):
-        exif_camera, exif_report = camera_from_exif(path_or_size, digital_zoom=digital_zoom)
-        width, height = exif_report["size"]
-    elif isinstance(path_or_size, Image.Image):
-        exif_camera, exif_report = camera_from_pil(path_or_size, digital_zoom=digital_zoom)
-        width, height = exif_report["size"]
-    else:
-        try:
-            width, height = (int(v) for v in path_or_size)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"path_or_size must be an image path or (width, height), got {path_or_size!r}"
-            ) from None
-        if width <= 0 or height <= 0:
-            raise ValueError(f"image size must be positive, got {width}x{height}")
-
-    warning = None
-    if intrinsics is not None:
-        if isinstance(intrinsics, Camera):
-            if intrinsics.size != (width, height):
-                raise ValueError(
-                    f"the given camera is for {intrinsics.width}x{intrinsics.height} pixels but "
-                    f"the image is {width}x{height} as displayed"
-                )
-            camera = intrinsics
-        else:
-            values = parse_intrinsics(intrinsics) if isinstance(intrinsics, str) else intrinsics
-            camera = camera_for_size(values, width, height)
-        source, rule = "given", "intrinsics given"
-    elif focal is not None:
-        focal_px = check_focal(focal)
-        camera = Camera(focal_px, focal_px, (width - 1) / 2.0, (height - 1) / 2.0, width, height)
-        source, rule = "given", "focal given, principal point at the image centre"
-    elif exif_camera is not None:
-        assert exif_report is not None
-        camera, source = exif_camera, "exif"
-        rule = f"EXIF {exif_report['rule']}: {exif_report['rule_detail']}"
-        if exif_report["digital_zoom_applied"]:
-            rule += f", x digital zoom {exif_report['digital_zoom']:g}"
-    else:
-        camera = Camera.from_fov(DEFAULT_FOV_X_DEG, width, height)
-        source = "default"
-        rule = f"default {DEFAULT_FOV_X_DEG:g} degree horizontal field of view, centred"
-        rejected = exif_report.get("rejected") if exif_report else None
-        why = "no usable EXIF focal length"
-        if rejected:
-            reasons = "; ".join(item["reason"] for item in rejected)
-            rule += f"; exif rejected: {reasons}"
-            why = f"the EXIF focal length was rejected ({reasons})"
-        warning = (
-            f"no intrinsics given and {why}; assuming a {DEFAULT_FOV_X_DEG:g} degree "
-            "horizontal field of view (camera source: default)"
-        )
-    report = {
-        "source": source,
-        "rule": rule,
-        "camera": camera.to_dict(),
-        "fov_x_deg": camera.fov_x_deg,
-        "fov_y_deg": camera.fov_y_deg,
-        "exif": exif_report,
-        "warning": warning,
-    }
-    return camera, source, report
-
-
-# ---------------------------------------------------------------------- the CLI text
-def camera_report(
-    path: str | os.PathLike,
-    intrinsics: Camera | Sequence[float] | str | None = None,
-    focal: float | None = None,
-    *,
-    digital_zoom: DigitalZoomMode = "auto",
-) -> str:
-    """The text ``metricdepth camera IMAGE`` prints: EXIF findings, rule, intrinsics, source."""
-    camera, source, report = resolve_camera(
-        path, intrinsics=intrinsics, focal=focal, digital_zoom=digital_zoom
-    )
-    exif = report["exif"]
-    assert exif is not None
-    stored_w, stored_h = exif["stored_size"]
-    lines = [f"image: {exif['file']}"]
-    orientation = exif["orientation"]
-    size = f"size: {camera.width}x{camera.height} pixels as displayed"
-    if orientation != 1:
-        size += (
-            f" (stored {stored_w}x{stored_h}, EXIF orientation {orientation}: "
-            f"{ORIENTATION_NAMES[orientation]})"
-        )
-    lines.append(size)
-    lines.append("EXIF:")
-    if exif["tags"]:
-        for name, value in exif["tags"].items():
-            why = exif["ignored"].get(name)
-            unit = " mm" if name in ("FocalLength", "FocalLengthIn35mmFilm") and not why else ""
-            lines.append(f"  {name}: {value}{unit}" + (f"  (ignored: {why})" if why else ""))
-    else:
-        lines.append("  (no EXIF tags about the camera)")
-    for note in exif["notes"]:
-        lines.append(f"  note: {note}")
-    if exif["rule"] is not None:
-        lines.append(f"EXIF focal: {exif['rule']}: {exif['rule_detail']}")
-        if exif["digital_zoom"] > 1.0:
-            done = "applied" if exif["digital_zoom_applied"] else "not applied"
-            lines.append(
-                f"digital zoom: {exif['digital_zoom']:g} {done} ({exif['digital_zoom_reason']})"
-            )
-        lines.append(f"EXIF camera: fx={exif['focal_px'][0]:.2f} fy={exif['focal_px'][1]:.2f} px")
-    else:
-        lines.append("EXIF focal: none usable")
-    for item in exif.get("rejected", []):
-        lines.append(f"EXIF focal rejected: {item['rule']}: {item['detail']}: {item['reason']}")
-    lines.append(f"camera source: {source}" + ("" if source == "exif" else f" ({report['rule']})"))
-    lines.append(
-        f"intrinsics: fx={camera.fx:.2f} fy={camera.fy:.2f} cx={camera.cx:.2f} "
-        f"cy={camera.cy:.2f} pixels, size {camera.width}x{camera.height}"
-    )
-    lines.append(
-        f"field of view: {camera.fov_x_deg:.1f} x {camera.fov_y_deg:.1f} degrees "
-        "(horizontal x vertical)"
-    )
-    lines.append(
-        f"reuse with: --intrinsics {camera.fx:.4f},{camera.fy:.4f},{camera.cx:.4f},{camera.cy:.4f}"
-    )
-    if report["warning"]:
-        lines.append(f"warning: {report['warning']}")
-    return "\n".join(lines)

@@ -6,7 +6,6 @@ distortion), so neither of those two has to import the other."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,12 +68,9 @@ class Prediction:
         scale of every depth and distance then rests on that guess."""
         if self.camera_source != "default":
             return None
-        fov = math.degrees(2 * math.atan(self.camera.width / (2 * self.camera.fx)))
-        return (
-            f"camera assumed: no intrinsics given and no usable EXIF focal length, so a "
-            f"{fov:.0f} degree horizontal field of view (fx {self.camera.fx:.1f} px); every "
-            "depth scales with this guess. Give --intrinsics or --focal (camera= in Python)"
-        )
+        from metricdepth.cameras import assumed_camera_warning
+
+        return assumed_camera_warning(self.camera)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready record of how this prediction was made."""

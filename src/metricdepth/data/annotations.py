@@ -6,8 +6,9 @@ Format (``data/*/test_annotations.json`` in Metric3D)::
                 "cam_in": [fx, fy, cx, cy]}, ...]}
 
 ``rgb`` is required; ``depth`` needs ``depth_scale`` (stored value / depth_scale = metres);
-``cam_in`` (pixels, for the *stored* pixel grid of the rgb file) is optional. Optional labels
-for training: ``sky_mask`` (an 8- or 16-bit image, nonzero = sky), or Metric3D's ``sem`` (a
+``cam_in`` (pixels of the rgb image as displayed, EXIF orientation applied; checked by
+``cameras.annotation_camera``) is optional. Optional labels for training: ``sky_mask`` (an 8- or
+16-bit image, nonzero = sky), or Metric3D's ``sem`` (a
 grey semantic-label image, 142 = sky, 255 = no label; not both), and ``normal`` (a ``.npy``
 (H, W, 3) float array of camera-frame normals, x right, y down, z forward, zero = none).
 Other keys are ignored. Paths are relative to a root: the JSON's folder by default, or
@@ -32,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from metricdepth.camera import Camera
+from metricdepth.cameras import parse_cam_in
 from metricdepth.frame import SKY_ID
 from metricdepth.io import atomic_write
 
@@ -100,18 +102,7 @@ def _parse(data: Any, root: Path, source: str) -> list[AnnotationEntry]:
             raise ValueError(f"{where}: 'depth' is given without 'depth_scale'")
         intrinsics = item.get("cam_in")
         if intrinsics is not None:
-            values = intrinsics if isinstance(intrinsics, (list, tuple)) else ()
-            if not (
-                len(values) == 4
-                and all(_is_number(v) and math.isfinite(v) for v in values)
-                and values[0] > 0
-                and values[1] > 0
-            ):
-                raise ValueError(
-                    f"{where}: 'cam_in' must be [fx, fy, cx, cy], 4 finite numbers with "
-                    f"fx, fy > 0, got {intrinsics!r}"
-                )
-            intrinsics = tuple(float(v) for v in values)
+            intrinsics = parse_cam_in(intrinsics, where)
         labels: dict[str, Path] = {}
         for name in LABEL_KEYS:
             if item.get(name) is not None:
@@ -162,10 +153,13 @@ def read_annotations(
 
 
 def camera_for(entry: AnnotationEntry, width: int, height: int) -> Camera:
-    """The camera of ``entry``'s stored image of ``width x height`` pixels, from ``cam_in``."""
+    """The camera of ``entry``'s image of ``width x height`` pixels as displayed, from
+    ``cam_in``, with the checks ``predict`` and eval make (``cameras.annotation_camera``)."""
+    from metricdepth.cameras import annotation_camera
+
     if entry.intrinsics is None:
         raise ValueError(f"annotation {entry.key!r} has no 'cam_in' intrinsics")
-    return Camera.from_intrinsics(entry.intrinsics, width, height)
+    return annotation_camera(entry.intrinsics, width, height)
 
 
 def read_sem(entry: AnnotationEntry) -> np.ndarray | None:

@@ -128,7 +128,7 @@ class AnnotationSource:
     def frame(self, index: int) -> Frame:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        from metricdepth.camera import Camera
+        from metricdepth.cameras import centred_camera
         from metricdepth.data.annotations import camera_for, read_normal, read_sem
         from metricdepth.io import load_image, read_depth
 
@@ -145,8 +145,7 @@ class AnnotationSource:
                     f"{width}x{height}"
                 )
         if entry.intrinsics is None:
-            f = float(self.assumed_focal_px)
-            camera = Camera(f, f, (width - 1) / 2.0, (height - 1) / 2.0, width, height)
+            camera = centred_camera(float(self.assumed_focal_px), width, height)
         else:
             camera = camera_for(entry, width, height)
         result = Frame(image, camera, depth_m, sem=sem, normal=normal)

@@ -39,36 +39,14 @@ def problem_line(path: Path | str, error: BaseException | str) -> str:
     return text if str(path) in text else f"{path}: {text}"
 
 
-def camera_for_item(
-    item: InputItem,
-    width: int,
-    height: int,
-    intrinsics: Sequence[float] | None = None,
-    focal: float | None = None,
-) -> tuple[Any, str | None]:
-    """The camera of one input and its source: command line, then annotation, else
-    ``(None, None)`` (the caller then tries the file's EXIF focal, then the default camera).
-    Intrinsics go through ``exif.camera_for_size`` (rescaled to the image, a principal point
-    outside it refused)."""
-    from metricdepth.camera import Camera
-    from metricdepth.exif import camera_for_size
-
-    if intrinsics is not None:
-        return camera_for_size(intrinsics, width, height, "intrinsics"), "given"
-    if focal is not None:
-        return Camera(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height), "given"
-    if item.intrinsics is not None:
-        return camera_for_size(item.intrinsics, width, height, "annotation cam_in"), "annotation"
-    return None, None
-
-
 @dataclass(frozen=True)
 class Sample:
     """One input as a loader worker hands it over.
 
     Attributes:
         index: position of the item in the dataset.
-        prepared: what ``prepare(image, camera, source)`` returned; None when ``error``.
+        prepared: the ``predictor.Prepared`` of ``prepare(image, camera, source)``; None when
+            ``error``.
         image: the (H, W, 3) uint8 RGB when kept (``ply``/``vis`` outputs), else None.
         error: one line naming the file and the problem when it could not be prepared.
         pre_s: seconds spent reading and preparing it.
@@ -86,7 +64,8 @@ class PredictionInputs:
 
     The pre-processing of ``predict``: the image read with its EXIF orientation; the camera
     from ``intrinsics``/``focal``, else the item's annotation, else the file's EXIF focal, else
-    the default camera (``exif.resolve_camera``); then ``prepare(image, camera, source)``.
+    the default camera (``cameras.camera_for_image``); then ``prepare(image, camera, source)``
+    (``predictor.prepare`` with the model's space and focal mode bound: no model here).
     """
 
     def __init__(
@@ -108,16 +87,17 @@ class PredictionInputs:
     def __getitem__(self, index: int) -> Sample:
         import cv2
 
-        from metricdepth.exif import resolve_camera
+        from metricdepth.cameras import camera_for_image
         from metricdepth.io import read_image
 
         item, started = self.items[index], time.perf_counter()
         try:
             rgb, _ = read_image(item.image)
             height, width = rgb.shape[:2]
-            camera, source = camera_for_item(item, width, height, self.intrinsics, self.focal)
-            if camera is None:
-                camera, source, _ = resolve_camera(item.image)
+            camera, source = camera_for_image(
+                item.image, width, height, intrinsics=self.intrinsics, focal=self.focal,
+                annotation=item.intrinsics,
+            )  # fmt: skip
             prepared = self.prepare(rgb, camera, source)
         except (ValueError, cv2.error) as error:
             return Sample(index, error=problem_line(item.image, error))

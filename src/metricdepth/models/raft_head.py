@@ -388,9 +388,13 @@ class RAFTDepthNormalDPT5(nn.Module):
     * ``normal_out_list``: (B, 4, H, W) unit normal and kappa.
     """
 
+    #: Gradient of the depth clamp (``_clamp``): ``"official"`` or ``"straight_through"``.
+    CLAMP_GRADIENTS = ("official", "straight_through")
+
     def __init__(self, cfg: RAFTHeadConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.clamp_gradient = "official"
         used = cfg.decoder_channels[1]
         h = cfg.hidden_channels
         self.token2feature = EncoderFeature(cfg)
@@ -417,9 +421,18 @@ class RAFTDepthNormalDPT5(nn.Module):
 
     # ----------------------------------------------------------------------------- helpers
     def _clamp(self, x: Tensor) -> Tensor:
-        """Clamp to [min_depth, max_depth] written with two ReLUs, as upstream."""
+        """Clamp to [min_depth, max_depth] written with two ReLUs, as upstream.
+
+        The value is always upstream's. Its gradient is upstream's (none outside the range)
+        unless ``clamp_gradient`` is ``"straight_through"`` (set by training): then the
+        gradient passes as if there were no clamp, so a prediction pushed past the floor is
+        pulled back by the loss instead of staying there with no gradient.
+        """
         y = F.relu(x - self.cfg.min_depth) + self.cfg.min_depth
-        return self.cfg.max_depth - F.relu(self.cfg.max_depth - y)
+        y = self.cfg.max_depth - F.relu(self.cfg.max_depth - y)
+        if self.clamp_gradient == "straight_through" and x.requires_grad:
+            return y.detach() + (x - x.detach())  # value y (x - x is 0), gradient 1
+        return y
 
     def _regress_depth(self, feature: Tensor) -> Tensor:
         """(B, C, h, w) -> initial GRU depth state ``(clamp(E[d]) - max) / scale``, (B, 1, h, w)."""

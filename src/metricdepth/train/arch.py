@@ -117,6 +117,19 @@ def apply_freeze(net: nn.Module, arch: str, freeze: tuple[str, ...]) -> list[str
     return frozen
 
 
+def set_clamp_gradient(net: nn.Module, mode: str) -> None:
+    """The gradient of the RAFT decoder's depth clamp (``metric3d_vit``; ``raft_head``):
+    ``official`` (none outside [0.1, 200]) or ``straight_through`` (as if unclamped; the
+    values are the same). Other architectures have no clamp and ignore it."""
+    from metricdepth.models.raft_head import RAFTDepthNormalDPT5
+
+    for module in net.modules():
+        if isinstance(module, RAFTDepthNormalDPT5):
+            if mode not in module.CLAMP_GRADIENTS:
+                raise ValueError(f"clamp_gradient must be one of {module.CLAMP_GRADIENTS}")
+            module.clamp_gradient = mode
+
+
 def set_activation_checkpointing(net: nn.Module, enabled: bool) -> None:
     """Recompute the ViT blocks' activations in the backward pass (``metric3d_vit`` only)."""
     encoder = getattr(getattr(net, "depth_model", None), "encoder", None)

@@ -165,6 +165,11 @@ class TrainConfig:
             accumulation): a step sees ``batch_size * accumulate`` images per process.
         activation_checkpointing: recompute the ViT blocks' activations in the backward
             pass (``metric3d_vit`` only): less memory, about one more encoder forward.
+        clamp_gradient: the gradient of the ViT decoder's depth clamp to [0.1, 200]
+            canonical units: ``straight_through`` (default: as if unclamped, so a prediction
+            pushed past the floor is pulled back) or ``official`` (ReLUs: no gradient outside
+            the range, where a decoder trained from scratch can stay for good). The values,
+            and so inference, are the same either way (docs/finetune.md, deviations).
         warmup_steps: linear warm-up from 0 to ``lr``.
         schedule: ``"cosine"`` or ``"poly"`` (power 0.9) decay to ``lr * min_lr_ratio``.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
@@ -247,6 +252,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()
     accumulate: int = 1
     activation_checkpointing: bool = False
+    clamp_gradient: str = "straight_through"
     grad_clip: float = 1.0
     precise_bn_batches: int = 0
     loss_l1_log: float = 1.0

@@ -259,6 +259,7 @@ def check_fields(
         "device": DEVICES,
         "arch": tuple(ARCHS),
         "precision": PRECISIONS,
+        "clamp_gradient": ("straight_through", "official"),
     }
     for key, options in choices.items():
         if key in raw:

@@ -238,7 +238,7 @@ def _image_problem(error: ValueError, path: Path, name: str) -> HTTPException:
 
 
 def _parse_focal(text: str | None) -> float | None:
-    from metricdepth.exif import check_focal
+    from metricdepth.cameras import check_focal
 
     if text is None or not text.strip():
         return None
@@ -250,7 +250,7 @@ def _parse_focal(text: str | None) -> float | None:
 
 def _parse_intrinsics(text: str | None) -> tuple[float, ...] | None:
     """The form's ``"fx,fy,cx,cy"`` (or ``"...@WxH"``) checked like the CLI's ``--intrinsics``."""
-    from metricdepth.exif import parse_intrinsics
+    from metricdepth.cameras import parse_intrinsics
 
     if text is None or not text.strip():
         return None
@@ -456,8 +456,8 @@ def create_app(
         return result_id, folder, path
 
     def decode(image: UploadFile, path: Path, intrinsics, focal):
-        """The RGB as displayed, the camera, its source and report (``exif.resolve_camera``)."""
-        from metricdepth.exif import resolve_camera
+        """The RGB as displayed, the camera, its source and report (``cameras.resolve_camera``)."""
+        from metricdepth.cameras import resolve_camera
         from metricdepth.io import read_image
 
         name = Path(str(image.filename or "photo")).name or "photo"
@@ -531,12 +531,15 @@ def create_app(
         """Run the model on the photo. The camera is ``intrinsics``, else ``focal``, else the
         photo's EXIF focal, else a stated default; the answer says which (``camera_source``).
         Predictions run one at a time; concurrent requests wait their turn."""
+        from metricdepth.cameras import check_one_camera
         from metricdepth.pipeline import predict
 
         values = _parse_intrinsics(intrinsics)
         focal_px = _parse_focal(focal)
-        if values is not None and focal_px is not None:
-            raise HTTPException(400, "give either intrinsics or focal, not both")
+        try:
+            check_one_camera(values, focal_px)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
         stem = _safe_stem(image.filename)
         result_id, folder, path = await run_in_threadpool(receive_image, image)
 
