@@ -353,6 +353,7 @@ def run_predict(
     )  # fmt: skip
     if summary.default_camera:
         typer.echo(f"warning: {default_count_warning(summary.default_camera)}", err=True)
+    warn_camera_mismatch(summary, given=values is not None or focal is not None)
     if summary.done:
         trust_warning(net)  # after the run: a refused or failed run stays one error line
     return summary, len(skipped)
@@ -364,6 +365,18 @@ def warn_assumed_camera(spec, intrinsics, focal, focal_mode) -> None:
 
     if message := run_camera_warning(spec, intrinsics, focal, focal_mode):
         typer.echo(f"warning: {message}", err=True)
+
+
+def warn_camera_mismatch(summary, given: bool) -> None:
+    """After a batch run: one ``warning:`` line when images' own cameras (annotation, EXIF,
+    default) did not fit a model trained on an assumed camera (a run-wide camera that does
+    not fit was warned about before the run: ``warn_assumed_camera``)."""
+    if summary.camera_mismatch and not given:
+        typer.echo(
+            f"warning: {summary.camera_mismatch} image(s) had a camera that does not fit the "
+            f"model; the first: {summary.mismatch_example}",
+            err=True,
+        )
 
 
 def load_predictor(model, weights, device, backend, precision, workers=0):
