@@ -389,6 +389,35 @@ def test_an_onnx_file_not_from_metricdepth_is_refused(tmp_path):
         load_onnx(tmp_path / "plain.onnx")
 
 
+def test_the_batch_runner_runs_an_onnx_model_with_loader_workers(tmp_path, default_onnx):
+    """``run_batch`` with 2 DataLoader workers hands the ONNX model the decoded images: each
+    image's depth is the model's own ``predict`` on it (to ``PATH_RTOL``), with its camera."""
+    from conftest import PATH_RTOL
+    from metricdepth.batch import run_batch
+    from metricdepth.camera import Camera
+    from metricdepth.data.inputs import collect_inputs
+    from metricdepth.io import read_image
+
+    (tmp_path / "in").mkdir()
+    for k in range(3):
+        cv2.imwrite(str(tmp_path / "in" / f"p{k}.png"), textured(120 + 10 * k, 160, k)[:, :, ::-1])
+    items = collect_inputs([tmp_path / "in"])
+    out = tmp_path / "out"
+    summary = run_batch(default_onnx, items, out, {"depth"}, focal=150.0, workers=2,
+                        progress=False)  # fmt: skip
+    assert summary.done == 3 and not summary.failed
+    for item in items:
+        rgb, _ = read_image(item.image)
+        height, width = rgb.shape[:2]
+        camera = Camera(150.0, 150.0, (width - 1) / 2, (height - 1) / 2, width, height)
+        alone = default_onnx.predict(rgb, camera, "given")
+        record = json.loads((out / f"{item.stem}.json").read_text())
+        assert record["camera"] == alone.summary()["camera"]
+        assert record["model"] == default_onnx.spec.name
+        written = np.load(out / f"{item.stem}.depth.npy")
+        np.testing.assert_allclose(written, alone.depth_m, rtol=PATH_RTOL, atol=0)
+
+
 def test_a_fixed_grid_makes_the_vit_position_embedding_a_constant():
     """``DinoVisionTransformer.fixed_grid`` (what the export uses instead of patching the
     encoder): within it the embedding of that grid is computed once, the same values; an

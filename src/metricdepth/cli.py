@@ -310,11 +310,12 @@ def run_predict(
     backend=None, precision=None, fsync=False,
 ):  # fmt: skip
     """The work of ``metricdepth predict``: ``(batch summary, files skipped in folders)``."""
+    from metricdepth.batch import run_batch
     from metricdepth.camera import check_focal_mode
     from metricdepth.cameras import CameraOptions, default_count_warning
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
     from metricdepth.distortion import lens_from_options
-    from metricdepth.outputs import parse_save, run_batch
+    from metricdepth.files import parse_save
 
     kinds = parse_save(save)
     lens = lens_from_options(distortion, fisheye)
@@ -352,6 +353,7 @@ def run_predict(
     )  # fmt: skip
     if summary.default_camera:
         typer.echo(f"warning: {default_count_warning(summary.default_camera)}", err=True)
+    warn_camera_mismatch(summary, given=values is not None or focal is not None)
     if summary.done:
         trust_warning(net)  # after the run: a refused or failed run stays one error line
     return summary, len(skipped)
@@ -363,6 +365,18 @@ def warn_assumed_camera(spec, intrinsics, focal, focal_mode) -> None:
 
     if message := run_camera_warning(spec, intrinsics, focal, focal_mode):
         typer.echo(f"warning: {message}", err=True)
+
+
+def warn_camera_mismatch(summary, given: bool) -> None:
+    """After a batch run: one ``warning:`` line when images' own cameras (annotation, EXIF,
+    default) did not fit a model trained on an assumed camera (a run-wide camera that does
+    not fit was warned about before the run: ``warn_assumed_camera``)."""
+    if summary.camera_mismatch and not given:
+        typer.echo(
+            f"warning: {summary.camera_mismatch} image(s) had a camera that does not fit the "
+            f"model; the first: {summary.mismatch_example}",
+            err=True,
+        )
 
 
 def load_predictor(model, weights, device, backend, precision, workers=0):
@@ -518,6 +532,8 @@ def synth(
 
         if n < 1:
             raise ValueError(f"--n must be >= 1, got {n}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out} exists and is not a folder")
         height, width = parse_size(size, "--size")
         config = SynthConfig(height=height, width=width, sizes=((height, width),))
         path = write_dataset(out, n, seed=seed, config=config)

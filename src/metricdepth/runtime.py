@@ -11,7 +11,7 @@ stays within 1e-4 of it.
 ``OnnxModel``: its ``spec`` comes from the file's metadata; it is a ``predictor.Backend`` that
 takes the image and its camera (the graph does the whole prediction) and reports the record
 the graph used, so a ``Predictor`` of it returns the same ``Prediction`` (same record, same
-camera source) as of the PyTorch model, and ``outputs.run_batch`` writes the same files with
+camera source) as of the PyTorch model, and ``batch.run_batch`` writes the same files with
 either backend.
 """
 
