@@ -34,6 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from metricdepth.batch import BatchOptions
+from metricdepth.cameras import CameraOptions
+from metricdepth.predictor import PrepareOptions
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "batch_throughput.md"
 #: model key -> (label, image HEIGHTxWIDTH, goal ratio)
@@ -115,9 +119,13 @@ def measure(key: str, images: int, repeats: int, workers: int, tmp: Path) -> dic
         for repeat in range(repeats):
             forward.append(forward_only(predictor, inputs))
             summary = run_batch(
-                model, items, folder / f"out{repeat}", {"depth"}, focal=300.0,
-                workers=workers, progress=False,
-            )  # fmt: skip
+                model,
+                items,
+                folder / f"out{repeat}",
+                {"depth"},
+                inputs=PrepareOptions(camera=CameraOptions(focal_px=300.0)),
+                options=BatchOptions(workers=workers, progress=False),
+            )
             if summary.done != len(items):
                 raise SystemExit(f"batch run failed: {summary.line()}")
             batch.append(summary.images_per_s)

@@ -24,9 +24,11 @@ import numpy as np
 import pytest
 
 from conftest import assert_file_matches, assert_outputs_match, tiny_model, tree
-from metricdepth.batch import MAX_WRITES_AHEAD, predict_to_files, run_batch
+from metricdepth.batch import MAX_WRITES_AHEAD, BatchOptions, predict_to_files, run_batch
+from metricdepth.cameras import CameraOptions
 from metricdepth.data.inputs import collect_inputs, parse_shard, shard_items
 from metricdepth.files import output_paths
+from metricdepth.predictor import PrepareOptions
 
 TESTS = Path(__file__).resolve().parent
 N_IMAGES = 10
@@ -60,7 +62,9 @@ CHILD = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_batch import tiny_model
     from metricdepth.data.inputs import collect_inputs
-    from metricdepth.batch import run_batch
+    from metricdepth.batch import BatchOptions, run_batch
+    from metricdepth.cameras import CameraOptions
+    from metricdepth.predictor import PrepareOptions
 
     images, out, mode, workers = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     on_done = None
@@ -98,8 +102,9 @@ CHILD = textwrap.dedent(
                     os.kill(main, getattr(signal, name))
         os.replace = replace
     summary = run_batch(
-        tiny_model(), collect_inputs([images]), out, {{"depth", "png16"}}, focal=40.0,
-        workers=workers, progress=False, on_done=on_done,
+        tiny_model(), collect_inputs([images]), out, {{"depth", "png16"}},
+        inputs=PrepareOptions(CameraOptions(focal_px=40.0)),
+        options=BatchOptions(workers=workers, progress=False), on_done=on_done,
     )
     print(summary.line())
     """
@@ -160,7 +165,12 @@ def test_killed_run_then_resume_equals_an_uninterrupted_run(tmp_path, images, ru
     items = collect_inputs([images])
     reference = tmp_path / "reference"
     summary = run_batch(
-        tiny_model(), items, reference, {"depth", "png16"}, focal=40.0, progress=False
+        tiny_model(),
+        items,
+        reference,
+        {"depth", "png16"},
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+        options=BatchOptions(progress=False),
     )
     assert (summary.done, summary.skipped, summary.failed) == (N_IMAGES, 0, [])
 
@@ -194,10 +204,8 @@ def test_killed_run_then_resume_equals_an_uninterrupted_run(tmp_path, images, ru
         items,
         out,
         {"depth", "png16"},
-        focal=40.0,
-        workers=2,
-        resume=True,
-        progress=False,
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+        options=BatchOptions(workers=2, resume=True, progress=False),
     )
     done = len(finished)
     assert (resumed.done, resumed.skipped, resumed.failed) == (N_IMAGES - done, done, [])
@@ -215,8 +223,7 @@ def test_workers_write_the_outputs_of_an_in_process_run(tmp_path, images):
             items,
             tmp_path / f"w{workers}",
             {"depth", "vis", "ply"},
-            workers=workers,
-            progress=False,
+            options=BatchOptions(workers=workers, progress=False),
         )
     first, second = tree(tmp_path / "w0"), tree(tmp_path / "w2")
     assert len(first) == 4 * N_IMAGES
@@ -257,9 +264,8 @@ def test_a_stop_signal_ends_the_run_cleanly_with_a_summary_line(
         collect_inputs([images]),
         out,
         {"depth", "png16"},
-        focal=40.0,
-        resume=True,
-        progress=False,
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+        options=BatchOptions(resume=True, progress=False),
     )
     assert (rest.skipped, rest.done) == (done, N_IMAGES - done)
 
@@ -275,9 +281,8 @@ def test_shards_of_three_cover_the_list_without_overlap(tmp_path, images):
             items,
             out,
             {"depth"},
-            shard=(index, 3),
-            progress=False,
             on_done=lambda item, prediction, written, stems=stems: stems.append(item.stem),
+            options=BatchOptions(shard=(index, 3), progress=False),
         )
         assert summary.total == len(stems) == summary.done
         assert f"in shard {index}/3" in summary.line()
@@ -295,7 +300,13 @@ def test_parse_shard_and_shard_items():
         with pytest.raises(ValueError, match=r"--shard must be I/N with 0 <= I < N"):
             parse_shard(text)
     with pytest.raises(ValueError, match=r"shard must be \(i, n\)"):
-        run_batch(tiny_model(), [], Path("unused"), {"depth"}, shard=(3, 3), progress=False)
+        run_batch(
+            tiny_model(),
+            [],
+            Path("unused"),
+            {"depth"},
+            options=BatchOptions(shard=(3, 3), progress=False),
+        )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -305,7 +316,11 @@ def test_keep_going_reports_a_corrupt_image_and_goes_on(tmp_path, images, capsys
     items = collect_inputs([images])
     out = tmp_path / "out"
     summary = run_batch(
-        tiny_model(), items, out, {"depth"}, workers=workers, keep_going=True, progress=True
+        tiny_model(),
+        items,
+        out,
+        {"depth"},
+        options=BatchOptions(workers=workers, keep_going=True, progress=True),
     )
     assert (summary.done, len(summary.failed), summary.total) == (N_IMAGES, 1, N_IMAGES + 1)
     assert summary.failed[0].startswith(f"{bad}: ") and "not an image" in summary.failed[0]
@@ -316,28 +331,47 @@ def test_keep_going_reports_a_corrupt_image_and_goes_on(tmp_path, images, capsys
     assert len(records(out)) == N_IMAGES and "1 failed" in summary.line()
     with pytest.raises(ValueError, match=r"broken\.png: not an image") as info:
         run_batch(
-            tiny_model(), items, tmp_path / "strict", {"depth"}, workers=workers, progress=False
+            tiny_model(),
+            items,
+            tmp_path / "strict",
+            {"depth"},
+            options=BatchOptions(workers=workers, progress=False),
         )
     assert str(info.value).endswith(" (--keep-going skips it)")  # how to go past it
     with pytest.raises(ValueError, match=r"broken\.png: not an image") as info:
-        run_batch(tiny_model(), [item for item in items if item.image == bad], tmp_path / "one",
-                  {"depth"}, progress=False)  # fmt: skip
+        run_batch(
+            tiny_model(),
+            [item for item in items if item.image == bad],
+            tmp_path / "one",
+            {"depth"},
+            options=BatchOptions(progress=False),
+        )
     assert "--keep-going" not in str(info.value)  # a single image: nothing to go on to
 
 
 def test_resume_skips_finished_items_and_redoes_incomplete_ones(tmp_path, images):
     items = collect_inputs([images])
     out = tmp_path / "out"
-    first = run_batch(tiny_model(), items, out, {"depth"}, progress=False)
+    first = run_batch(tiny_model(), items, out, {"depth"}, options=BatchOptions(progress=False))
     assert first.done == N_IMAGES
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
-    again = run_batch(tiny_model(), items, out, {"depth"}, resume=True, progress=False)
+    again = run_batch(
+        tiny_model(), items, out, {"depth"}, options=BatchOptions(resume=True, progress=False)
+    )
     assert (again.done, again.skipped, again.total) == (0, N_IMAGES, N_IMAGES)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps
     output_paths(out, items[3].stem, set())["record"].unlink()
-    one = run_batch(tiny_model(), items, out, {"depth"}, resume=True, progress=False)
+    one = run_batch(
+        tiny_model(), items, out, {"depth"}, options=BatchOptions(resume=True, progress=False)
+    )
     assert (one.done, one.skipped) == (1, N_IMAGES - 1)
-    more = run_batch(tiny_model(), items, out, {"depth", "png16"}, resume=True, progress=False)
+    more = run_batch(
+        tiny_model(),
+        items,
+        out,
+        {"depth", "png16"},
+        options=BatchOptions(resume=True, progress=False),
+    )
     assert (more.done, more.skipped) == (N_IMAGES, 0)  # png16 was not made before
     assert len(list(out.rglob("*.depth.png"))) == N_IMAGES
 
@@ -353,7 +387,7 @@ def test_predict_to_files_still_returns_the_written_paths(tmp_path, images, monk
         items,
         tmp_path / "out",
         {"depth"},
-        intrinsics=(40.0, 40.0, 15.0, 10.0),
+        inputs=PrepareOptions(camera=CameraOptions(intrinsics=(40.0, 40.0, 15.0, 10.0))),
         on_done=lambda item, prediction: seen.append((item.stem, prediction.camera_source)),
         fsync=fsync,
     )
@@ -366,7 +400,13 @@ def test_predict_to_files_still_returns_the_written_paths(tmp_path, images, monk
 
 def test_sigint_handler_is_restored(tmp_path, images):
     before = signal.getsignal(signal.SIGINT)
-    run_batch(tiny_model(), collect_inputs([images])[:2], tmp_path / "o", {"depth"}, progress=False)
+    run_batch(
+        tiny_model(),
+        collect_inputs([images])[:2],
+        tmp_path / "o",
+        {"depth"},
+        options=BatchOptions(progress=False),
+    )
     assert signal.getsignal(signal.SIGINT) is before
 
 
@@ -380,7 +420,9 @@ def test_an_exif_focal_is_used_when_no_intrinsics_are_given(tmp_path):
     Image.new("RGB", (64, 48), (90, 120, 150)).save(folder / "phone.jpg", exif=exif)
     Image.new("RGB", (64, 48), (90, 120, 150)).save(folder / "plain.jpg")
     out = tmp_path / "out"
-    summary = run_batch(tiny_model(), collect_inputs([folder]), out, {"depth"}, progress=False)
+    summary = run_batch(
+        tiny_model(), collect_inputs([folder]), out, {"depth"}, options=BatchOptions(progress=False)
+    )
     assert summary.default_camera == 1
     phone = json.loads((out / "phone.json").read_text())
     assert phone["camera_source"] == "exif"
@@ -406,9 +448,13 @@ def test_with_fsync_data_files_are_fsynced_before_the_record_is_renamed(
     monkeypatch.setattr(os, "replace", replace)
     items = collect_inputs([images])[:1]
     run_batch(
-        tiny_model(), items, tmp_path / "out", {"depth", "png16"}, focal=40.0, progress=False,
-        fsync=fsync,
-    )  # fmt: skip
+        tiny_model(),
+        items,
+        tmp_path / "out",
+        {"depth", "png16"},
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+        options=BatchOptions(progress=False, fsync=fsync),
+    )
     stem = items[0].stem
     renames = [f"{stem}.depth.npy", f"{stem}.depth.png", f"{stem}.json"]
     assert events == (["fsync", "fsync"] if fsync else []) + renames
@@ -419,7 +465,14 @@ def test_resume_redoes_an_image_whose_file_a_power_loss_cut_short(tmp_path, imag
     do to files that were not fsync'ed) makes ``resume`` redo that image, byte for byte."""
     items = collect_inputs([images])
     out = tmp_path / "out"
-    run_batch(tiny_model(), items, out, {"depth", "png16"}, focal=40.0, progress=False)
+    run_batch(
+        tiny_model(),
+        items,
+        out,
+        {"depth", "png16"},
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+        options=BatchOptions(progress=False),
+    )
     before = tree(out)
     record = json.loads((out / f"{items[0].stem}.json").read_text())
     assert record["bytes"] == {
@@ -429,7 +482,12 @@ def test_resume_redoes_an_image_whose_file_a_power_loss_cut_short(tmp_path, imag
     short.write_bytes(short.read_bytes()[:-7])
     (out / f"{items[1].stem}.depth.png").write_bytes(b"")
     summary = run_batch(
-        tiny_model(), items, out, {"depth", "png16"}, focal=40.0, progress=False, resume=True
+        tiny_model(),
+        items,
+        out,
+        {"depth", "png16"},
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+        options=BatchOptions(progress=False, resume=True),
     )
     assert (summary.done, summary.skipped) == (2, N_IMAGES - 2)
     assert tree(out) == before  # the same code, process and thread count: byte for byte
@@ -467,17 +525,25 @@ def test_a_post_processing_error_is_one_failed_image_in_either_writer(
     monkeypatch.setattr(Predictor, "finish", finish)
     out = tmp_path / "out"
     summary = run_batch(
-        tiny_model(), items, out, {"depth"}, focal=40.0, workers=workers, keep_going=True,
-        progress=False,
-    )  # fmt: skip
+        tiny_model(),
+        items,
+        out,
+        {"depth"},
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+        options=BatchOptions(workers=workers, keep_going=True, progress=False),
+    )
     assert summary.failed == [f"{victim.image}: cannot map the depth back"]
     assert summary.done == N_IMAGES - 1
     assert sorted(records(out)) == sorted(f"{i.stem}.json" for i in items if i is not victim)
     with pytest.raises(ValueError, match="cannot map the depth back"):
         run_batch(
-            tiny_model(), items, tmp_path / "strict", {"depth"}, focal=40.0, workers=workers,
-            progress=False,
-        )  # fmt: skip
+            tiny_model(),
+            items,
+            tmp_path / "strict",
+            {"depth"},
+            inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+            options=BatchOptions(workers=workers, progress=False),
+        )
 
 
 KILLED_WORKER_MAIN = (  # the console script, whose loader worker SIGKILLs itself at item 3
@@ -555,9 +621,13 @@ def test_an_error_in_the_forward_stops_the_run_after_the_images_before_it(tmp_pa
     model.register_forward_pre_hook(fail_fourth)
     with pytest.raises(RuntimeError, match="forward failed on purpose"):
         run_batch(
-            model, collect_inputs([images]), tmp_path / "out", {"depth"}, focal=40.0,
-            workers=1, progress=False,
-        )  # fmt: skip
+            model,
+            collect_inputs([images]),
+            tmp_path / "out",
+            {"depth"},
+            inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+            options=BatchOptions(workers=1, progress=False),
+        )
     assert calls == ["MainThread"] * 4  # the forward runs in the calling thread
     assert len(records(tmp_path / "out")) == 3
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
@@ -571,7 +641,14 @@ def test_the_runner_writes_what_predict_predicts(tmp_path, images, workers):
     from metricdepth.pipeline import predict
 
     model, items, out = tiny_model(), collect_inputs([images]), tmp_path / "out"
-    summary = run_batch(model, items, out, {"depth"}, focal=40.0, workers=workers, progress=False)
+    summary = run_batch(
+        model,
+        items,
+        out,
+        {"depth"},
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+        options=BatchOptions(workers=workers, progress=False),
+    )
     assert summary.done == N_IMAGES
     for item in items:
         alone = predict(model, item.image, 40.0)
@@ -587,9 +664,18 @@ def test_a_rerun_with_fewer_kinds_deletes_the_earlier_extra_files(tmp_path, imag
     new record as if current: the rerun deletes them (other images' files are left alone)."""
     items = collect_inputs([images])[:3]
     out = tmp_path / "out"
-    run_batch(tiny_model(), items, out, {"depth", "png16", "vis"}, progress=False)
+    run_batch(
+        tiny_model(), items, out, {"depth", "png16", "vis"}, options=BatchOptions(progress=False)
+    )
     assert len(list(out.glob("*.vis.png"))) == 3
-    run_batch(tiny_model(), items[:2], out, {"depth"}, focal=40.0, progress=False)
+    run_batch(
+        tiny_model(),
+        items[:2],
+        out,
+        {"depth"},
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+        options=BatchOptions(progress=False),
+    )
     for item in items[:2]:
         record = json.loads((out / f"{item.stem}.json").read_text())
         assert record["files"] == {"depth": f"{item.stem}.depth.npy"}
@@ -615,8 +701,14 @@ def test_a_crash_while_writing_an_image_leaves_none_of_its_files(tmp_path, image
     monkeypatch.setattr(files, "write_ply", write_ply)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="a bug in the PLY writer"):
-        run_batch(tiny_model(), items, out, {"depth", "png16", "ply"}, focal=40.0,
-                  keep_going=True, progress=False)  # fmt: skip
+        run_batch(
+            tiny_model(),
+            items,
+            out,
+            {"depth", "png16", "ply"},
+            inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+            options=BatchOptions(keep_going=True, progress=False),
+        )
     assert not list(out.rglob(f"{Path(victim.stem).name}.*"))
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     for item in items[:5]:

@@ -18,7 +18,7 @@ from PIL.TiffImagePlugin import IFDRational
 
 from conftest import TINY_SPEC, TinyNet, tiny_model
 from metricdepth import cli
-from metricdepth.batch import run_batch
+from metricdepth.batch import BatchOptions, run_batch
 from metricdepth.camera import DEFAULT_FOV_X_DEG, Camera
 from metricdepth.cameras import (
     ASSUMED_FOCAL_TOLERANCE,
@@ -37,6 +37,7 @@ from metricdepth.data.dataset import AnnotationSource
 from metricdepth.data.inputs import InputItem, collect_inputs
 from metricdepth.models.registry import DepthModel
 from metricdepth.pipeline import CameraMismatchWarning, predict
+from metricdepth.predictor import PrepareOptions
 from test_exif import F35_26_640x480, assert_camera, write_jpeg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -214,9 +215,13 @@ def test_every_entry_point_picks_the_same_camera_and_source(tmp_path, monkeypatc
     # the batch runner: an item with the annotation's cam_in, the run's camera
     item = InputItem(image, "item", None if cam_in is None else tuple(cam_in))
     run_batch(
-        model, [item], tmp_path / "batch", set(), intrinsics=intrinsics, focal=focal,
-        progress=False,
-    )  # fmt: skip
+        model,
+        [item],
+        tmp_path / "batch",
+        set(),
+        inputs=PrepareOptions(camera=CameraOptions(intrinsics=intrinsics, focal_px=focal)),
+        options=BatchOptions(progress=False),
+    )
     got["batch"] = record_camera(json.loads((tmp_path / "batch" / "item.json").read_text()))
 
     # the command line: the annotation file when there is one, else the photo itself
@@ -275,9 +280,12 @@ def test_training_refuses_the_annotation_cameras_predict_refuses(tmp_path, monke
     message = "annotation cam_in: principal point (400, 300) lies outside the 48x64 image"
 
     summary = run_batch(
-        tiny_model(), [InputItem(image, "item", tuple(outside))], tmp_path / "out", set(),
-        keep_going=True, progress=False,
-    )  # fmt: skip
+        tiny_model(),
+        [InputItem(image, "item", tuple(outside))],
+        tmp_path / "out",
+        set(),
+        options=BatchOptions(keep_going=True, progress=False),
+    )
     (failed,) = summary.failed
     assert failed.startswith(f"{image}: {message}")
     with pytest.raises(ValueError) as caught:
@@ -311,7 +319,7 @@ def test_the_batch_runner_counts_images_whose_camera_does_not_fit(tmp_path, caps
         InputItem(image, "long", (60.0, 60.0, 31.5, 23.5)),  # -40 %
     ]
     model = DepthModel(replace(TINY_SPEC, assumed_focal_px=100.0), TinyNet()).eval()
-    summary = run_batch(model, items, tmp_path / "out", set(), progress=False)
+    summary = run_batch(model, items, tmp_path / "out", set(), options=BatchOptions(progress=False))
     assert (summary.done, summary.camera_mismatch) == (3, 2)
     assert summary.mismatch_example == image_camera_mismatch(
         model.spec, Camera(150.0, 150.0, 31.5, 23.5, *SHOWN)
@@ -325,7 +333,9 @@ def test_the_batch_runner_counts_images_whose_camera_does_not_fit(tmp_path, caps
     )
     cli.warn_camera_mismatch(summary, given=True)
     assert capsys.readouterr().err == ""
-    plain = run_batch(tiny_model(), items, tmp_path / "plain", set(), progress=False)
+    plain = run_batch(
+        tiny_model(), items, tmp_path / "plain", set(), options=BatchOptions(progress=False)
+    )
     assert (plain.done, plain.camera_mismatch, plain.mismatch_example) == (3, 0, None)
 
 

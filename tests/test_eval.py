@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SPEC, TinyNet, tiny_model
-from metricdepth.batch import run_batch
+from metricdepth.batch import BatchOptions, run_batch
 from metricdepth.data.inputs import collect_inputs
 from metricdepth.evaluate.harness import eval_report, run_eval
 from metricdepth.evaluate.metrics import METRIC_NAMES
@@ -72,7 +72,11 @@ def test_model_and_predictions_give_the_same_metrics(tmp_path, monkeypatch):
     model = tiny_model()
     out = tmp_path / "pred"
     summary = run_batch(
-        model, collect_inputs([annotations]), out, {"depth"}, workers=2, progress=False
+        model,
+        collect_inputs([annotations]),
+        out,
+        {"depth"},
+        options=BatchOptions(workers=2, progress=False),
     )
     assert summary.done == 4 and (out / "rgb" / "000.depth.npy").is_file()
     from_files = run_eval(annotations, predictions=out, align="median")

@@ -22,7 +22,7 @@ from conftest import (
     require_shared,
     tiny_model,
 )
-from metricdepth.batch import run_batch
+from metricdepth.batch import BatchOptions, run_batch
 from metricdepth.data.inputs import collect_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,13 @@ def outputs(tmp_path_factory) -> dict[str, bytes]:
         cv2.imwrite(str(folder / "in" / f"im{k}.png"), image)
     out = folder / "out"
     save = {"depth", "png16", "ply", "vis"}
-    run_batch(tiny_model(), collect_inputs([folder / "in"]), out, save, progress=False)
+    run_batch(
+        tiny_model(),
+        collect_inputs([folder / "in"]),
+        out,
+        save,
+        options=BatchOptions(progress=False),
+    )
     return {p.name: p.read_bytes() for p in out.iterdir()}
 
 

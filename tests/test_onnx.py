@@ -24,7 +24,9 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import PARITY, PARITY_IMAGES, PATH_RTOL, needs_parity
+from metricdepth.batch import BatchOptions
 from metricdepth.camera import Camera
+from metricdepth.cameras import CameraOptions
 from metricdepth.canonical import (
     GRAPH_RECORD,
     CanonicalSpace,
@@ -37,6 +39,7 @@ from metricdepth.export import _opencv_linear_canvas, export_onnx
 from metricdepth.frame import Frame
 from metricdepth.models.registry import MODELS, build_model, load_model
 from metricdepth.pipeline import predict
+from metricdepth.predictor import PrepareOptions
 from metricdepth.runtime import load_onnx
 
 RTOL = 1e-4
@@ -403,8 +406,14 @@ def test_the_batch_runner_runs_an_onnx_model_with_loader_workers(tmp_path, defau
         cv2.imwrite(str(tmp_path / "in" / f"p{k}.png"), textured(120 + 10 * k, 160, k)[:, :, ::-1])
     items = collect_inputs([tmp_path / "in"])
     out = tmp_path / "out"
-    summary = run_batch(default_onnx, items, out, {"depth"}, focal=150.0, workers=2,
-                        progress=False)  # fmt: skip
+    summary = run_batch(
+        default_onnx,
+        items,
+        out,
+        {"depth"},
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=150.0)),
+        options=BatchOptions(workers=2, progress=False),
+    )
     assert summary.done == 3 and not summary.failed
     for item in items:
         rgb, _ = read_image(item.image)

@@ -17,11 +17,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from metricdepth import __version__
-from metricdepth.batch import run_batch
+from metricdepth.batch import BatchOptions, run_batch
+from metricdepth.cameras import CameraOptions
 from metricdepth.cli import app
 from metricdepth.data.inputs import collect_inputs
 from metricdepth.models.registry import ASSETS, MODELS, load_model, provenance, save_model
 from metricdepth.models.spec import REAL_PHOTOS_COMMAND, ModelSpec
+from metricdepth.predictor import PrepareOptions
 from metricdepth.vis import (
     BAND_RGB,
     WARNING_BAND_RGB,
@@ -149,8 +151,14 @@ def test_an_assumed_camera_is_a_warning_in_the_record_and_picture_and_a_given_on
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), np.uint8)).save(image)
     for name, focal in (("default", None), ("given", 50.0)):
         out = tmp_path / name
-        run_batch(model, collect_inputs([image]), out, {"depth", "vis"}, focal=focal,
-                  progress=False)  # fmt: skip
+        run_batch(
+            model,
+            collect_inputs([image]),
+            out,
+            {"depth", "vis"},
+            inputs=PrepareOptions(camera=CameraOptions(focal_px=focal)),
+            options=BatchOptions(progress=False),
+        )
         record = json.loads((out / "a.json").read_text())
         assert record["camera_source"] == name
         camera_lines = [w for w in record["warnings"] if w.startswith("camera assumed: ")]
@@ -199,8 +207,13 @@ def test_every_batch_path_records_version_weights_input_and_timings(tmp_path, wo
         Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(images / f"{k}.png")
     model = load_model()
     out = tmp_path / "out"
-    run_batch(model, collect_inputs([images]), out, {"depth", "vis"}, workers=workers,
-              progress=False)  # fmt: skip
+    run_batch(
+        model,
+        collect_inputs([images]),
+        out,
+        {"depth", "vis"},
+        options=BatchOptions(workers=workers, progress=False),
+    )
     made_by = provenance(model)
     for k in range(3):
         record = json.loads((out / f"{k}.json").read_text())

@@ -45,9 +45,9 @@ from conftest import (
     tree,
 )
 from metricdepth import cli
-from metricdepth.batch import run_batch
+from metricdepth.batch import BatchOptions, run_batch
 from metricdepth.camera import Camera
-from metricdepth.cameras import camera_for_size, parse_intrinsics, resolve_camera
+from metricdepth.cameras import CameraOptions, camera_for_size, parse_intrinsics, resolve_camera
 from metricdepth.canonical import (
     CanonicalSpace,
     from_canonical,
@@ -64,6 +64,7 @@ from metricdepth.frame import Frame
 from metricdepth.io import read_depth, read_image
 from metricdepth.models.registry import ASSETS, SPEC_METADATA_KEY, load_model, read_spec
 from metricdepth.models.weights import read_torch_checkpoint
+from metricdepth.predictor import PrepareOptions
 
 RNG = np.random.default_rng(8)
 SMALL = ASSETS / "metricdepth-small.safetensors"
@@ -256,7 +257,11 @@ def test_bad_image_is_refused_alone_and_skipped_in_a_batch(work, cli_run, case):
 
     with pytest.raises(ValueError, match=problem) as info:
         read_image(bad) if case != "5000x1 strip" else run_batch(
-            load_model(), collect_inputs([bad]), work / "api", {"depth"}, progress=False
+            load_model(),
+            collect_inputs([bad]),
+            work / "api",
+            {"depth"},
+            options=BatchOptions(progress=False),
         )
     assert name in str(info.value) and "\n" not in str(info.value)
     assert not tree(work / "api")
@@ -838,7 +843,14 @@ def test_disk_full_on_an_items_second_file_changes_none_of_its_files(work, monke
     from metricdepth.io import atomic_write
 
     model, items, out = tiny_model(), collect_inputs([work / "in"]), work / "out"
-    run_batch(model, items, out, {"depth", "png16"}, focal=40.0, progress=False)
+    run_batch(
+        model,
+        items,
+        out,
+        {"depth", "png16"},
+        inputs=PrepareOptions(camera=CameraOptions(focal_px=40.0)),
+        options=BatchOptions(progress=False),
+    )
     before = tree(out)
 
     def full_disk(path, depth_m, depth_scale=None):
@@ -849,7 +861,12 @@ def test_disk_full_on_an_items_second_file_changes_none_of_its_files(work, monke
     monkeypatch.setattr(files, "write_depth", full_disk)
     with pytest.raises(WriteError, match="good1: cannot write the outputs: No space left"):
         run_batch(
-            model, items, out, {"depth", "png16"}, focal=41.0, workers=workers, progress=False
+            model,
+            items,
+            out,
+            {"depth", "png16"},
+            inputs=PrepareOptions(camera=CameraOptions(focal_px=41.0)),
+            options=BatchOptions(workers=workers, progress=False),
         )
     assert tree(out) == before  # good1's new depth.npy was written but never replaced the old
 
@@ -897,7 +914,14 @@ def fault_set(tmp_path_factory):
     items = collect_inputs([folder / "in"])
     reference = folder / "reference"
     with torch_threads(1):
-        run_batch(tiny_model(), items, reference, FAULT_SAVE, focal=20.0, progress=False)
+        run_batch(
+            tiny_model(),
+            items,
+            reference,
+            FAULT_SAVE,
+            inputs=PrepareOptions(camera=CameraOptions(focal_px=20.0)),
+            options=BatchOptions(progress=False),
+        )
     return folder, items, tree(reference)
 
 
@@ -932,9 +956,13 @@ def forked_batch(
             for name in HOOKED:
                 setattr(os, name, hooked(getattr(os, name)))
         run_batch(
-            tiny_model(), items, out, FAULT_SAVE, focal=20.0, resume=resume, progress=False,
-            workers=workers,
-        )  # fmt: skip
+            tiny_model(),
+            items,
+            out,
+            FAULT_SAVE,
+            inputs=PrepareOptions(camera=CameraOptions(focal_px=20.0)),
+            options=BatchOptions(resume=resume, progress=False, workers=workers),
+        )
         if count_to is not None:
             count_to.write_text(str(count[0]))
         code = 0
@@ -1023,7 +1051,12 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(faul
             assert_consistent_after_kill(out, reference, exact=workers == 0)
         with torch_threads(1):  # as the forked runs and the reference
             summary = run_batch(
-                tiny_model(), items, out, FAULT_SAVE, focal=20.0, resume=True, progress=False
+                tiny_model(),
+                items,
+                out,
+                FAULT_SAVE,
+                inputs=PrepareOptions(camera=CameraOptions(focal_px=20.0)),
+                options=BatchOptions(resume=True, progress=False),
             )
         assert summary.done + summary.skipped == FAULT_IMAGES and not summary.failed
         if workers == 0:

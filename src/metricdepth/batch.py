@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metricdepth.cameras import check_one_camera, image_camera_mismatch
+from metricdepth.cameras import image_camera_mismatch
 from metricdepth.data.inputs import InputItem, check_shard, shard_items
 from metricdepth.data.loader import (
     STOP_SIGNALS,
@@ -45,7 +45,6 @@ from metricdepth.data.loader import (
     problem_line,
     worker_deaths,
 )
-from metricdepth.distortion import Distortion
 from metricdepth.files import (
     WriteError,
     check_save,
@@ -54,7 +53,7 @@ from metricdepth.files import (
     write_prediction,
 )
 from metricdepth.prediction import Prediction
-from metricdepth.predictor import Predictor, collate, prepare, split
+from metricdepth.predictor import Predictor, PrepareOptions, collate, prepare, split
 
 #: Writer threads without and with fsync: without, the work only uses the CPU and a second
 #: thread only adds GIL hand-offs with the network; with fsync each file waits on the disk and
@@ -63,6 +62,44 @@ WRITER_THREADS = {False: 1, True: 2}
 #: Images whose finish and writes may still be under way while the network runs (a stop
 #: signal waits for them: they are already predicted).
 MAX_WRITES_AHEAD = 4
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a batch run goes (checked on construction; see the module docstring).
+
+    Attributes:
+        workers: DataLoader processes preparing images while the model runs (0: here).
+        resume: skip images already finished.
+        shard: ``(i, n)``: only items ``i, i + n, ...`` (0-based); None: all.
+        keep_going: report a bad image in one line and go on; without it the first bad image
+            raises ValueError (an output that cannot be written raises ``files.WriteError``, a
+            ValueError, either way).
+        progress: a progress bar with images/s and ETA on stderr (terminals only).
+        fsync: fsync every data file before its image's record appears (survives power loss).
+    """
+
+    workers: int = 0
+    resume: bool = False
+    shard: tuple[int, int] | None = None
+    keep_going: bool = False
+    progress: bool = True
+    fsync: bool = False
+
+    def __post_init__(self) -> None:
+        check_workers(self.workers)
+        if self.shard is not None:
+            object.__setattr__(self, "shard", check_shard(self.shard))
+        for name in ("resume", "keep_going", "progress", "fsync"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+def check_workers(workers: int) -> int:
+    """``workers`` if it is a whole number >= 0, else a ValueError."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
+    return workers
 
 
 @dataclass
@@ -123,18 +160,9 @@ def run_batch(
     out_dir: Path,
     save: set[str],
     *,
-    intrinsics: Sequence[float] | None = None,
-    focal: float | None = None,
-    focal_mode: str | None = None,
-    workers: int = 0,
-    resume: bool = False,
-    shard: tuple[int, int] | None = None,
-    keep_going: bool = False,
-    progress: bool = True,
+    inputs: PrepareOptions | None = None,
+    options: BatchOptions | None = None,
     on_done: Callable[[InputItem, Prediction, dict[str, Path]], None] | None = None,
-    distortion: Distortion | None = None,
-    alpha: float | None = None,
-    fsync: bool = False,
 ) -> BatchSummary:
     """Predict every item and write its files (see the module docstring); returns a summary.
 
@@ -142,37 +170,35 @@ def run_batch(
         model: a loaded ``DepthModel`` (or ``runtime.OnnxModel``).
         items: from ``collect_inputs``; each is written under ``out_dir / item.stem``.
         save: kinds of ``files.SAVE_KINDS`` (``depth`` and the record are always written).
-        intrinsics / focal: one camera for every image (else each item's annotation, else its
-            EXIF focal, else the default camera); ``focal_mode``: ``mean`` or ``fx``.
-        workers: DataLoader processes preparing images while the model runs (0: here).
-        resume / shard / keep_going: see the module docstring. Without ``keep_going`` the
-            first bad image raises ValueError; an output that cannot be written raises
-            ``files.WriteError`` (a ValueError) either way.
-        progress: a progress bar with images/s and ETA on stderr (terminals only).
+        inputs: how images are prepared (``predictor.PrepareOptions``: the run's camera,
+            focal mode, lens); default: each image's own camera, the model's focal mode.
+        options: workers, resume, shard, keep_going, progress, fsync (``BatchOptions``).
         on_done: called as ``on_done(item, prediction, written_paths)`` after each image.
-        distortion / alpha: one lens for every image, predicted on the undistorted image and
-            written on the original pixel grid.
-        fsync: fsync every data file before its image's record appears (survives power loss).
     """
     started = time.perf_counter()
     out_dir, save = Path(out_dir), check_save(save)
-    mode = _check_arguments(model, workers, intrinsics, focal, focal_mode)
+    inputs, options = _groups(inputs, options)
+    mode = _focal_mode(model, inputs)
+    workers, shard, keep_going, fsync = (
+        options.workers,
+        options.shard,
+        options.keep_going,
+        options.fsync,
+    )
     items = list(items)
     if shard is not None:
-        shard = check_shard(shard)
         items = shard_items(items, *shard)
     summary = BatchSummary(total=len(items), shard=shard)
     remove_stale_temporaries(out_dir, (item.stem for item in items))
+    resume = options.resume
     pending = [item for item in items if not (resume and is_finished(out_dir, item.stem, save))]
     summary.skipped = len(items) - len(pending)
     from metricdepth.models.registry import provenance
 
     made_by = provenance(model)  # hashes the weights file once, here
     predictor = Predictor(model, mode)
-    dataset = PredictionInputs(
-        pending, _stage_one(predictor, distortion, alpha), intrinsics=intrinsics, focal=focal,
-        keep_image=bool(save & {"ply", "vis"}),
-    )  # fmt: skip
+    keep = bool(save & {"ply", "vis"})
+    dataset = PredictionInputs(pending, _stage_one(predictor, inputs), inputs.camera, keep)
 
     def finish(item: InputItem, sample, out: dict, forward_s: float):
         prediction = predictor.finish(out, sample.prepared, forward_s)
@@ -210,7 +236,7 @@ def run_batch(
         worker_deaths(),
         _torch_threads(network_threads(workers)),
         ThreadPoolExecutor(WRITER_THREADS[fsync], thread_name_prefix="metricdepth-writer") as pool,
-        _progress(progress, len(pending)) as (advance, report),
+        _progress(options.progress, len(pending)) as (advance, report),
         closing(load(dataset, workers)) as samples,
     ):
         writes: deque[tuple[InputItem, Future]] = deque()
@@ -239,26 +265,20 @@ def iter_predictions(
     model,
     items: Sequence[InputItem],
     *,
-    intrinsics: Sequence[float] | None = None,
-    focal: float | None = None,
-    focal_mode: str | None = None,
+    inputs: PrepareOptions | None = None,
     workers: int = 0,
     keep_images: bool = False,
-    distortion: Distortion | None = None,
-    alpha: float | None = None,
 ) -> Iterator[tuple[InputItem, Prediction | str, np.ndarray | None]]:
     """Predict ``items`` in order, without writing: yields ``(item, prediction, image)``.
 
     The stages of ``run_batch`` (the same numbers), all but the preparation in this thread. A
     bad image yields its error line (``"PATH: problem"``) in place of the prediction;
-    ``image`` is the RGB when ``keep_images``, else None.
+    ``image`` is the (H, W, 3) uint8 RGB when ``keep_images``, else None. ``inputs``: as
+    ``run_batch``'s; ``workers``: DataLoader processes preparing images (0: here).
     """
-    mode = _check_arguments(model, workers, intrinsics, focal, focal_mode)
-    predictor = Predictor(model, mode)
-    dataset = PredictionInputs(
-        items, _stage_one(predictor, distortion, alpha), intrinsics=intrinsics, focal=focal,
-        keep_image=keep_images,
-    )  # fmt: skip
+    inputs, _ = _groups(inputs, BatchOptions(check_workers(workers)))
+    predictor = Predictor(model, _focal_mode(model, inputs))
+    dataset = PredictionInputs(items, _stage_one(predictor, inputs), inputs.camera, keep_images)
     with worker_deaths(), closing(load(dataset, workers)) as samples:
         for sample in samples:
             item = dataset.items[sample.index]
@@ -277,15 +297,14 @@ def predict_to_files(
     out_dir: Path,
     save: set[str],
     *,
-    intrinsics: Sequence[float] | None = None,
-    focal: float | None = None,
-    focal_mode: str | None = None,
+    inputs: PrepareOptions | None = None,
     on_done: Callable[[InputItem, Prediction], None] | None = None,
     fsync: bool = False,
 ) -> list[dict[str, Path]]:
     """``run_batch`` in this process without a bar; returns kind -> path per image.
 
-    ``on_done(item, prediction)`` is called after each image; ``fsync``: as ``run_batch``'s.
+    ``on_done(item, prediction)`` is called after each image; ``inputs``, ``fsync``: as
+    ``run_batch``'s.
     """
     results: list[dict[str, Path]] = []
 
@@ -294,21 +313,19 @@ def predict_to_files(
         if on_done is not None:
             on_done(item, prediction)
 
-    run_batch(
-        model, items, out_dir, save, intrinsics=intrinsics, focal=focal, focal_mode=focal_mode,
-        progress=False, fsync=fsync, on_done=done,
-    )  # fmt: skip
+    options = BatchOptions(progress=False, fsync=fsync)
+    run_batch(model, items, out_dir, save, inputs=inputs, options=options, on_done=done)
     return results
 
 
 # ------------------------------------------------------------------ helpers
-def _stage_one(predictor: Predictor, distortion, alpha) -> Callable:
+def _stage_one(predictor: Predictor, inputs: PrepareOptions) -> Callable:
     """``prepare(image, camera, source) -> Prepared`` of ``predictor`` without its model (the
-    module-level ``predictor.prepare`` with the space and focal mode bound; cheap to pickle
-    into loader workers)."""
+    module-level ``predictor.prepare`` with the space, focal mode and lens bound; cheap to
+    pickle into loader workers)."""
     return partial(
         prepare, predictor.space, predictor.focal_mode,
-        takes=predictor.backend.takes, distortion=distortion, alpha=alpha,
+        takes=predictor.backend.takes, distortion=inputs.distortion, alpha=inputs.alpha,
     )  # fmt: skip
 
 
@@ -317,14 +334,26 @@ def _forward_one(predictor: Predictor, prepared) -> dict:
     return split(predictor.forward(collate([prepared])))[0]
 
 
-def _check_arguments(model, workers, intrinsics, focal, focal_mode) -> str:
-    """The focal mode to use, or a ValueError for a bad argument of the batch functions."""
+def _groups(
+    inputs: PrepareOptions | None, options: BatchOptions | None
+) -> tuple[PrepareOptions, BatchOptions]:
+    """The options groups with their defaults; a TypeError when one is not its kind."""
+    inputs = PrepareOptions() if inputs is None else inputs
+    options = BatchOptions() if options is None else options
+    for name, value, kind in (
+        ("inputs", inputs, PrepareOptions),
+        ("options", options, BatchOptions),
+    ):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    return inputs, options
+
+
+def _focal_mode(model, inputs: PrepareOptions) -> str:
+    """The focal mode of a run: ``inputs``', else the model's."""
     from metricdepth.camera import check_focal_mode
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
-    check_one_camera(intrinsics, focal)
-    return check_focal_mode(focal_mode or model.spec.focal_mode)
+    return check_focal_mode(inputs.focal_mode or model.spec.focal_mode)
 
 
 def usable_cores() -> int:

@@ -5,6 +5,7 @@ Bad input ends with one line ``error: ...`` on stderr and exit code 2, never a t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -287,11 +288,22 @@ def predict(
     ] = False,
 ) -> None:
     """Predict metric depth; writes S.depth.npy and S.json (+ --save extras) per image."""
+    from metricdepth.batch import BatchOptions
+    from metricdepth.cameras import CameraOptions
+    from metricdepth.data.inputs import parse_shard
+    from metricdepth.distortion import lens_from_options
+    from metricdepth.predictor import PrepareOptions
+
     try:
-        summary, skipped = run_predict(
-            inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
-            workers, resume, shard, keep_going, distortion, fisheye, backend, precision, fsync,
-        )  # fmt: skip
+        lens = lens_from_options(distortion, fisheye)
+        camera = CameraOptions.parse(intrinsics, focal, flags=True)
+        prepare = PrepareOptions(camera, focal_mode, lens)
+        if workers < 0:
+            raise ValueError(f"--workers must be 0 or more, got {workers}")
+        shard_range = parse_shard(shard) if shard is not None else None
+        options = BatchOptions(workers, resume, shard_range, keep_going, fsync=fsync)
+        choice = ModelChoice(model, weights, device, backend, precision)
+        summary, skipped = run_predict(inputs, choice, prepare, options, out, save)
     except ValueError as error:
         fail(str(error))
     line = summary.line()
@@ -304,24 +316,35 @@ def predict(
         raise typer.Exit(1)
 
 
-def run_predict(
-    inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
-    workers=0, resume=False, shard=None, keep_going=False, distortion=None, fisheye=None,
-    backend=None, precision=None, fsync=False,
-):  # fmt: skip
-    """The work of ``metricdepth predict``: ``(batch summary, files skipped in folders)``."""
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model ``predict`` runs and how: ``model`` (registered name, model file or .onnx;
+    None: the default), ``weights`` (checkpoint file), ``device`` (``cpu``, ``cuda``, ...),
+    ``backend`` (``torch`` or ``onnxruntime``; None: by the file), ``precision`` (``fp32`` or
+    ``bf16``; None: eager). Checked when loaded (``load_predictor``)."""
+
+    model: str | None = None
+    weights: Path | None = None
+    device: str = "cpu"
+    backend: str | None = None
+    precision: str | None = None
+
+
+def run_predict(inputs, choice: ModelChoice, prepare, options, out: Path, save: str):
+    """The work of ``metricdepth predict``: ``(batch summary, files skipped in folders)``.
+
+    ``inputs``: paths (images, folders, annotation JSONs; empty: the bundled example);
+    ``choice``: the model; ``prepare``: ``predictor.PrepareOptions`` (camera, focal mode,
+    lens); ``options``: ``batch.BatchOptions``; ``out``: the output folder; ``save``: the
+    ``--save`` text.
+    """
     from metricdepth.batch import run_batch
-    from metricdepth.camera import check_focal_mode
-    from metricdepth.cameras import CameraOptions, default_count_warning
-    from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
-    from metricdepth.distortion import lens_from_options
+    from metricdepth.cameras import default_count_warning
+    from metricdepth.data.inputs import InputItem, collect_inputs
     from metricdepth.files import parse_save
 
     kinds = parse_save(save)
-    lens = lens_from_options(distortion, fisheye)
-    values = CameraOptions.parse(intrinsics, focal, flags=True).intrinsics
-    if focal_mode is not None:
-        check_focal_mode(focal_mode)
+    camera = prepare.camera
     skipped: list = []
     if inputs:
         items = collect_inputs(list(inputs), skipped)
@@ -329,13 +352,13 @@ def run_predict(
         items = [InputItem(EXAMPLE_IMAGE, EXAMPLE_IMAGE.stem, EXAMPLE_INTRINSICS)]
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
-    if workers < 0:
-        raise ValueError(f"--workers must be 0 or more, got {workers}")
-    check_device(device)
-    shard_range = parse_shard(shard) if shard is not None else None
-    net = load_predictor(model, weights, device, backend, precision, workers)
-    warn_assumed_camera(net.spec, values, focal, focal_mode)
-    if lens is not None and "image" in net.takes:
+    check_device(choice.device)
+    net = load_predictor(
+        choice.model, choice.weights, choice.device, choice.backend, choice.precision,
+        options.workers,
+    )  # fmt: skip
+    warn_assumed_camera(net.spec, camera.intrinsics, camera.focal_px, prepare.focal_mode)
+    if prepare.distortion is not None and "image" in net.takes:
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
         )
@@ -346,14 +369,11 @@ def run_predict(
             f"--save {','.join(lacking)}: {net.spec.name} has no {' or '.join(lacking)} output "
             f"(its outputs besides depth: {has}); the Metric3D ViT models have both"
         )
-    summary = run_batch(
-        net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
-        workers=workers, resume=resume, shard=shard_range, keep_going=keep_going,
-        distortion=lens, fsync=fsync,
-    )  # fmt: skip
+    summary = run_batch(net, items, out, kinds, inputs=prepare, options=options)
     if summary.default_camera:
         typer.echo(f"warning: {default_count_warning(summary.default_camera)}", err=True)
-    warn_camera_mismatch(summary, given=values is not None or focal is not None)
+    given = camera.intrinsics is not None or camera.focal_px is not None
+    warn_camera_mismatch(summary, given=given)
     if summary.done:
         trust_warning(net)  # after the run: a refused or failed run stays one error line
     return summary, len(skipped)

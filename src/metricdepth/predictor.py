@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metricdepth.camera import Camera, check_focal_mode
+from metricdepth.cameras import CameraOptions
 from metricdepth.canonical import (
     CanonicalRecord,
     CanonicalSpace,
@@ -110,6 +111,38 @@ class Prepared:
     def x(self) -> Tensor:
         """The normalised canvas (3, H_in, W_in) float32 (canvas backends)."""
         return self.inputs["x"]
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How the images of a run are prepared for the network (checked on construction).
+
+    Attributes:
+        camera: one camera for every image (``cameras.CameraOptions``: intrinsics in pixels or
+            ``focal_px``); empty: each image's annotation, else its EXIF focal, else the
+            default camera.
+        focal_mode: ``"mean"`` ((fx + fy) / 2) or ``"fx"``; None: the model's.
+        distortion: one lens for every image (``distortion.Distortion``), predicted on the
+            undistorted image and written on the original pixel grid; None: pinhole.
+        alpha: OpenCV's alpha (or fisheye balance) in [0, 1] of the undistorted view; None:
+            the lens model's default (``distortion.DEFAULT_ALPHA``).
+    """
+
+    camera: CameraOptions = CameraOptions()
+    focal_mode: str | None = None
+    distortion: Distortion | None = None
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.camera, CameraOptions):
+            raise TypeError(f"camera must be a CameraOptions, got {type(self.camera).__name__}")
+        if self.focal_mode is not None:
+            check_focal_mode(self.focal_mode)
+        if self.alpha is not None:
+            alpha = float(self.alpha)
+            if not 0.0 <= alpha <= 1.0:
+                raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
+            object.__setattr__(self, "alpha", alpha)
 
 
 def undistorted(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from metricdepth.cameras import CameraOptions
     from metricdepth.data.inputs import InputItem
 
 #: Samples a loader worker hands over at once (each message costs the receiver ~0.5 ms of CPU).
@@ -63,23 +64,24 @@ class PredictionInputs:
     """Map-style dataset: item k -> ``Sample`` of ``items[k]``.
 
     The pre-processing of ``predict``: the image read with its EXIF orientation; the camera
-    from ``intrinsics``/``focal``, else the item's annotation, else the file's EXIF focal, else
-    the default camera (``cameras.camera_for_image``); then ``prepare(image, camera, source)``
-    (``predictor.prepare`` with the model's space and focal mode bound: no model here).
+    of ``camera`` (``cameras.CameraOptions``: intrinsics or focal for every image), else the
+    item's annotation, else the file's EXIF focal, else the default camera
+    (``cameras.camera_for_image``); then ``prepare(image, camera, source)`` (``predictor.prepare``
+    with the model's space and focal mode bound: no model here).
     """
 
     def __init__(
         self,
         items: Sequence[InputItem],
         prepare: Callable[[Any, Any, str], Any],
-        *,
-        intrinsics: Sequence[float] | None = None,
-        focal: float | None = None,
+        camera: CameraOptions | None = None,
         keep_image: bool = False,
     ) -> None:
+        from metricdepth.cameras import CameraOptions
+
         self.items, self.prepare = list(items), prepare
-        self.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
-        self.focal, self.keep_image = focal, keep_image
+        self.camera = CameraOptions() if camera is None else camera
+        self.keep_image = keep_image
 
     def __len__(self) -> int:
         return len(self.items)
@@ -95,7 +97,8 @@ class PredictionInputs:
             rgb, _ = read_image(item.image)
             height, width = rgb.shape[:2]
             camera, source = camera_for_image(
-                item.image, width, height, intrinsics=self.intrinsics, focal=self.focal,
+                item.image, width, height, intrinsics=self.camera.intrinsics,
+                focal=self.camera.focal_px,
                 annotation=item.intrinsics,
             )  # fmt: skip
             prepared = self.prepare(rgb, camera, source)
