@@ -20,6 +20,7 @@ from metricdepth.canonical import CanonicalSpace
 from metricdepth.data.annotations import read_annotations
 from metricdepth.data.dataset import (
     AnnotationSource,
+    Augmentation,
     CanonicalTrainingSet,
     assumed_focal,
     build_source,
@@ -120,7 +121,8 @@ def test_sparse_lidar_labels_are_min_pooled_never_blended(t, sparse):
     frame = _lidar_frame()
     space = CanonicalSpace(focal_px=100.0, input_hw=(96, 128), variant="label", resize="fit")
     dataset = CanonicalTrainingSet(
-        [_MemorySource(frame, sparse)], [1.0], space, variant="label", resize_range=(t, t),
+        [_MemorySource(frame, sparse)], [1.0], space, variant="label",
+        augmentation=Augmentation(resize_range=(t, t)),
     )  # fmt: skip
     canvas, record, _ = dataset.sample(0)
     assert record.scale == t and not any(record.crop)
@@ -151,7 +153,11 @@ def test_dense_labels_keep_nearest_neighbour_and_auto_detect_leaves_them_dense()
     frame = Frame(np.zeros((40, 50, 3), np.uint8), Camera(50.0, 50.0, 24.5, 19.5, 50, 40), depth)
     space = CanonicalSpace(focal_px=100.0, input_hw=(64, 80), variant="label", resize="fit")
     dataset = CanonicalTrainingSet(
-        [_MemorySource(frame, None)], [1.0], space, variant="label", resize_range=(1.3, 1.3)
+        [_MemorySource(frame, None)],
+        [1.0],
+        space,
+        variant="label",
+        augmentation=Augmentation(resize_range=(1.3, 1.3)),
     )
     canvas, record, _ = dataset.sample(0)
     assert not any(record.crop)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -274,6 +275,47 @@ class StepBatchSampler(torch.utils.data.Sampler):
             yield list(step_indices(step, self.batch_size, self.rank, self.world_size))
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """The random changes of a training sample (checked on construction).
+
+    Attributes:
+        resize_range: ``(low, high)``, ``0 < low <= high``: the resize factor ``t ~ U(low,
+            high)`` of ``canonical.training_record`` (1, 1: none).
+        resize_prob: probability in [0, 1] of drawing ``t`` (else ``t = 1``).
+        crop: ``"rand"`` (a random window where a side exceeds the canvas) or ``"center"``.
+        flip_prob: probability in [0, 1] of a left-right flip (image, depth and camera) before
+            the record.
+        resize_base: ``"none"`` or ``"fit"`` (``t`` times inference's fit factor).
+    """
+
+    resize_range: tuple[float, float] = (1.0, 1.0)
+    resize_prob: float = 1.0
+    crop: str = "rand"
+    flip_prob: float = 0.0
+    resize_base: str = "none"
+
+    def __post_init__(self) -> None:
+        try:
+            low, high = (float(v) for v in self.resize_range)
+        except (TypeError, ValueError):
+            low = high = math.nan
+        if not (0 < low <= high < math.inf):
+            raise ValueError(f"resize_range must be 0 < low <= high, got {self.resize_range!r}")
+        object.__setattr__(self, "resize_range", (low, high))
+        for name in ("resize_prob", "flip_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.crop not in ("rand", "center"):
+            raise ValueError(f"crop must be 'rand' or 'center', got {self.crop!r}")
+        if self.resize_base not in ("none", "fit"):
+            raise ValueError(f"resize_base must be 'none' or 'fit', got {self.resize_base!r}")
+
+
 class CanonicalTrainingSet(torch.utils.data.Dataset):
     """Weighted mixture of sources moved into canonical space, indexed by global sample index.
 
@@ -301,8 +343,10 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
         sources: the frame sources; ``weights``: their sampling weights (> 0).
         space: training space: ``focal_px`` (f_c), ``input_hw`` (canvas) and normalisation.
         variant: ``"none"``, ``"label"`` or ``"image"`` (see ``metricdepth.canonical``).
-        resize_range, resize_prob, crop, focal_mode, resize_base: passed to ``training_record``.
-        flip_prob: chance of a left-right flip (image, depth and camera) before the record.
+        augmentation: the random resize, crop and flip (``Augmentation``; default: none but
+            the random crop).
+        focal_mode: ``"mean"`` or ``"fx"``, passed to ``training_record``.
+        min_depth_m, max_depth_m: metric depths outside this range are not labels.
         seed: the stream's seed.
     """
 
@@ -313,12 +357,8 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
         space: CanonicalSpace,
         *,
         variant: str,
-        resize_range: tuple[float, float] = (1.0, 1.0),
-        resize_prob: float = 1.0,
-        crop: str = "rand",
-        flip_prob: float = 0.0,
+        augmentation: Augmentation | None = None,
         focal_mode: str = "mean",
-        resize_base: str = "none",
         min_depth_m: float = 0.0,
         max_depth_m: float = math.inf,
         seed: int = 0,
@@ -332,12 +372,11 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
         self.cumulative = np.cumsum(w / w.sum())
         self.space = space
         self.variant = variant
-        self.resize_range = resize_range
-        self.resize_prob = resize_prob
-        self.crop = crop
-        self.flip_prob = flip_prob
+        augmentation = Augmentation() if augmentation is None else augmentation
+        if not isinstance(augmentation, Augmentation):
+            raise TypeError(f"augmentation must be an Augmentation, got {augmentation!r}")
+        self.augmentation = augmentation
         self.focal_mode = focal_mode
-        self.resize_base = resize_base
         self.min_depth_m, self.max_depth_m = float(min_depth_m), float(max_depth_m)
         self.seed = int(seed)
         self._perms: dict[tuple[int, int], np.ndarray] = {}
@@ -388,18 +427,19 @@ class CanonicalTrainingSet(torch.utils.data.Dataset):
         if sparse is None:
             sparse = bool(frame.mask.mean() < SPARSE_VALID_FRACTION)
         rng = np.random.default_rng([self.seed, 3, index])
-        if self.flip_prob and rng.random() < self.flip_prob:
+        aug = self.augmentation
+        if aug.flip_prob and rng.random() < aug.flip_prob:
             frame = frames.flip(frame)
         record = training_record(
             frame.camera,
             self.space,
             rng,
             variant=self.variant,
-            resize_range=self.resize_range,
-            resize_prob=self.resize_prob,
-            crop=self.crop,
+            resize_range=aug.resize_range,
+            resize_prob=aug.resize_prob,
+            crop=aug.crop,
             focal_mode=self.focal_mode,
-            resize_base=self.resize_base,
+            resize_base=aug.resize_base,
         )
         canvas = to_canonical(frame, record, pad_rgb=self.space.pad_rgb, sparse=sparse)
         return canvas, record, source

@@ -47,6 +47,7 @@ from torch import nn
 from metricdepth.camera import Camera
 from metricdepth.canonical import CanonicalSpace
 from metricdepth.data.dataset import (
+    Augmentation,
     CanonicalTrainingSet,
     StepBatchSampler,
     assumed_focal,
@@ -158,6 +159,17 @@ def build_network(config: TrainConfig) -> nn.Module:
     return arch.build_network(config.arch, config.model_kwargs)
 
 
+def augmentation(config: TrainConfig) -> Augmentation:
+    """The ``data.dataset.Augmentation`` of ``config`` (its resize, crop and flip settings)."""
+    return Augmentation(
+        resize_range=tuple(config.resize_range),
+        resize_prob=config.resize_prob,
+        crop=config.crop,
+        flip_prob=config.flip_prob,
+        resize_base=config.resize_base,
+    )
+
+
 def build_dataset(config: TrainConfig) -> CanonicalTrainingSet:
     """The training sample stream of ``config`` (see ``metricdepth.data.dataset``)."""
     return CanonicalTrainingSet(
@@ -165,12 +177,8 @@ def build_dataset(config: TrainConfig) -> CanonicalTrainingSet:
         [d.weight for d in config.datasets],
         training_space(config),
         variant=config.variant,
-        resize_range=config.resize_range,
-        resize_prob=config.resize_prob,
-        crop=config.crop,
-        flip_prob=config.flip_prob,
+        augmentation=augmentation(config),
         focal_mode=config.focal_mode,
-        resize_base=config.resize_base,
         min_depth_m=config.min_depth_m,
         max_depth_m=config.max_depth_m,
         seed=config.seed,
