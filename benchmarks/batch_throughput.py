@@ -34,10 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from metricdepth.batch import BatchOptions
-from metricdepth.cameras import CameraOptions
-from metricdepth.predictor import PrepareOptions
-
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "batch_throughput.md"
 #: model key -> (label, image HEIGHTxWIDTH, goal ratio)
@@ -96,11 +92,12 @@ def forward_only(predictor, inputs) -> float:
 def measure(key: str, images: int, repeats: int, workers: int, tmp: Path) -> dict:
     import torch
 
-    from metricdepth.batch import network_threads, run_batch
+    from metricdepth.batch import BatchOptions, network_threads, run_batch
     from metricdepth.camera import Camera
+    from metricdepth.cameras import CameraOptions
     from metricdepth.data.inputs import collect_inputs
     from metricdepth.io import read_image
-    from metricdepth.predictor import Predictor
+    from metricdepth.predictor import Predictor, PrepareOptions
 
     label, (height, width), goal = MODELS[key]
     model = load(key).eval()
