@@ -287,12 +287,30 @@ def predict(
             "power loss (slower; without it --resume redoes what a power loss cut short).",
         ),
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (this process) or ray (a Ray cluster: pip install 'metricdepth[ray]')."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="--engine ray: the cluster (default: RAY_ADDRESS, else a local one)."),
+    ] = None,
+    num_workers: Annotated[
+        int | None,
+        typer.Option(help="--engine ray: model workers, each loads the model once (default 1)."),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option(help="--engine ray: GPUs per model worker (with --device cuda).")
+    ] = None,
 ) -> None:
     """Predict metric depth; writes S.depth.npy and S.json (+ --save extras) per image."""
     try:
         summary, skipped = run_predict(
             inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
             workers, resume, shard, keep_going, distortion, fisheye, backend, precision, fsync,
+            engine=(engine, address, num_workers, gpus_per_worker),
         )  # fmt: skip
     except ValueError as error:
         fail(str(error))
@@ -309,9 +327,11 @@ def predict(
 def run_predict(
     inputs, model, weights, intrinsics, focal, focal_mode, device, out, save,
     workers=0, resume=False, shard=None, keep_going=False, distortion=None, fisheye=None,
-    backend=None, precision=None, fsync=False,
+    backend=None, precision=None, fsync=False, engine=("local", None, None, None),
 ):  # fmt: skip
-    """The work of ``metricdepth predict``: ``(batch summary, files skipped in folders)``."""
+    """The work of ``metricdepth predict``: ``(batch summary, files skipped in folders)``.
+
+    ``engine``: ``(name, address, num_workers, gpus_per_worker)`` of ``--engine``."""
     from metricdepth.camera import check_focal_mode
     from metricdepth.cameras import CameraOptions, default_count_warning
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
@@ -332,8 +352,22 @@ def run_predict(
         raise ValueError(f"--out {out} exists and is not a folder")
     if workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {workers}")
-    check_device(device)
     shard_range = parse_shard(shard) if shard is not None else None
+    if tuple(engine) != ("local", None, None, None):
+        from metricdepth.ray_engine import run_ray_command
+
+        summary, spec = run_ray_command(
+            items, out, kinds, engine, model=model, weights=weights, device=device,
+            precision=precision, backend=backend, workers=workers, intrinsics=values,
+            focal=focal, focal_mode=focal_mode, distortion=lens, resume=resume,
+            shard=shard_range, keep_going=keep_going, fsync=fsync,
+        )  # fmt: skip
+        if summary.default_camera:
+            typer.echo(f"warning: {default_count_warning(summary.default_camera)}", err=True)
+        if summary.done and spec.trust_warning():
+            typer.echo(f"warning: {spec.trust_warning()}", err=True)
+        return summary, len(skipped)
+    check_device(device)
     net = load_predictor(model, weights, device, backend, precision, workers)
     warn_assumed_camera(getattr(net, "spec", None), values, focal, focal_mode)
     if lens is not None and getattr(net, "needs_image", False):

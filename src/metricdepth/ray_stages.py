@@ -1,0 +1,380 @@
+"""The stages of the Ray executor (``metricdepth.ray_engine``) as they run on Ray's workers.
+
+``prepare_batch`` (CPU tasks): image bytes -> decoded with PIL (EXIF kept) -> camera policy ->
+pickled prepared input; ``ForwardActor`` (the actor pool): the model loaded once, network
+outputs; ``finish_batch`` (CPU tasks): metric ``Prediction`` -> a row of arrays and the record,
+or the files and record of the local runner in a folder or an ``fsspec`` URL. Batches are
+Ray Data's numpy batches (dicts of columns). This module imports neither ray nor torch at
+import time.
+
+The adapter section at the top is the only place that calls the local pipeline's functions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from metricdepth.ray_engine import RayOptions
+
+
+# ====================================================================== adapter
+# The only place that knows the local pipeline's functions. After the Predictor
+# (predictor.py: prepare / forward / finish) and the batch files module (files.py: naming,
+# atomic writing, is_finished, records) land, re-point these few functions.
+def _load(options: RayOptions):
+    """The model, loaded once per actor (the CLI's ``load_model`` arguments)."""
+    from metricdepth.pipeline import load_model
+
+    return load_model(
+        options.model, weights=options.weights, device=options.device, precision=options.precision
+    )
+
+
+def spec_of(options: RayOptions):
+    """The model's spec without its weights (the prepare tasks need only its space)."""
+    from metricdepth.models.registry import model_spec
+
+    return model_spec(options.model)
+
+
+def _provenance(model) -> dict[str, Any]:
+    from metricdepth.models.registry import provenance
+
+    return provenance(model)
+
+
+def _prepare(spec, data: bytes, name: str, options: RayOptions, annotation, keep_image: bool):
+    """Decode one image's bytes and move it into canonical space: a picklable prepared input
+    (its ``error`` set, not raised, for a bad image)."""
+    from metricdepth.cameras import camera_for_image
+    from metricdepth.outputs import PreparedInput, problem_line
+    from metricdepth.pipeline import prepare
+
+    started = time.perf_counter()
+    try:
+        rgb, pil = _decode(data, name)
+        height, width = rgb.shape[:2]
+        camera, source = camera_for_image(
+            pil, width, height, intrinsics=options.camera.intrinsics,
+            focal=options.camera.focal_px, annotation=annotation,
+        )  # fmt: skip
+        mode = options.focal_mode or spec.focal_mode
+        canvas, record, _ = prepare(
+            rgb, camera, spec.space, mode, options.distortion, options.alpha
+        )
+    except ValueError as error:
+        return PreparedInput(0, error=problem_line(name, error))
+    except MemoryError:
+        return PreparedInput(0, error=problem_line(name, "too large for memory"))
+    return PreparedInput(
+        0, canvas, camera, source, record, rgb if keep_image else None,
+        distortion=options.distortion, alpha=options.alpha, pre_s=time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def _forward(model, prepared: Sequence) -> list[dict[str, np.ndarray]]:
+    """The network's outputs (numpy, batch dimension 1) of each prepared input; inputs of one
+    canvas size run as one batch."""
+    import torch
+
+    from metricdepth.outputs import network_input
+
+    outputs: list[dict[str, np.ndarray] | None] = [None] * len(prepared)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, sample in enumerate(prepared):
+        groups.setdefault(sample.canvas.shape, []).append(index)
+    for indices in groups.values():
+        x = torch.cat([network_input(model, prepared[i]) for i in indices])
+        with torch.inference_mode(), torch.jit.optimized_execution(False):
+            out = model(x)
+        for row, index in enumerate(indices):
+            outputs[index] = {k: v[row : row + 1].float().cpu().numpy() for k, v in out.items()}
+    return outputs  # type: ignore[return-value]
+
+
+def _finish(spec, out: dict[str, np.ndarray], sample, forward_s: float):
+    """Network outputs of one image -> its metric ``Prediction`` (with ``timings_ms``)."""
+    import torch
+
+    from metricdepth.outputs import to_prediction
+    from metricdepth.prediction import timings_ms
+
+    started = time.perf_counter()
+    tensors = {k: torch.from_numpy(v) for k, v in out.items()}
+    prediction = to_prediction(_Spec(spec), sample, tensors)
+    post_s = time.perf_counter() - started
+    return replace(prediction, timings_ms=timings_ms(sample.pre_s, forward_s, post_s))
+
+
+def record_of(prediction, about: dict[str, Any]) -> dict[str, Any]:
+    """The record of one prediction as the local runner writes it, less the files."""
+    from metricdepth import __version__
+
+    record = {"metricdepth_version": __version__, **about, **prediction.summary()}
+    record["warnings"] = list(about.get("warnings", ()))
+    if prediction.camera_warning is not None:
+        record["warnings"].append(prediction.camera_warning)
+    return record
+
+
+def _write(prediction, image, out_dir: str, stem: str, save: set[str], about, sync: bool):
+    """Write one image's files and record (atomically, record last) into a local folder."""
+    from metricdepth.outputs import write_prediction
+
+    write_prediction(prediction, image, Path(out_dir), stem, save, sync=sync, about=about)
+
+
+def _output_names(stem: str, save: set[str]) -> dict[str, str]:
+    """kind -> file name relative to the output root (``record``: the record)."""
+    from metricdepth.outputs import output_paths
+
+    return {kind: path.as_posix() for kind, path in output_paths(Path(""), stem, save).items()}
+
+
+def _is_finished(out_dir: str, stem: str, save: set[str]) -> bool:
+    """The local runner's resume rule for a local output folder."""
+    from metricdepth.outputs import is_finished
+
+    return is_finished(Path(out_dir), stem, save)
+
+
+def remove_stale_temporaries(out_dir: str, stems) -> None:
+    from metricdepth.outputs import remove_stale_temporaries
+
+    remove_stale_temporaries(Path(out_dir), stems)
+
+
+def summary_of(total: int, shard):
+    from metricdepth.outputs import BatchSummary
+
+    return BatchSummary(total=total, shard=shard)
+
+
+def write_error():
+    from metricdepth.outputs import WriteError
+
+    return WriteError
+
+
+class _Spec:
+    """What the post-processing needs of a model: its spec."""
+
+    def __init__(self, spec) -> None:
+        self.spec = spec
+
+
+# ====================================================================== the stages
+def _decode(data: bytes, name: str):
+    """``(rgb, pil)``: the image as displayed (``io.read_image``'s decoding) and the opened
+    PIL image (for its EXIF), or one ValueError line naming ``name``."""
+    from PIL import Image, UnidentifiedImageError
+
+    from metricdepth.io import rgb_from_pil
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            pil = Image.open(io.BytesIO(data))
+            pil.seek(0)
+            pil.load()
+            rgb, _ = rgb_from_pil(pil)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{name}: not an image Pillow can read (or an empty file)") from None
+    except (OSError, SyntaxError, EOFError) as exc:
+        raise ValueError(f"{name}: cannot read image ({' '.join(str(exc).split())})") from None
+    return rgb, pil
+
+
+def _read_bytes(path: str) -> bytes:
+    import fsspec
+
+    with fsspec.open(path, "rb") as handle:
+        return handle.read()
+
+
+def _column(batch: dict, name: str, n: int) -> list:
+    """A column of a numpy batch as a list (missing: Nones)."""
+    values = batch.get(name)
+    return [None] * n if values is None else list(values)
+
+
+def text(value) -> str | None:
+    """A text cell (None, or NaN where Arrow had a column of nulls: None)."""
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return None
+    return str(value)
+
+
+def _annotation(value) -> tuple[float, ...] | None:
+    """A row's ``intrinsics`` (None, empty or NaN: none) as a tuple of floats."""
+    if value is None:
+        return None
+    values = np.asarray(value, dtype=np.float64).ravel()
+    return None if values.size == 0 or np.isnan(values).all() else tuple(map(float, values))
+
+
+def prepare_batch(batch: dict, spec, options: RayOptions, keep_image: bool) -> dict:
+    keys = [str(k) for k in batch["key"]]
+    n = len(keys)
+    paths = [text(p) for p in _column(batch, "path", n)]
+    images = _column(batch, "image", n)
+    cameras = _column(batch, "intrinsics", n)
+    prepared = []
+    for key, path, data, intrinsics in zip(keys, paths, images, cameras, strict=True):
+        name = str(path) if path is not None else key
+        if data is None:
+            try:
+                data = _read_bytes(str(path))
+            except (OSError, ValueError) as error:
+                from metricdepth.outputs import PreparedInput, problem_line
+
+                prepared.append(pickle.dumps(PreparedInput(0, error=problem_line(name, error))))
+                continue
+        sample = _prepare(spec, bytes(data), name, options, _annotation(intrinsics), keep_image)
+        prepared.append(pickle.dumps(sample))
+    return {"key": keys, "input": paths,
+            "prepared": prepared}  # fmt: skip
+
+
+class ForwardActor:
+    """One forward worker: the model loaded once (``options``: set on a subclass by
+    ``predict_dataset``), then batches of prepared inputs."""
+
+    options: RayOptions
+
+    def __init__(self) -> None:
+        self.model = _load(self.options)
+        self.about = json.dumps(_provenance(self.model))
+
+    def __call__(self, batch: dict) -> dict:
+        samples = [pickle.loads(p) for p in batch["prepared"]]
+        good = [k for k, s in enumerate(samples) if s.error is None]
+        started = time.perf_counter()
+        results = _forward(self.model, [samples[k] for k in good]) if good else []
+        forward_s = (time.perf_counter() - started) / max(len(good), 1)
+        outputs: list[bytes | None] = [None] * len(samples)
+        for k, out in zip(good, results, strict=True):
+            outputs[k] = pickle.dumps(out)
+        n = len(samples)
+        return {
+            **batch,
+            "outputs": outputs,
+            "forward_s": [forward_s] * n,
+            "about": [self.about] * n,
+        }
+
+
+def finish_batch(batch: dict, spec, out_dir: str | None, save: set[str], sync: bool) -> dict:
+    rows: dict[str, list] = {name: [] for name in _RESULT_COLUMNS}
+    arrays: dict[str, list] = {"depth_m": [], "confidence": [], "normal": []}
+    for key, path, prepared, out, forward_s, about in zip(
+        batch["key"], batch["input"], batch["prepared"], batch["outputs"], batch["forward_s"],
+        batch["about"], strict=True,
+    ):  # fmt: skip
+        sample = pickle.loads(prepared)
+        path = text(path)
+        result = {"key": str(key), "input": path, "error": None, "write_error": None}
+        result.update(camera_source=None, record=None)
+        prediction = None
+        if sample.error is not None:
+            result["error"] = sample.error
+        else:
+            made_by = {**json.loads(about), "input": path if path is not None else str(key)}
+            try:
+                prediction = _finish(spec, pickle.loads(out), sample, float(forward_s))
+                result["camera_source"] = prediction.camera_source
+                if out_dir is None:
+                    result["record"] = json.dumps(record_of(prediction, made_by))
+                else:
+                    result["record"] = _write_any(
+                        prediction, sample.image, out_dir, str(key), save, made_by, sync
+                    )
+            except write_error() as error:
+                result["write_error"] = str(error)
+            except ValueError as error:
+                from metricdepth.outputs import problem_line
+
+                result["error"] = problem_line(result["input"] or key, error)
+        for name in _RESULT_COLUMNS:
+            rows[name].append(result[name])
+        if out_dir is None:
+            arrays["depth_m"].append(None if prediction is None else prediction.depth_m)
+            arrays["confidence"].append(None if prediction is None else prediction.confidence)
+            arrays["normal"].append(None if prediction is None else prediction.normal)
+    if out_dir is None:
+        rows.update(
+            {k: _object_array(v) for k, v in arrays.items() if any(a is not None for a in v)}
+        )
+    return rows
+
+
+_RESULT_COLUMNS = ("key", "input", "camera_source", "record", "error", "write_error")
+
+
+def _object_array(values: list) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+# ====================================================================== output folders
+def is_url(out: str) -> bool:
+    return "://" in str(out)
+
+
+def _write_any(prediction, image, out: str, stem: str, save, about, sync: bool) -> str:
+    """Write one image's outputs under ``out`` (a folder, or an fsspec URL: written to a local
+    temporary folder, then copied, record last); returns the record's text."""
+    if not is_url(out):
+        _write(prediction, image, out, stem, save, about, sync)
+        return (Path(out) / _output_names(stem, save)["record"]).readtext(encoding="utf-8")
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out)
+    with tempfile.TemporaryDirectory(prefix="metricdepth-ray-") as local:
+        _write(prediction, image, local, stem, save, about, False)
+        names = _output_names(stem, save)
+        record = (Path(local) / names["record"]).readtext(encoding="utf-8")
+        listed = json.loads(record)["files"]
+        for kind in [*sorted(listed), "record"]:  # the record last: it says "finished"
+            name = names[kind]
+            target = f"{root.rstrip('/')}/{name}"
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(Path(local) / name), target)
+    return record
+
+
+def is_finished_any(out: str, stem: str, save: set[str]) -> bool:
+    """``is_finished`` for a folder or an fsspec URL (same rule: the record exists, asks for
+    every kind of ``save``, and its files exist with the sizes it lists)."""
+    if not is_url(out):
+        return _is_finished(out, stem, save)
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out)
+    base = f"{root.rstrip('/')}/{_output_names(stem, set())['record']}"
+    try:
+        record = json.loads(fs.cat_file(base))
+        files, sizes = record["files"], record["bytes"]
+        if "depth" not in files or set(sizes) != set(files):
+            return False
+        if not (save | {"depth"}) <= set(record.get("save") or files):
+            return False
+        folder = base.rsplit("/", 1)[0]
+        return all(fs.size(f"{folder}/{files[k]}") == sizes[k] for k in files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
