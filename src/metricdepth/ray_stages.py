@@ -341,14 +341,14 @@ def _write_any(prediction, image, out: str, stem: str, save, about, sync: bool) 
     temporary folder, then copied, record last); returns the record's text."""
     if not is_url(out):
         _write(prediction, image, out, stem, save, about, sync)
-        return (Path(out) / _output_names(stem, save)["record"]).readtext(encoding="utf-8")
+        return (Path(out) / _output_names(stem, save)["record"]).read_text(encoding="utf-8")
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(out)
     with tempfile.TemporaryDirectory(prefix="metricdepth-ray-") as local:
         _write(prediction, image, local, stem, save, about, False)
         names = _output_names(stem, save)
-        record = (Path(local) / names["record"]).readtext(encoding="utf-8")
+        record = (Path(local) / names["record"]).read_text(encoding="utf-8")
         listed = json.loads(record)["files"]
         for kind in [*sorted(listed), "record"]:  # the record last: it says "finished"
             name = names[kind]
