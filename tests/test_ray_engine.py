@@ -256,14 +256,14 @@ def test_fsspec_url_output_is_the_same_and_resumes(cluster, images, local, tmp_p
     assert (again.done, again.skipped) == (1, 2)
 
 
-def run_cli(*args: str, block_ray: bool = False) -> subprocess.CompletedProcess:
-    code = "import sys\n"
-    if block_ray:
-        code += "sys.modules['ray'] = None\n"
-    code += "from metricdepth.cli import main\nsys.argv = ['metricdepth', *sys.argv[1:]]\nmain()\n"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
-    )
+def run_cli(*args: str):
+    """The command line in this process (typer's runner): ``(exit code, stderr)``."""
+    from typer.testing import CliRunner
+
+    from metricdepth.cli import app
+
+    run = CliRunner().invoke(app, list(args))
+    return run.exit_code, run.stderr
 
 
 @pytest.mark.parametrize(
@@ -272,22 +272,40 @@ def run_cli(*args: str, block_ray: bool = False) -> subprocess.CompletedProcess:
         (["--engine", "spark"], "error: --engine must be local or ray, got 'spark'"),
         (["--num-workers", "2"], "error: --address, --num-workers and --gpus-per-worker need"),
         (["--engine", "ray", "--num-workers", "0"], "error: --num-workers must be 1 or more"),
-        (["--engine", "ray", "--gpus-per-worker", "1"], "give --device cuda"),
+        (
+            ["--engine", "ray", "--gpus-per-worker", "1"],
+            "error: --gpus-per-worker runs the model on GPUs: give --device cuda",
+        ),
+        (
+            ["--engine", "ray", "--device", "cuda"],
+            "error: --device cuda with --engine ray needs --gpus-per-worker",
+        ),
         (["--engine", "ray", "--workers", "2"], "error: --workers is for the local engine"),
-        (["--engine", "ray", "--backend", "onnxruntime"], "runs the torch backend"),
+        (
+            ["--engine", "ray", "--backend", "onnxruntime"],
+            "error: --engine ray runs the torch backend",
+        ),
+        (["--engine", "ray", "--model", "nope"], "error: "),
     ],
 )
 def test_cli_refuses_options_that_do_not_fit_the_engine(tmp_path, args, message):
-    run = run_cli("predict", "--out", str(tmp_path / "out"), *args)
-    assert run.returncode == 2
-    assert run.stderr.strip().splitlines() == [run.stderr.strip()]  # one line
-    assert message in run.stderr
+    code, stderr = run_cli("predict", "--out", str(tmp_path / "out"), *args)
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith(message), stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_without_ray_says_how_to_install_it(tmp_path):
-    run = run_cli("predict", "--engine", "ray", "--out", str(tmp_path / "o"), block_ray=True)
-    assert run.returncode == 2
-    assert run.stderr.strip() == (
-        "error: the ray engine needs Ray Data: pip install 'metricdepth[ray]'"
+def test_cli_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray: ImportError
+    code, stderr = run_cli("predict", "--engine", "ray", "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert stderr.strip() == "error: the ray engine needs Ray Data: pip install 'metricdepth[ray]'"
+
+
+def test_importing_metricdepth_never_imports_ray():
+    code = (
+        "import sys, metricdepth, metricdepth.cli, metricdepth.ray_engine, "
+        "metricdepth.ray_stages; print('ray' in sys.modules)"
     )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.strip() == "False", run.stderr
