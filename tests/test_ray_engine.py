@@ -193,7 +193,7 @@ def test_resume_after_a_killed_run_does_every_image_once(cluster, images, tmp_pa
     images are written; ``--resume`` does the rest, each image once, no partial file."""
     address, faults = cluster
     clear(faults)
-    (faults / "slow").write_text("1.0")  # a second per image: the kill lands mid-run
+    (faults / "slow").write_text("0.5")  # a second per image: the kill lands mid-run
     folder = images[0].image.parent  # the images of a folder (not the annotated one)
     items = collect_inputs([folder])
     reference = tmp_path / "local"
@@ -230,12 +230,9 @@ def test_resume_after_a_killed_run_does_every_image_once(cluster, images, tmp_pa
             assert np.load(path).ndim == 2
     (faults / "writes.log").unlink()
 
-    resumed = subprocess.run(
-        [sys.executable, str(script), address, str(faults), *args, "--resume"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    line = resumed.stdout.strip().splitlines()[-1]
+    resumed = run_cli("predict", *args, "--resume")  # in this process, on the same Ray
+    assert resumed[0] == 0, resumed[1]
+    line = resumed[2].strip().splitlines()[-1]
     done = len(items) - len(finished)
     assert line.startswith(f"{done} done, {len(finished)} skipped as finished, 0 failed of ")
     assert sorted(writes(faults)) == sorted({i.stem for i in items} - finished)  # each once
@@ -256,14 +253,14 @@ def test_fsspec_url_output_is_the_same_and_resumes(cluster, images, local, tmp_p
     assert (again.done, again.skipped) == (1, 2)
 
 
-def run_cli(*args: str):
-    """The command line in this process (typer's runner): ``(exit code, stderr)``."""
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """The command line in this process (typer's runner): ``(exit code, stderr, stdout)``."""
     from typer.testing import CliRunner
 
     from metricdepth.cli import app
 
     run = CliRunner().invoke(app, list(args))
-    return run.exit_code, run.stderr
+    return run.exit_code, run.stderr, run.stdout
 
 
 @pytest.mark.parametrize(
@@ -286,10 +283,11 @@ def run_cli(*args: str):
             "error: --engine ray runs the torch backend",
         ),
         (["--engine", "ray", "--model", "nope"], "error: "),
+        (["--engine", "ray", "--save", "normal"], "error: --save normal: metricdepth-small has no"),
     ],
 )
 def test_cli_refuses_options_that_do_not_fit_the_engine(tmp_path, args, message):
-    code, stderr = run_cli("predict", "--out", str(tmp_path / "out"), *args)
+    code, stderr, _ = run_cli("predict", "--out", str(tmp_path / "out"), *args)
     assert code == 2
     assert len(stderr.strip().splitlines()) == 1 and stderr.startswith(message), stderr
     assert not (tmp_path / "out").exists()
@@ -297,7 +295,7 @@ def test_cli_refuses_options_that_do_not_fit_the_engine(tmp_path, args, message)
 
 def test_cli_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray: ImportError
-    code, stderr = run_cli("predict", "--engine", "ray", "--out", str(tmp_path / "o"))
+    code, stderr, _ = run_cli("predict", "--engine", "ray", "--out", str(tmp_path / "o"))
     assert code == 2
     assert stderr.strip() == "error: the ray engine needs Ray Data: pip install 'metricdepth[ray]'"
 

@@ -354,18 +354,24 @@ def run_predict(
         raise ValueError(f"--workers must be 0 or more, got {workers}")
     shard_range = parse_shard(shard) if shard is not None else None
     if tuple(engine) != ("local", None, None, None):
-        from metricdepth.ray_engine import run_ray_command
+        from metricdepth.ray_engine import command_options, model_spec, run_ray
 
-        summary, spec = run_ray_command(
-            items, out, kinds, engine, model=model, weights=weights, device=device,
-            precision=precision, backend=backend, workers=workers, intrinsics=values,
-            focal=focal, focal_mode=focal_mode, distortion=lens, resume=resume,
-            shard=shard_range, keep_going=keep_going, fsync=fsync,
+        options, address = command_options(
+            engine, model=model, weights=weights, device=device, precision=precision,
+            backend=backend, workers=workers, intrinsics=values, focal=focal,
+            focal_mode=focal_mode, distortion=lens, fsync=fsync,
+        )  # fmt: skip
+        spec = model_spec(options)
+        warn_assumed_camera(spec, values, focal, focal_mode)
+        check_outputs(spec, kinds)
+        summary = run_ray(
+            items, out, kinds, options, address=address, resume=resume, shard=shard_range,
+            keep_going=keep_going,
         )  # fmt: skip
         if summary.default_camera:
             typer.echo(f"warning: {default_count_warning(summary.default_camera)}", err=True)
-        if summary.done and spec.trust_warning():
-            typer.echo(f"warning: {spec.trust_warning()}", err=True)
+        if summary.done and (warning := spec.trust_warning()):
+            typer.echo(f"warning: {warning}", err=True)
         return summary, len(skipped)
     check_device(device)
     net = load_predictor(model, weights, device, backend, precision, workers)
@@ -374,13 +380,7 @@ def run_predict(
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
         )
-    lacking = sorted(kinds & {"normal", "confidence"} - set(net.spec.outputs))
-    if lacking:
-        has = ", ".join(net.spec.outputs) or "none"
-        raise ValueError(
-            f"--save {','.join(lacking)}: {net.spec.name} has no {' or '.join(lacking)} output "
-            f"(its outputs besides depth: {has}); the Metric3D ViT models have both"
-        )
+    check_outputs(net.spec, kinds)
     summary = run_batch(
         net, items, out, kinds, intrinsics=values, focal=focal, focal_mode=focal_mode,
         workers=workers, resume=resume, shard=shard_range, keep_going=keep_going,
@@ -391,6 +391,18 @@ def run_predict(
     if summary.done:
         trust_warning(net)  # after the run: a refused or failed run stays one error line
     return summary, len(skipped)
+
+
+def check_outputs(spec, kinds) -> None:
+    """A ValueError line when ``--save`` asks for an output (normals, confidence) that the
+    model does not have."""
+    lacking = sorted(kinds & {"normal", "confidence"} - set(spec.outputs))
+    if lacking:
+        has = ", ".join(spec.outputs) or "none"
+        raise ValueError(
+            f"--save {','.join(lacking)}: {spec.name} has no {' or '.join(lacking)} output "
+            f"(its outputs besides depth: {has}); the Metric3D ViT models have both"
+        )
 
 
 def warn_assumed_camera(spec, intrinsics, focal, focal_mode) -> None:

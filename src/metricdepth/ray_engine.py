@@ -17,7 +17,7 @@ The pipeline of the local batch runner, spread over a Ray cluster with Ray Data:
 Rows in: ``key`` (the output stem, e.g. ``"sub/img01"``), ``image`` (the file's bytes; or
 ``path`` to read them from, a local path or an ``fsspec`` URL) and optionally ``intrinsics``
 (``[fx, fy, cx, cy]`` of the image as displayed: an annotation's camera, source
-``"annotation"``) and ``path`` (recorded as the record's ``input``).
+``"annotation"``) and ``path`` (recorded as the record's ``input``; without it, the key).
 
 Faults: Ray Data's defaults restart a dead actor (``max_restarts=-1``) and retry its tasks
 (``max_task_retries=-1``), and retry a task whose worker died (``max_retries=-1``); an
@@ -48,7 +48,14 @@ if TYPE_CHECKING:
 
     from metricdepth.data.inputs import InputItem
 
-__all__ = ["RAY_MISSING", "RayOptions", "predict_dataset", "run_ray", "run_ray_command"]
+__all__ = [
+    "RAY_MISSING",
+    "RayOptions",
+    "predict_dataset",
+    "command_options",
+    "model_spec",
+    "run_ray",
+]
 
 #: The error line when ray is not installed.
 RAY_MISSING = "the ray engine needs Ray Data: pip install 'metricdepth[ray]'"
@@ -247,13 +254,13 @@ def _settle(rows, summary, keep_going: bool, total: int) -> None:
         summary.default_camera += row["camera_source"] == "default"
 
 
-def run_ray_command(
-    items, out, save, engine, *, model, weights, device, precision, backend, workers,
-    intrinsics, focal, focal_mode, distortion, resume, shard, keep_going, fsync,
-):  # fmt: skip
-    """``metricdepth predict`` with ``--engine`` (``engine``: ``(name, address, num_workers,
-    gpus_per_worker)``); ``(BatchSummary, model spec)``. Options that do not fit the engine
-    are a ValueError line naming them."""
+def command_options(
+    engine, *, model, weights, device, precision, backend, workers, intrinsics, focal,
+    focal_mode, distortion, fsync,
+) -> tuple[RayOptions, str | None]:  # fmt: skip
+    """``(RayOptions, address)`` from ``metricdepth predict``'s options (``engine``:
+    ``(name, address, num_workers, gpus_per_worker)`` of ``--engine`` and its flags); options
+    that do not fit the engine are a ValueError line naming them."""
     name, address, num_workers, gpus = engine
     if name not in ("local", "ray"):
         raise ValueError(f"--engine must be local or ray, got {name!r}")
@@ -268,7 +275,7 @@ def run_ray_command(
             "--workers is for the local engine; --engine ray decodes in Ray tasks "
             "(--num-workers sets the model workers)"
         )
-    if num_workers is not None and (num_workers < 1):
+    if num_workers is not None and num_workers < 1:
         raise ValueError(f"--num-workers must be 1 or more, got {num_workers}")
     if gpus is not None and not gpus >= 0:
         raise ValueError(f"--gpus-per-worker must be 0 or more, got {gpus:g}")
@@ -285,9 +292,10 @@ def run_ray_command(
         focal_mode=focal_mode, distortion=distortion, num_workers=num_workers or 1,
         gpus_per_worker=gpus, fsync=fsync,
     )  # fmt: skip
-    spec = stages.spec_of(options)
-    summary = run_ray(
-        items, out, save, options, address=address, resume=resume, shard=shard,
-        keep_going=keep_going,
-    )  # fmt: skip
-    return summary, spec
+    return options, address
+
+
+def model_spec(options: RayOptions):
+    """The spec of ``options``' model, read without its weights (a ValueError line for an
+    unknown model)."""
+    return stages.spec_of(options)

@@ -228,6 +228,8 @@ def _annotation(value) -> tuple[float, ...] | None:
 
 
 def prepare_batch(batch: dict, spec, options: RayOptions, keep_image: bool) -> dict:
+    """Rows ``key``, ``image`` or ``path``, ``intrinsics`` -> ``key``, ``input`` (the path or
+    None) and ``prepared`` (a pickled prepared input; its ``error`` set for a bad image)."""
     keys = [str(k) for k in batch["key"]]
     n = len(keys)
     paths = [text(p) for p in _column(batch, "path", n)]
@@ -246,8 +248,7 @@ def prepare_batch(batch: dict, spec, options: RayOptions, keep_image: bool) -> d
                 continue
         sample = _prepare(spec, bytes(data), name, options, _annotation(intrinsics), keep_image)
         prepared.append(pickle.dumps(sample))
-    return {"key": keys, "input": paths,
-            "prepared": prepared}  # fmt: skip
+    return {"key": keys, "input": paths, "prepared": prepared}
 
 
 class ForwardActor:
@@ -279,6 +280,8 @@ class ForwardActor:
 
 
 def finish_batch(batch: dict, spec, out_dir: str | None, save: set[str], sync: bool) -> dict:
+    """Forward rows -> result rows (``predict_dataset``'s): with ``out_dir`` the files are
+    written and the rows carry the record's text; without, also the arrays."""
     rows: dict[str, list] = {name: [] for name in _RESULT_COLUMNS}
     arrays: dict[str, list] = {"depth_m": [], "confidence": [], "normal": []}
     for key, path, prepared, out, forward_s, about in zip(
@@ -333,6 +336,7 @@ def _object_array(values: list) -> np.ndarray:
 
 # ====================================================================== output folders
 def is_url(out: str) -> bool:
+    """Whether ``out`` is an fsspec URL (``s3://...``, ``file://...``) rather than a folder."""
     return "://" in str(out)
 
 
@@ -350,6 +354,9 @@ def _write_any(prediction, image, out: str, stem: str, save, about, sync: bool) 
         names = _output_names(stem, save)
         record = (Path(local) / names["record"]).read_text(encoding="utf-8")
         listed = json.loads(record)["files"]
+        old = f"{root.rstrip('/')}/{names['record']}"
+        if fs.exists(old):  # first: an old record must not vouch for files being replaced
+            fs.rm_file(old)
         for kind in [*sorted(listed), "record"]:  # the record last: it says "finished"
             name = names[kind]
             target = f"{root.rstrip('/')}/{name}"
