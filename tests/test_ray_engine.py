@@ -139,7 +139,10 @@ def test_predict_dataset_in_memory_equals_predict(cluster, images):
         for item in images
     ]
     rows.append({"key": "junk", "image": b"not an image", "intrinsics": []})
-    got = {row["key"]: row for row in predict_dataset(ray.data.from_items(rows)).take_all()}
+    options = RayOptions(batch_size=3)  # three images a forward pass: stacked, one output each
+    results = predict_dataset(ray.data.from_items(rows), options).take_all()
+    got = {row["key"]: row for row in results}
+    assert len(results) == len(got)
     assert sorted(got) == sorted([item.stem for item in images] + ["junk"])
     assert "not an image Pillow can read" in got["junk"]["error"]
     for item in images:

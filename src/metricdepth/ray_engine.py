@@ -225,7 +225,7 @@ def run_ray(
             for item in pending
         ]  # fmt: skip
         ray.data.DataContext.get_current().enable_progress_bars = progress
-        ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200))
+        ds = ray.data.from_items(rows)
         results = predict_dataset(ds, options, out=out, save=sorted(kinds))
         try:
             _settle(results.iter_rows(), summary, keep_going, len(items))
