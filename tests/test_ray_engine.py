@@ -244,6 +244,8 @@ def test_resume_after_a_killed_run_does_every_image_once(cluster, images, tmp_pa
 
 
 def test_fsspec_url_output_is_the_same_and_resumes(cluster, images, local, tmp_path):
+    """Outputs to an fsspec URL: the local runner's files; resume skips them; a bad image
+    is one ``failed`` line with ``keep_going`` and a ValueError naming it without."""
     _, faults = cluster
     clear(faults)
     url = f"file://{tmp_path / 'remote'}"
@@ -252,8 +254,15 @@ def test_fsspec_url_output_is_the_same_and_resumes(cluster, images, local, tmp_p
     got = tree(tmp_path / "remote")
     want = {k: v for k, v in local.items() if k.split(".")[0] in {i.stem for i in images[:2]}}
     assert got == want
-    again = run_ray(images[:3], url, SAVE, RayOptions(), resume=True)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    items = [*images[:3], InputItem(bad, "bad")]
+    again = run_ray(items, url, SAVE, RayOptions(), resume=True, keep_going=True)
     assert (again.done, again.skipped) == (1, 2)
+    assert again.failed == [f"{bad}: not an image Pillow can read (or an empty file)"]
+    assert not (tmp_path / "remote" / "bad.json").exists()
+    with pytest.raises(ValueError, match=r"bad.png: not an image .*\(--keep-going skips it\)"):
+        run_ray(items, url, SAVE, RayOptions(), resume=True)
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

@@ -32,10 +32,12 @@ Importing this module does not import ray; its functions do.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -156,24 +158,22 @@ def predict_dataset(
     if unknown:
         raise ValueError(f"unknown save kind(s) {', '.join(unknown)}; choose from {SAVE_KINDS}")
     keep_image = out is not None and bool(kinds & {"ply", "vis"})
-    prepared = ds.map_batches(
-        stages.prepare_batch, batch_format="numpy",
-        fn_kwargs={"spec": spec, "options": options, "keep_image": keep_image},
-        batch_size=options.batch_size,
-    )  # fmt: skip
-    # the options travel with the class (not as constructor arguments in the object store,
-    # which a restarted actor could find gone)
+    # Arguments are bound into the functions and the actor class. On CPU-only workers Ray
+    # Data fuses the prepare step into the model workers (same resources: no data moves
+    # between them); with GPUs it stays in CPU tasks.
+    prepare = partial(stages.prepare_batch, spec=spec, options=options, keep_image=keep_image)
     actor = type("ForwardActor", (stages.ForwardActor,), {"options": options})
+    out_dir = None if out is None else str(out)
+    finish = partial(
+        stages.finish_batch, spec=spec, out_dir=out_dir, save=kinds, sync=options.fsync
+    )
+    prepared = ds.map_batches(prepare, batch_format="numpy", batch_size=options.batch_size)
     forwarded = prepared.map_batches(
         actor, batch_format="numpy", batch_size=options.batch_size,
         compute=ray.data.ActorPoolStrategy(size=options.num_workers),
         num_gpus=options.gpus_per_worker or None,
     )  # fmt: skip
-    return forwarded.map_batches(
-        stages.finish_batch, fn_kwargs={"spec": spec, "out_dir": None if out is None else str(out),
-                                  "save": kinds, "sync": options.fsync},
-        batch_format="numpy", batch_size=options.batch_size,
-    )  # fmt: skip
+    return forwarded.map_batches(finish, batch_format="numpy", batch_size=options.batch_size)
 
 
 def run_ray(
@@ -186,7 +186,6 @@ def run_ray(
     resume: bool = False,
     shard: tuple[int, int] | None = None,
     keep_going: bool = False,
-    progress: bool = False,
 ):
     """``metricdepth predict --engine ray``: predict ``items`` on a Ray cluster and write their
     files under ``out`` (a folder or an fsspec URL) as the local runner does; returns its
@@ -218,20 +217,24 @@ def run_ray(
     summary.skipped = len(items) - len(pending)
     if pending:
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         rows = [
             {"key": item.stem, "path": str(item.image),
              "intrinsics": [] if item.intrinsics is None else list(item.intrinsics)}
             for item in pending
         ]  # fmt: skip
-        ray.data.DataContext.get_current().enable_progress_bars = progress
         ds = ray.data.from_items(rows)
         results = predict_dataset(ds, options, out=out, save=sorted(kinds))
+        data_log = logging.getLogger("ray.data")
+        level = data_log.level
+        data_log.setLevel(logging.WARNING)  # no plans and statistics on stderr
         try:
             _settle(results.iter_rows(), summary, keep_going, len(items))
         except ray.exceptions.RayError as error:  # e.g. the model cannot load on a worker
             lines = [line for line in str(error).splitlines() if line.strip()]
             raise ValueError(f"the ray engine failed: {lines[-1] if lines else error}") from None
+        finally:
+            data_log.setLevel(level)
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
