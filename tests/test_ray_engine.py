@@ -191,6 +191,7 @@ DRIVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 60-80 s on 2 busy cores: a second Ray driver, a kill, a resumed run
 def test_resume_after_a_killed_run_does_every_image_once(cluster, images, tmp_path):
     """A CLI run (another driver on the same Ray instance) is killed (SIGKILL) after some
     images are written; ``--resume`` does the rest, each image once, no partial file."""
