@@ -21,12 +21,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from metricdepth.ray_engine import RayOptions
+#: ``ray_engine.RayOptions`` (not imported: that module imports this one).
+RayOptions = Any
 
 
 # ====================================================================== adapter
