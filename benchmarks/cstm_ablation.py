@@ -12,7 +12,7 @@
 2. Trains every variant for every seed with the same config except ``variant``
    (``metricdepth.train``), ``--jobs`` processes at a time, one torch thread each.
 3. Evaluates each model through the canonical space it was trained for
-   (``inference_record`` -> ``to_canonical`` -> ``normalize`` -> net -> ``from_canonical``):
+   (``train.loop.predict_depth_m``: the ``Predictor`` of ``metricdepth predict``, clamp included):
    ``image`` with ``resize="focal"`` (the whole image resized to f_c, padded to the network's
    multiple); ``label`` and ``none`` with ``resize="fit"`` to the training canvas, so the
    network sees at test time exactly what it saw in training (the whole image at the canvas
@@ -208,11 +208,10 @@ def evaluate_model(model_path: Path, sets: dict[str, Path]) -> list[dict]:
     from metricdepth.train.loop import predict_depth_m
 
     model = load_model(model_path)
-    net, spec = model.net.eval(), model.spec
     rows = []
     for name in BINS:
         for key, frame in _load_test_set(sets[name]):
-            pred = predict_depth_m(net, frame.image, frame.camera, spec.space, spec.focal_mode)
+            pred = predict_depth_m(model, frame.image, frame.camera)
             rows.append(_row(name, key, frame, pred))
     return rows
 
@@ -523,11 +522,7 @@ def evaluate_real(model, folder: Path) -> dict:
         rows = []
         for index in range(len(source)):
             frame = source.frame(index)
-            pred = predict_depth_m(
-                model.net, frame.image, frame.camera, model.spec.space, model.spec.focal_mode
-            )
-            if model.spec.max_depth_m is not None:
-                pred = np.minimum(pred, model.spec.max_depth_m)
+            pred = predict_depth_m(model, frame.image, frame.camera)  # clamped as predict
             metric = evaluate_image(pred, frame.depth, protocol(preset))
             aligned = evaluate_image(pred, frame.depth, protocol(preset, align="median"))
             mask = eval_mask(frame.depth, protocol(preset))

@@ -442,6 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None, help="data and runs (temp dir)")
     parser.add_argument("--results-dir", type=Path, default=None, help="write <tag>.md/.json")
     parser.add_argument("--tag", default="finetune_cstm")
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="the runs folder of an earlier call with the same settings: finished runs are "
+        "not trained again (their logs and wall times are reported), only evaluated",
+    )
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--sets", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -464,12 +471,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("worker", "sets", "work_dir", "results_dir", "tag")
+        if k not in ("worker", "sets", "work_dir", "results_dir", "tag", "runs_dir")
     }
     root = args.work_dir or Path(tempfile.gettempdir()) / "metricdepth-finetune-cstm"
     data_key = {k: settings[k] for k in ("crop", "train_focal", "wide_focal", "long_focal")}
     data = root / f"data-{_key({**data_key, 'n': args.test_scenes})}"
-    work = root / f"runs-{_key(settings)}-{int(time.time())}"
+    work = args.runs_dir or root / f"runs-{_key(settings)}-{int(time.time())}"
     work.mkdir(parents=True, exist_ok=True)
     print(f"data folder: {data}\nruns folder: {work}", flush=True)
     sets = render_test_sets(args, data)

@@ -4,10 +4,10 @@
 
 ``benchmarks/speed.py`` interleaves four paths and resets the peak RSS between runs, which
 slows a 3 ms forward; this script runs only the optimised float32 path of the bundled default
-model (``metricdepth-small``) on random images of each size: ``prepare_input`` (keep-ratio
-resize, padding, normalising), the forward, ``postprocess`` (un-padding, upsampling to the image
-size, metric scale), ``--loops`` times after 50 warm-up loops, and prints the medians and
-(pre + post) / forward (issue 6's goal: <= 5 %).
+model (``metricdepth-small``) on random images of each size: ``Predictor.prepare`` (keep-ratio
+resize, padding, normalising), the forward, ``Predictor.finish`` (un-padding, upsampling to the
+image size, metric scale, clamp), ``--loops`` times after 50 warm-up loops, and prints the
+medians and (pre + post) / forward (issue 6's goal: <= 5 %).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ def main() -> None:
     import torch
 
     from metricdepth.camera import Camera
-    from metricdepth.canonical import prepare_input
     from metricdepth.models.registry import load_model
-    from metricdepth.pipeline import postprocess
+    from metricdepth.predictor import Predictor, split
     from metricdepth.runtime import optimize, set_threads
 
     set_threads(args.threads)
     model = optimize(load_model("metricdepth-small"), "fp32")
+    predictor = Predictor(model)
     rng = np.random.default_rng(0)
     print(f"default model, optimised fp32, {torch.get_num_threads()} threads, {args.loops} loops")
     for size in args.sizes.split(","):
@@ -44,11 +44,11 @@ def main() -> None:
         times: dict[str, list[float]] = {"pre": [], "forward": [], "post": []}
         for loop in range(args.loops + 50):
             t0 = time.perf_counter()
-            x, record = prepare_input(rgb, camera, model.spec.space, model.spec.focal_mode)
+            prepared = predictor.prepare(rgb, camera)
             t1 = time.perf_counter()
-            out = model(x)
+            out = model(prepared.x[None])
             t2 = time.perf_counter()
-            postprocess(out, 0, camera, "given", record, model)
+            predictor.finish(split(out)[0], prepared)
             t3 = time.perf_counter()
             if loop >= 50:
                 times["pre"].append(t1 - t0)

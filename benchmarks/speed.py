@@ -11,9 +11,9 @@ the bundled default model on the bundled example (480x640, fitted to 96x128). In
 the paths run **interleaved** (path A, B, C, D, then A again ...) after one warm-up each, so
 that a busy shared machine slows all of them alike and the ratios stay fair:
 
-* ``eager``: the reference-faithful path: ``canonical.prepare_input``, the plain network under
+* ``eager``: the reference-faithful path: ``Predictor.prepare``, the plain network under
   ``torch.no_grad`` (the ViT with the official code's written-out softmax attention, as the
-  parity fixtures were made), ``predict.postprocess``;
+  parity fixtures were made), ``Predictor.finish``;
 * ``opt-fp32`` / ``opt-bf16``: ``runtime.optimize`` (SDPA attention, ``inference_mode``,
   channels-last for the convolutional models, bfloat16 autocast for ``bf16``), same pre/post;
 * ``onnxruntime``: the exported whole-prediction graph (``metricdepth export``); pre-, post-
@@ -126,7 +126,7 @@ def measure(key: str, runs: int, threads: int, profile: bool) -> dict:
     from metricdepth.camera import Camera
     from metricdepth.canonical import prepare_input
     from metricdepth.export import export_onnx
-    from metricdepth.pipeline import postprocess
+    from metricdepth.predictor import Predictor, split
     from metricdepth.runtime import load_onnx, optimize, set_threads
 
     set_threads(threads)
@@ -156,16 +156,17 @@ def measure(key: str, runs: int, threads: int, profile: bool) -> dict:
 
     def run_torch(name: str):
         model = models[name]
+        predictor = Predictor(model, mode)
         t0 = time.perf_counter()
-        x, record = prepare_input(rgb, camera, model.spec.space, mode)
+        prepared = predictor.prepare(rgb, camera)
         t1 = time.perf_counter()
         if name == "eager":
             with torch.no_grad():
-                out = model(x)
+                out = model(prepared.x[None])
         else:
-            out = model(x)
+            out = model(prepared.x[None])
         t2 = time.perf_counter()
-        prediction = postprocess(out, 0, camera, "given", record, model)
+        prediction = predictor.finish(split(out)[0], prepared)
         t3 = time.perf_counter()
         return (t1 - t0, t2 - t1, t3 - t2), prediction.depth_m
 

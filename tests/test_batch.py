@@ -1,4 +1,5 @@
-"""Large batch runs: loader workers, resume after a kill, shards, keep-going, Ctrl-C.
+"""Large batch runs (``batch.run_batch``): loader workers, resume after a kill, shards,
+keep-going, Ctrl-C.
 
 A tiny seeded convolutional network stands in for a depth model (no registry entry needed);
 runs that must die or be interrupted happen in child processes that import it from here.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,8 +24,9 @@ import numpy as np
 import pytest
 
 from conftest import assert_file_matches, assert_outputs_match, tiny_model, tree
+from metricdepth.batch import MAX_WRITES_AHEAD, predict_to_files, run_batch
 from metricdepth.data.inputs import collect_inputs, parse_shard, shard_items
-from metricdepth.outputs import _MAX_WRITES_AHEAD, output_paths, predict_to_files, run_batch
+from metricdepth.files import output_paths
 
 TESTS = Path(__file__).resolve().parent
 N_IMAGES = 10
@@ -57,7 +60,7 @@ CHILD = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_batch import tiny_model
     from metricdepth.data.inputs import collect_inputs
-    from metricdepth.outputs import run_batch
+    from metricdepth.batch import run_batch
 
     images, out, mode, workers = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     on_done = None
@@ -65,10 +68,10 @@ CHILD = textwrap.dedent(
         import time
         main = os.getpid()
         target, calls, real_replace = int(mode.rsplit("-", 1)[1]), [0], os.replace
-        def replace(src, dst):  # slow writes: the loaders fill their result pipe meanwhile
+        def replace(src, dst):  # slow writes: the loaders work ahead meanwhile
             time.sleep(0.1)
             calls[0] += 1
-            if calls[0] == target:  # (the renames run in the writer process, a child)
+            if calls[0] == target:  # (the renames run on the writer threads)
                 children = Path(f"/proc/{{main}}/task/{{main}}/children").read_text().split()
                 Path(out.parent / "workers.txt").write_text(" ".join(children))
                 os.kill(main, signal.SIGKILL)  # the run's main process, then this one
@@ -82,12 +85,14 @@ CHILD = textwrap.dedent(
             seen.append(item.stem)
             if len(seen) == int(target):
                 os.kill(os.getpid(), getattr(signal, name))
-    elif mode.startswith("signal-"):  # signal-SIGTERM-record-3: sent by the writer process
-        _, name, _, target = mode.split("-")  # as it renames the 3rd record into place
+    elif mode.startswith("signal-"):  # signal-SIGTERM-record-3: sent by a writer thread
+        import threading  # as it renames the 3rd record into place
+        _, name, _, target = mode.split("-")
         main, records, real_replace = os.getpid(), [0], os.replace
         def replace(src, dst):
             real_replace(src, dst)
-            if os.getpid() != main and str(dst).endswith(".json"):
+            writer = threading.current_thread().name.startswith("metricdepth-writer")
+            if writer and str(dst).endswith(".json"):
                 records[0] += 1
                 if records[0] == int(target):
                     os.kill(main, getattr(signal, name))
@@ -150,9 +155,8 @@ def images(tmp_path: Path) -> Path:
 
 
 def test_killed_run_then_resume_equals_an_uninterrupted_run(tmp_path, images, run_child):
-    """The killed and the resumed run use 2 loader workers and the writer process (fewer torch
-    threads, post-processing on one thread), the reference none: the same outputs to
-    ``PATH_RTOL``, not the same bytes (conftest)."""
+    """The killed and the resumed run use 2 loader workers (the network on fewer torch threads),
+    the reference none: the same outputs to ``PATH_RTOL``, not the same bytes (conftest)."""
     items = collect_inputs([images])
     reference = tmp_path / "reference"
     summary = run_batch(
@@ -179,8 +183,8 @@ def test_killed_run_then_resume_equals_an_uninterrupted_run(tmp_path, images, ru
     leftovers = [name for name in left if Path(name).name.startswith(".")]
     assert leftovers and all(".tmp" in name for name in leftovers)  # killed inside a write
     workers = [int(pid) for pid in (tmp_path / "workers.txt").read_text().split()]
-    assert len(workers) == 3  # 2 loader workers and the writer process
-    deadline = time.monotonic() + 30  # the loader workers die with their parent
+    assert len(workers) == 2  # the 2 loader workers
+    deadline = time.monotonic() + 30  # the loader workers end when their parent is gone
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(pid) for pid in workers)
@@ -202,8 +206,8 @@ def test_killed_run_then_resume_equals_an_uninterrupted_run(tmp_path, images, ru
 
 
 def test_workers_write_the_outputs_of_an_in_process_run(tmp_path, images):
-    """With 2 workers the network runs on fewer torch threads and the writer process on one:
-    the same outputs to ``PATH_RTOL`` (conftest), not the same bytes."""
+    """With 2 workers the network runs on fewer torch threads: the same outputs to
+    ``PATH_RTOL`` (conftest), not the same bytes."""
     items = collect_inputs([images])
     for workers in (0, 2):
         run_batch(
@@ -234,8 +238,8 @@ def test_workers_write_the_outputs_of_an_in_process_run(tmp_path, images):
 def test_a_stop_signal_ends_the_run_cleanly_with_a_summary_line(
     tmp_path, images, run_child, name, workers, when
 ):
-    """``after``: sent once the 3rd image is settled (``on_done``: writer threads);
-    ``record``: as the writer process renames the 3rd record (no ``on_done``)."""
+    """``after``: sent once the 3rd image is settled (``on_done``); ``record``: as a writer
+    thread renames the 3rd record into place."""
     out = tmp_path / "out"
     child = run_child(images, out, f"signal-{name}-{when}-3", workers=workers)
     assert child.returncode == 0, child.stderr
@@ -243,9 +247,9 @@ def test_a_stop_signal_ends_the_run_cleanly_with_a_summary_line(
     line = child.stdout.strip()
     assert line.startswith("interrupted: ") and line.endswith("left (rerun with --resume)")
     done = int(line.split()[1])
-    # the third image plus those whose writes were under way (and, from the writer
-    # process, the one the network was doing when the signal came)
-    assert 3 <= done <= 3 + _MAX_WRITES_AHEAD + (when == "record") < N_IMAGES
+    # the third image plus those whose writes were under way (and, sent from a writer
+    # thread, the one the network was doing when the signal came)
+    assert 3 <= done <= 3 + MAX_WRITES_AHEAD + (when == "record") < N_IMAGES
     assert len(records(out)) == done
     assert f"; {N_IMAGES - done} left" in line
     rest = run_batch(
@@ -434,77 +438,33 @@ def test_resume_redoes_an_image_whose_file_a_power_loss_cut_short(tmp_path, imag
 def test_network_threads_leave_room_for_the_loader_workers(monkeypatch):
     import torch
 
-    import metricdepth.outputs as outputs
+    import metricdepth.batch as batch
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     for cores, workers, expected in ((2, 2, 1), (2, 1, 1), (16, 2, 8), (10, 4, 6), (4, 0, 8)):
-        monkeypatch.setattr(outputs, "usable_cores", lambda cores=cores: cores)
-        assert outputs.network_threads(workers) == expected, (cores, workers)
-
-
-def test_a_short_forward_is_traced_and_writes_the_same_outputs(tmp_path, monkeypatch):
-    """Past ``TRACE_MIN_IMAGES`` images a quick network is traced after the first image; the
-    files hold the outputs of a run that never traces (with 2 workers: another thread count,
-    so to ``PATH_RTOL``), and a trace that does not reproduce the first image's outputs is
-    dropped (the model runs on)."""
-    import torch
-
-    import metricdepth.outputs as outputs
-
-    folder = tmp_path / "in"
-    make_images(folder, outputs.TRACE_MIN_IMAGES + 4)
-    items = collect_inputs([folder])
-    made = []
-    real = outputs.traced_network
-
-    def spy(model, sample, expected):
-        made.append(real(model, sample, expected))
-        return made[-1]
-
-    monkeypatch.setattr(outputs, "traced_network", spy)
-    run_batch(tiny_model(), items, tmp_path / "traced", {"depth"}, workers=0, progress=False)
-    assert len(made) == 1 and isinstance(made[0], torch.jit.ScriptModule)
-    monkeypatch.setattr(outputs, "TRACE_BELOW_S", 0.0)  # every forward is "slow": no trace
-    run_batch(tiny_model(), items, tmp_path / "eager", {"depth"}, workers=2, progress=False)
-    assert len(made) == 1
-    traced, eager = tree(tmp_path / "traced"), tree(tmp_path / "eager")
-    assert len(traced) == 2 * len(items)
-    assert_outputs_match(traced, eager)
-
-    class Noisy(torch.nn.Module):  # a forward that never repeats itself: its trace is refused
-        def __init__(self) -> None:
-            super().__init__()
-            self.scale = torch.nn.Parameter(torch.ones(()))
-
-        def forward(self, x):
-            return {"depth_c": (x[:, :1].abs() + torch.rand_like(x[:, :1]) + 1) * self.scale}
-
-    from metricdepth.models.registry import DepthModel
-
-    monkeypatch.setattr(outputs, "TRACE_BELOW_S", 0.1)
-    noisy = DepthModel(tiny_model().spec, Noisy()).eval()
-    summary = run_batch(noisy, items, tmp_path / "noisy", {"depth"}, progress=False)
-    assert made[-1] is None and len(made) == 2 and summary.done == len(items)
+        monkeypatch.setattr(batch, "usable_cores", lambda cores=cores: cores)
+        assert batch.network_threads(workers) == expected, (cores, workers)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_post_processing_error_is_one_failed_image_in_either_writer(
     tmp_path, images, monkeypatch, workers
 ):
-    """A ValueError while mapping the outputs back (writer threads, or the writer process
-    with loader workers) fails that image only, with ``keep_going``; else it stops the run."""
-    import metricdepth.outputs as outputs
+    """A ValueError while mapping the outputs back (``finish``, on a writer thread) fails that
+    image only, with ``keep_going``; else it stops the run."""
+    from metricdepth.predictor import Predictor
 
-    real = outputs.to_prediction
+    real = Predictor.finish
     items = collect_inputs([images])
     victim = items[4]
+    width = cv2.imread(str(victim.image)).shape[1]  # no other image is as wide
 
-    def to_prediction(model, sample, out):
-        if sample.index == 4:
+    def finish(self, out, prepared, *args):
+        if prepared.camera.width == width:
             raise ValueError(f"{victim.image}: cannot map the depth back")
-        return real(model, sample, out)
+        return real(self, out, prepared, *args)
 
-    monkeypatch.setattr(outputs, "to_prediction", to_prediction)
+    monkeypatch.setattr(Predictor, "finish", finish)
     out = tmp_path / "out"
     summary = run_batch(
         tiny_model(), items, out, {"depth"}, focal=40.0, workers=workers, keep_going=True,
@@ -520,27 +480,9 @@ def test_a_post_processing_error_is_one_failed_image_in_either_writer(
         )  # fmt: skip
 
 
-def test_the_writer_process_writes_what_the_writer_threads_write(tmp_path, images):
-    """Loader workers without ``on_done`` use the writer process; with it, writer threads.
-    The writer process post-processes on one torch thread, the threads with the network's
-    count: the same outputs to ``PATH_RTOL`` (conftest)."""
-    items = collect_inputs([images])
-    seen = []
-    threads = run_batch(
-        tiny_model(), items, tmp_path / "threads", {"depth", "png16", "ply", "vis"},
-        focal=40.0, workers=2, progress=False, on_done=lambda *args: seen.append(args[0]),
-    )  # fmt: skip
-    process = run_batch(
-        tiny_model(), items, tmp_path / "process", {"depth", "png16", "ply", "vis"},
-        focal=40.0, workers=2, progress=False,
-    )  # fmt: skip
-    assert seen == items
-    assert (threads.done, process.done) == (N_IMAGES, N_IMAGES)
-    assert_outputs_match(tree(tmp_path / "process"), tree(tmp_path / "threads"))
-
-
 KILLED_WORKER_MAIN = (  # the console script, whose loader worker SIGKILLs itself at item 3
-    "import os, signal; import metricdepth.outputs as o; real = o.PredictionInputs.__getitem__; "
+    "import os, signal; import metricdepth.data.loader as o; "
+    "real = o.PredictionInputs.__getitem__; "
     "o.PredictionInputs.__getitem__ = lambda self, k: "
     "os.kill(os.getpid(), signal.SIGKILL) if k == 3 else real(self, k); "
     "from metricdepth.cli import main; main()"
@@ -549,7 +491,8 @@ KILLED_WORKER_MAIN = (  # the console script, whose loader worker SIGKILLs itsel
 
 def test_a_killed_loader_worker_ends_the_command_with_one_line(tmp_path, images):
     """A loader worker killed (e.g. by the kernel's OOM killer) mid-run: one ``error:`` line
-    naming it and its exit code, exit 1, no traceback; the images before it are written."""
+    naming it and how it ended, exit 1, no traceback; every image written is complete (which
+    ones depends on when DataLoader notices the death: at most those before it)."""
     out = tmp_path / "out"
     run = subprocess.run(
         [sys.executable, "-c", KILLED_WORKER_MAIN, "predict", str(images), "--focal", "40",
@@ -559,40 +502,34 @@ def test_a_killed_loader_worker_ends_the_command_with_one_line(tmp_path, images)
     assert run.returncode == 1, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
-    assert lines[0].startswith("error: loader worker 1 (pid ")
-    assert f"ended before item 3 (exit code {-signal.SIGKILL};" in lines[0]
-    assert len(records(out)) == 3  # items 0-2, predicted before it, are complete
+    assert re.match(
+        r"error: loader worker \(pid(\(s\))? \d+\) (is killed by signal|exited)", lines[0]
+    )
+    assert lines[0].endswith("rerun with --resume"), lines[0]
+    written = records(out)
+    assert written <= {f"{item.stem}.json" for item in collect_inputs([images])[:3]}
+    for name in written:  # each record beside every file it lists
+        record = json.loads((out / name).read_text())
+        assert all((out / name).with_name(file).is_file() for file in record["files"].values())
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_writer_process_writes_what_an_in_process_write_writes(tmp_path, images, start_method):
-    """``WriterProcess`` (forked, or spawned as on macOS/Windows) writes what ``_finish``
-    writes here (on one torch thread, this process on its own count: to ``PATH_RTOL``), and
-    reports each image back with its camera source."""
-    from metricdepth.outputs import PredictionInputs, _finish, run_network
-    from metricdepth.writer import WriterProcess
-
-    model = tiny_model()
-    items = collect_inputs([images])[:3]
-    dataset = PredictionInputs(items, model.spec.space, model.spec.focal_mode, focal=40.0)
-    writer = WriterProcess(model, tmp_path / "process", {"depth", "png16"}, 2, start_method)
-    for k, item in enumerate(items):
-        sample = dataset[k]
-        out = run_network(model, sample)
-        _finish(model, sample, out, tmp_path / "here", item.stem, {"depth", "png16"})
-        writer.submit(k, sample, out, item.stem)
-    reports = writer.close()
-    assert sorted((r.position, r.outcome, r.text) for r in reports) == [
-        (k, "done", "given") for k in range(3)
-    ]
-    assert_outputs_match(tree(tmp_path / "process"), tree(tmp_path / "here"))
-
-
-def test_is_finished_reads_records_strictly(tmp_path):
+@pytest.mark.parametrize("filesystem", ["local", "fsspec"])
+def test_is_finished_reads_records_strictly(tmp_path, filesystem):
     """A record counts only when it lists a depth file, its sizes match every file it lists
-    (older records without sizes: files that exist), and its names are plain file names."""
-    from metricdepth.outputs import is_finished
+    (older records without sizes: files that exist), and its names are plain file names; the
+    same rule read through an fsspec filesystem (the Ray executor's URLs)."""
+    from metricdepth import files as outputs
+
+    if filesystem == "fsspec":
+        fsspec = pytest.importorskip("fsspec")
+        fs, root = fsspec.core.url_to_fs(f"file://{tmp_path}")
+
+        def is_finished(folder, stem, save):
+            assert folder == tmp_path
+            return outputs.is_finished(root, stem, save, fs=fs)
+    else:
+        is_finished = outputs.is_finished
 
     (tmp_path / "a.depth.npy").write_bytes(b"12345")
     (tmp_path / "a.depth.png").write_bytes(b"123")
@@ -617,86 +554,9 @@ def test_is_finished_reads_records_strictly(tmp_path):
     assert not finished(files={"depth": "a.depth.npy"})
 
 
-def slow_forward(calls: list, seconds: float):
-    def forward(x):
-        calls.append(x)
-        time.sleep(seconds)
-        return {"depth_c": x}
-
-    return forward
-
-
-def test_the_network_thread_drops_queued_forwards_and_ctrl_c_does_not_wait_for_it():
-    """Leaving the block: the forward not begun is dropped; after an error the one under way
-    is waited for, after Ctrl-C it is not (it ends on its own)."""
-    from metricdepth.outputs import _network_thread
-
-    cores = frozenset(os.sched_getaffinity(0))
-    for error, waits in ((ValueError, True), (KeyboardInterrupt, False)):
-        calls: list = []
-        forward = slow_forward(calls, 1.0)
-        started = time.perf_counter()
-        with pytest.raises(error):
-            with _network_thread(cores) as forwards:
-                forwards.start(forward, 1)
-                forwards.start(forward, 2)
-                time.sleep(0.2)  # the first forward is under way, the second queued
-                raise error
-        elapsed = time.perf_counter() - started
-        assert (elapsed >= 1.0) if waits else (elapsed < 0.8), (error, elapsed)
-        time.sleep(1.2)  # long enough for a second forward to have begun, were it run
-        assert calls == [1], error
-        assert "metricdepth-network" not in {t.name for t in threading.enumerate()}
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
-def test_the_traced_network_on_the_network_thread_writes_the_outputs_of_an_in_process_run(
-    tmp_path, monkeypatch
-):
-    """The default model's real path (a trace after the first image, run on the network
-    thread on one torch thread, the writer process, fsync on) writes what an in-process run of
-    the model writes (to ``PATH_RTOL``: another thread count and process); the writer process
-    fsyncs each data file."""
-    import metricdepth.outputs as outputs
-
-    folder = tmp_path / "images"
-    make_images(folder, 20)
-    items = collect_inputs([folder])
-    run_batch(tiny_model(), items, tmp_path / "here", {"depth", "png16"}, focal=40.0,
-              progress=False)  # fmt: skip
-    traces, log = [], tmp_path / "fsync.log"
-    real_trace, real_fsync = outputs.traced_network, os.fsync
-
-    def traced_network(*args):
-        traces.append(real_trace(*args))
-        return traces[-1]
-
-    def fsync(fd):  # runs in the forked writer process too: count through a file
-        with open(log, "a") as handle:
-            handle.write(f"{os.getpid()}\n")
-        return real_fsync(fd)
-
-    monkeypatch.setattr(outputs, "traced_network", traced_network)
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(outputs, "usable_cores", lambda: 2)
-    summary = run_batch(
-        tiny_model(), items, tmp_path / "thread", {"depth", "png16"}, focal=40.0,
-        workers=1, progress=False, fsync=True,
-    )  # fmt: skip
-    assert summary.done == 20 and len(traces) == 1 and traces[0] is not None
-    assert_outputs_match(tree(tmp_path / "thread"), tree(tmp_path / "here"))
-    writers = log.read_text().split()
-    assert len(writers) == 2 * 20 and str(os.getpid()) not in writers  # all in the writer
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
-def test_an_error_in_the_network_thread_stops_the_run_after_the_images_before_it(
-    tmp_path, images, monkeypatch
-):
-    """A forward pass that raises on the network thread (image 4) raises in the caller; the
-    images started before it are written, none after it."""
-    import metricdepth.outputs as outputs
-
+def test_an_error_in_the_forward_stops_the_run_after_the_images_before_it(tmp_path, images):
+    """A forward pass that raises (image 4) raises in the caller; the images before it are
+    written, none after it, and no temporary is left."""
     model, calls = tiny_model(), []
 
     def fail_fourth(module, args):
@@ -705,49 +565,72 @@ def test_an_error_in_the_network_thread_stops_the_run_after_the_images_before_it
             raise RuntimeError("forward failed on purpose")
 
     model.register_forward_pre_hook(fail_fourth)
-    monkeypatch.setattr(outputs, "usable_cores", lambda: 2)
     with pytest.raises(RuntimeError, match="forward failed on purpose"):
         run_batch(
             model, collect_inputs([images]), tmp_path / "out", {"depth"}, focal=40.0,
             workers=1, progress=False,
         )  # fmt: skip
-    assert set(calls) == {"metricdepth-network"} and len(calls) in (4, 5)  # one ahead
+    assert calls == ["MainThread"] * 4  # the forward runs in the calling thread
     assert len(records(tmp_path / "out")) == 3
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
-    assert "metricdepth-network" not in {t.name for t in threading.enumerate()}
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
-def test_with_loader_workers_a_one_thread_network_runs_on_its_own_core(
-    tmp_path, images, monkeypatch
-):
-    """Every forward pass runs on the network thread, on the first usable core (the calling
-    thread and the loader and writer processes on the others), in input order, and the
-    caller's affinity is as before afterwards."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_runner_writes_what_predict_predicts(tmp_path, images, workers):
+    """The batch runner's stages (DataLoader workers, forward here, finish on a writer thread)
+    give each image the depth of ``pipeline.predict`` on it alone, to ``PATH_RTOL``."""
+    from conftest import PATH_RTOL
+    from metricdepth.pipeline import predict
 
-    import metricdepth.outputs as outputs
-
-    cores = sorted(os.sched_getaffinity(0))
-    seen, caller = [], []
-    model = tiny_model()
-    model.register_forward_hook(
-        lambda module, args, out: seen.append(
-            (threading.current_thread().name, sorted(os.sched_getaffinity(0)))
-        )
-    )
-    real = outputs.network_input
-
-    def network_input(*args):  # the calling thread normalises each canvas
-        caller.append(sorted(os.sched_getaffinity(0)))
-        return real(*args)
-
-    monkeypatch.setattr(outputs, "network_input", network_input)
-    monkeypatch.setattr(outputs, "usable_cores", lambda: 2)  # 2 workers + 1 thread on 2 cores
-    summary = run_batch(
-        model, collect_inputs([images]), tmp_path / "out", {"depth"}, focal=40.0,
-        workers=1, progress=False,
-    )  # fmt: skip
+    model, items, out = tiny_model(), collect_inputs([images]), tmp_path / "out"
+    summary = run_batch(model, items, out, {"depth"}, focal=40.0, workers=workers, progress=False)
     assert summary.done == N_IMAGES
-    assert seen == [("metricdepth-network", cores[:1])] * N_IMAGES
-    assert caller == [cores[1:]] * N_IMAGES
-    assert sorted(os.sched_getaffinity(0)) == cores
+    for item in items:
+        alone = predict(model, item.image, 40.0)
+        written = np.load(output_paths(out, item.stem, {"depth"})["depth"])
+        assert written.shape == alone.depth_m.shape and (written > 0).all()
+        np.testing.assert_allclose(written, alone.depth_m, rtol=PATH_RTOL, atol=0)
+        record = json.loads(output_paths(out, item.stem, set())["record"].read_text())
+        assert record["camera"] == alone.summary()["camera"]
+
+
+def test_a_rerun_with_fewer_kinds_deletes_the_earlier_extra_files(tmp_path, images):
+    """An image's files from an earlier run with more ``--save`` kinds do not stay beside the
+    new record as if current: the rerun deletes them (other images' files are left alone)."""
+    items = collect_inputs([images])[:3]
+    out = tmp_path / "out"
+    run_batch(tiny_model(), items, out, {"depth", "png16", "vis"}, progress=False)
+    assert len(list(out.glob("*.vis.png"))) == 3
+    run_batch(tiny_model(), items[:2], out, {"depth"}, focal=40.0, progress=False)
+    for item in items[:2]:
+        record = json.loads((out / f"{item.stem}.json").read_text())
+        assert record["files"] == {"depth": f"{item.stem}.depth.npy"}
+        left = sorted(p.name for p in out.glob(f"{item.stem}.*"))
+        assert left == [f"{item.stem}.depth.npy", f"{item.stem}.json"]
+    assert (out / f"{items[2].stem}.vis.png").is_file()  # not part of the rerun
+
+
+def test_a_crash_while_writing_an_image_leaves_none_of_its_files(tmp_path, images, monkeypatch):
+    """A bug raised while an image's third file is written (after two were written under
+    temporary names): none of that image's files appears, no temporary is left, and the
+    images before it are complete."""
+    import metricdepth.files as files
+
+    items = collect_inputs([images])
+    victim, real = items[5], files.write_ply
+
+    def write_ply(path, *args, **kwargs):
+        if Path(path).name == f"{Path(victim.stem).name}.ply":
+            raise RuntimeError("a bug in the PLY writer")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "write_ply", write_ply)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="a bug in the PLY writer"):
+        run_batch(tiny_model(), items, out, {"depth", "png16", "ply"}, focal=40.0,
+                  keep_going=True, progress=False)  # fmt: skip
+    assert not list(out.rglob(f"{Path(victim.stem).name}.*"))
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    for item in items[:5]:
+        paths = output_paths(out, item.stem, {"depth", "png16", "ply"})
+        assert all(path.is_file() for path in paths.values()), item.stem

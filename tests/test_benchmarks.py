@@ -82,3 +82,25 @@ def test_train_speed_quick_measures_each_configuration_in_its_own_process(tmp_pa
     text = out.read_text()
     assert "| ViT-tiny (test size) | 56 x 84 | 1 | bf16 | no |" in text
     assert report["machine"]["torch"] in text
+
+
+@pytest.mark.slow  # about 15 s on 2 idle cores
+@pytest.mark.skipif(not (BENCH / "batch_throughput.py").is_file(), reason="no benchmarks/")
+def test_batch_throughput_measures_the_runner_beside_forward_only(tmp_path):
+    out = tmp_path / "batch.md"
+    done = _run(
+        [
+            str(BENCH / "batch_throughput.py"), "--models", "default", "--images-default", "12",
+            "--repeats-default", "1", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = [line for line in out.read_text().splitlines() if line.startswith("| bundled")]
+    assert len(row) == 1
+    cells = [cell.strip() for cell in row[0].strip("|").split("|")]
+    forward = [float(v) for v in cells[4].split(", ")]
+    batch = [float(v) for v in cells[5].split(", ")]
+    assert len(forward) == 2 and len(batch) == 1 and min(forward + batch) > 0
+    ratio = float(cells[6].strip("*"))  # medians: of two forward-only passes, their mean
+    assert ratio == pytest.approx(batch[0] / (sum(forward) / 2), rel=0.01)  # 3 digits shown
+    assert "CPU: " in out.read_text() and ">= 0.85" in cells[7]

@@ -18,6 +18,7 @@ from PIL.TiffImagePlugin import IFDRational
 
 from conftest import TINY_SPEC, TinyNet, tiny_model
 from metricdepth import cli
+from metricdepth.batch import run_batch
 from metricdepth.camera import DEFAULT_FOV_X_DEG, Camera
 from metricdepth.cameras import (
     ASSUMED_FOCAL_TOLERANCE,
@@ -35,7 +36,6 @@ from metricdepth.data.annotations import read_annotations
 from metricdepth.data.dataset import AnnotationSource
 from metricdepth.data.inputs import InputItem, collect_inputs
 from metricdepth.models.registry import DepthModel
-from metricdepth.outputs import run_batch
 from metricdepth.pipeline import CameraMismatchWarning, predict
 from test_exif import F35_26_640x480, assert_camera, write_jpeg
 
@@ -299,6 +299,36 @@ def test_training_refuses_the_annotation_cameras_predict_refuses(tmp_path, monke
 
 
 # ---------------------------------------------------------------------- assumed_focal_px
+def test_the_batch_runner_counts_images_whose_camera_does_not_fit(tmp_path, capsys):
+    """``run_batch`` checks each image's camera with ``image_camera_mismatch`` for a model
+    trained on an assumed camera: it counts those that do not fit and keeps the first's line;
+    ``metricdepth predict`` says so in one ``warning:`` line after the run (not when the run's
+    own camera was given: that was warned about before). A model with real intrinsics: none."""
+    image = photo(tmp_path / "in", exif=False)
+    items = [
+        InputItem(image, "fits", (102.0, 102.0, 31.5, 23.5)),  # +2 %
+        InputItem(image, "wide", (150.0, 150.0, 31.5, 23.5)),  # +50 %
+        InputItem(image, "long", (60.0, 60.0, 31.5, 23.5)),  # -40 %
+    ]
+    model = DepthModel(replace(TINY_SPEC, assumed_focal_px=100.0), TinyNet()).eval()
+    summary = run_batch(model, items, tmp_path / "out", set(), progress=False)
+    assert (summary.done, summary.camera_mismatch) == (3, 2)
+    assert summary.mismatch_example == image_camera_mismatch(
+        model.spec, Camera(150.0, 150.0, 31.5, 23.5, *SHOWN)
+    )
+    assert "this camera's focal is 150 px (+50%)" in summary.mismatch_example
+    cli.warn_camera_mismatch(summary, given=False)
+    line = capsys.readouterr().err
+    assert line == (
+        "warning: 2 image(s) had a camera that does not fit the model; the first: "
+        f"{summary.mismatch_example}\n"
+    )
+    cli.warn_camera_mismatch(summary, given=True)
+    assert capsys.readouterr().err == ""
+    plain = run_batch(tiny_model(), items, tmp_path / "plain", set(), progress=False)
+    assert (plain.done, plain.camera_mismatch, plain.mismatch_example) == (3, 0, None)
+
+
 def test_the_per_image_assumed_focal_check_agrees_with_predict():
     """``image_camera_mismatch`` (the batch runner's per-image check) says a camera does not
     fit exactly when ``predict`` warns, for either focal mode."""

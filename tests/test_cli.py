@@ -91,6 +91,15 @@ def test_output_path_that_is_a_file_is_refused(tmp_path):
     assert Path(blocker).is_file()
 
 
+def test_synth_into_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "data"
+    blocker.write_text("keep me")
+    result = run("synth", str(blocker), "--n", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {blocker} exists and is not a folder"
+    assert blocker.read_text() == "keep me"
+
+
 # ------------------------------------------------------------------------------ predict
 from conftest import PARITY, PARITY_IMAGES, needs_parity  # noqa: E402
 

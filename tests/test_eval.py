@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SPEC, TinyNet, tiny_model
+from metricdepth.batch import run_batch
 from metricdepth.data.inputs import collect_inputs
 from metricdepth.evaluate.harness import eval_report, run_eval
 from metricdepth.evaluate.metrics import METRIC_NAMES
 from metricdepth.models import registry
 from metricdepth.models.registry import save_model
-from metricdepth.outputs import run_batch
 
 
 def write_set(root: Path, count: int = 4, height: int = 24, width: int = 32) -> Path:
@@ -77,8 +77,8 @@ def test_model_and_predictions_give_the_same_metrics(tmp_path, monkeypatch):
     assert summary.done == 4 and (out / "rgb" / "000.depth.npy").is_file()
     from_files = run_eval(annotations, predictions=out, align="median")
     from_model = run_eval(annotations, model=model, align="median")
-    # The files come from 2 loader workers and the writer process (fewer torch threads, one in
-    # the writer), the model here runs on this process's: depth within PATH_RTOL (conftest),
+    # The files come from a run with 2 loader workers (the network on fewer torch threads),
+    # the model here runs on this process's: depth within PATH_RTOL (conftest),
     # so each mean metric (and the alignment scale) within 1e-4 of itself, and a delta may
     # count a pixel on its 1.25**k bound the other way (1 of 763 in one of 4 images: 3.3e-4).
     assert_metrics_close(metrics_of(from_files), metrics_of(from_model))

@@ -22,8 +22,8 @@ from conftest import (
     require_shared,
     tiny_model,
 )
+from metricdepth.batch import run_batch
 from metricdepth.data.inputs import collect_inputs
-from metricdepth.outputs import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 

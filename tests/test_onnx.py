@@ -25,7 +25,13 @@ from typer.testing import CliRunner
 
 from conftest import PARITY, PARITY_IMAGES, PATH_RTOL, needs_parity
 from metricdepth.camera import Camera
-from metricdepth.canonical import CanonicalSpace, inference_record, to_canonical
+from metricdepth.canonical import (
+    GRAPH_RECORD,
+    CanonicalSpace,
+    inference_record,
+    record_from_graph,
+    to_canonical,
+)
 from metricdepth.cli import app
 from metricdepth.export import _opencv_linear_canvas, export_onnx
 from metricdepth.frame import Frame
@@ -134,6 +140,40 @@ def test_default_model_graph_matches_pytorch(default_model, default_onnx, hw, in
     assert np.std(got.depth_m) > 1e-3  # not a constant map
 
 
+@pytest.mark.parametrize(
+    ("hw", "focal_mode"), [((480, 640), "mean"), ((375, 1242), "fx"), ((301, 199), "mean")]
+)
+def test_the_onnx_backend_reports_the_record_the_graph_used(default_onnx, hw, focal_mode):
+    """The graph's ``canonical`` output is the geometry ``inference_record`` computes (the
+    same ``canonical`` functions, in-graph), and the prediction's record is read from it."""
+    from metricdepth.predictor import Predictor, collate, split
+
+    image = textured(*hw, seed=hw[1])
+    camera = Camera.from_intrinsics((240.0, 250.5, hw[1] / 2, hw[0] / 2), hw[1], hw[0])
+    expected = inference_record(camera, default_onnx.spec.space, focal_mode)
+    numbers = default_onnx.run(image, camera, focal_mode)["canonical"]
+    scale, h, w, top, left, metric = numbers.tolist()
+    assert scale == expected.scale  # float64 arithmetic of the same expression, bit-equal
+    assert (h, w, top, left) == (*expected.resized_hw, *expected.offset)
+    assert metric == pytest.approx(expected.metric_scale, rel=1e-7)  # float32 focal input
+    predictor = Predictor(default_onnx, focal_mode)
+    prepared = predictor.prepare(image, camera)
+    batch = collate([prepared])
+    assert set(batch) == {"image", "camera"} and batch["image"].shape == (1, *hw, 3)
+    (row,) = split(predictor.forward(batch))
+    assert predictor.finish(row, prepared).record == expected
+    # finish reads the graph's numbers: other numbers give another record (or are refused)
+    moved = numbers.copy()
+    moved[3] += 1  # one row lower on the canvas
+    tampered = predictor.finish({**row, "canonical": torch.from_numpy(moved)}, prepared)
+    assert tampered.record.offset == (expected.offset[0] + 1, expected.offset[1])
+    assert tampered.record == record_from_graph(moved, expected) != expected
+    wrong = numbers.copy()
+    wrong[5] *= 2
+    with pytest.raises(ValueError, match="metric scale"):
+        predictor.finish({**row, "canonical": torch.from_numpy(wrong)}, prepared)
+
+
 def test_a_camera_for_another_image_size_is_refused_as_by_torch(default_model, default_onnx):
     image = textured(120, 160, seed=4)
     camera = Camera.from_intrinsics([100.0, 100.0, 160.0, 120.0], 320, 240)
@@ -193,7 +233,10 @@ def test_exported_file_describes_itself(default_onnx):
     assert [d.dim_param or d.dim_value for d in dims][2] == 3
     assert all(d.dim_param for d in dims[:2])  # dynamic height and width
     assert inputs["image"].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert [o.name for o in proto.graph.output] == ["depth"]
+    assert [o.name for o in proto.graph.output] == ["depth", "canonical"]
+    record = {o.name: o for o in proto.graph.output}["canonical"].type.tensor_type
+    assert record.elem_type == onnx.TensorProto.DOUBLE
+    assert [d.dim_value for d in record.shape.dim] == [len(GRAPH_RECORD)]
 
 
 def test_intrinsics_input_and_float_image(tmp_path, default_model, default_onnx):
@@ -204,9 +247,9 @@ def test_intrinsics_input_and_float_image(tmp_path, default_model, default_onnx)
     image = textured(200, 150, seed=5)
     camera = Camera.from_intrinsics((180.0, 200.0, 70.0, 99.0), 150, 200)
     feed = {"image": image.astype(np.float32), "intrinsics": np.float32([180, 200, 70, 99])}
-    (depth,) = graph.session.run(None, feed)
+    (depth,) = graph.session.run(["depth"], feed)
     (expected,) = default_onnx.session.run(
-        None, {"image": image, "focal_px": np.float32([camera.focal("mean")])}
+        ["depth"], {"image": image, "focal_px": np.float32([camera.focal("mean")])}
     )
     # two graphs (a float image and intrinsics in, or uint8 and a focal): ONNX Runtime may
     # fuse and lay out each one differently, float32 sums in another order (conftest.PATH_RTOL)
@@ -344,3 +387,62 @@ def test_an_onnx_file_not_from_metricdepth_is_refused(tmp_path):
     onnx.save(onnx.helper.make_model(graph), str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="not a metricdepth export"):
         load_onnx(tmp_path / "plain.onnx")
+
+
+def test_the_batch_runner_runs_an_onnx_model_with_loader_workers(tmp_path, default_onnx):
+    """``run_batch`` with 2 DataLoader workers hands the ONNX model the decoded images: each
+    image's depth is the model's own ``predict`` on it (to ``PATH_RTOL``), with its camera."""
+    from conftest import PATH_RTOL
+    from metricdepth.batch import run_batch
+    from metricdepth.camera import Camera
+    from metricdepth.data.inputs import collect_inputs
+    from metricdepth.io import read_image
+
+    (tmp_path / "in").mkdir()
+    for k in range(3):
+        cv2.imwrite(str(tmp_path / "in" / f"p{k}.png"), textured(120 + 10 * k, 160, k)[:, :, ::-1])
+    items = collect_inputs([tmp_path / "in"])
+    out = tmp_path / "out"
+    summary = run_batch(default_onnx, items, out, {"depth"}, focal=150.0, workers=2,
+                        progress=False)  # fmt: skip
+    assert summary.done == 3 and not summary.failed
+    for item in items:
+        rgb, _ = read_image(item.image)
+        height, width = rgb.shape[:2]
+        camera = Camera(150.0, 150.0, (width - 1) / 2, (height - 1) / 2, width, height)
+        alone = default_onnx.predict(rgb, camera, "given")
+        record = json.loads((out / f"{item.stem}.json").read_text())
+        assert record["camera"] == alone.summary()["camera"]
+        assert record["model"] == default_onnx.spec.name
+        written = np.load(out / f"{item.stem}.depth.npy")
+        np.testing.assert_allclose(written, alone.depth_m, rtol=PATH_RTOL, atol=0)
+
+
+def test_a_fixed_grid_makes_the_vit_position_embedding_a_constant():
+    """``DinoVisionTransformer.fixed_grid`` (what the export uses instead of patching the
+    encoder): within it the embedding of that grid is computed once, the same values; an
+    exported program then has no bicubic resampling of ``pos_embed``; other grids and the
+    time after it are as usual."""
+    from metricdepth.models.vit import VIT_CONFIGS, DinoVisionTransformer
+
+    torch.manual_seed(0)
+    encoder = DinoVisionTransformer(VIT_CONFIGS["tiny"]).eval()
+    with torch.no_grad():
+        encoder.pos_embed.normal_()
+    usual = encoder.interpolate_pos_encoding(4, 6).detach().clone()
+    x = torch.randn(1, 3, 4 * 14, 6 * 14)
+
+    def bicubic_nodes() -> int:
+        program = torch.export.export(encoder, (x,))
+        return sum("upsample_bicubic" in str(node.target) for node in program.graph.nodes)
+
+    assert bicubic_nodes() == 1
+    with encoder.fixed_grid(4, 6):
+        assert torch.equal(encoder.interpolate_pos_encoding(4, 6), usual)
+        assert bicubic_nodes() == 0
+        with torch.no_grad():
+            encoder.pos_embed.add_(1.0)  # a constant: computed on entry
+        assert torch.equal(encoder.interpolate_pos_encoding(4, 6), usual)
+        other = encoder.interpolate_pos_encoding(5, 6)  # another grid: resampled now
+        assert other.shape[1] == 1 + 30 and torch.equal(other[:, :1], encoder.pos_embed[:, :1])
+    assert not torch.equal(encoder.interpolate_pos_encoding(4, 6), usual)  # follows pos_embed

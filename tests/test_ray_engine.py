@@ -2,7 +2,7 @@
 
 One Ray instance serves the module (its start-up takes seconds); faults are injected in its
 worker processes by ``ray_faults`` (installed as Ray's worker setup hook), steered by files.
-The reference is the local runner (``outputs.run_batch``) on the same images with the bundled
+The reference is the local runner (``batch.run_batch``) on the same images with the bundled
 model, with one torch thread as Ray's workers have.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from conftest import PATH_RTOL, assert_outputs_match, torch_threads, tree
+from metricdepth.batch import run_batch
 from metricdepth.data.inputs import InputItem, collect_inputs
-from metricdepth.outputs import run_batch
 from metricdepth.pipeline import load_model
 
 ray = pytest.importorskip("ray")
@@ -264,6 +264,24 @@ def test_fsspec_url_output_is_the_same_and_resumes(cluster, images, local, tmp_p
     assert not (tmp_path / "remote" / "bad.json").exists()
     with pytest.raises(ValueError, match=r"bad.png: not an image .*\(--keep-going skips it\)"):
         run_ray(items, url, SAVE, RayOptions(), resume=True)
+
+
+def test_ply_and_vis_are_the_local_runners(cluster, images, tmp_path):
+    """``ply`` and ``vis`` need the decoded image: it travels from the prepare task to the
+    writer, and the files are the local runner's, byte for byte (one torch thread)."""
+    _, faults = cluster
+    clear(faults)
+    save, items = {"depth", "ply", "vis"}, images[:2]
+    reference = tmp_path / "local"
+    with torch_threads(1):
+        run_batch(load_model(), items, reference, save, progress=False)
+    summary = run_ray(items, tmp_path / "ray", save, RayOptions())
+    assert (summary.done, summary.failed) == (2, [])
+    got = tree(tmp_path / "ray")
+    assert sorted(n for n in got if n.endswith((".ply", ".vis.png"))) == sorted(
+        f"{i.stem}{suffix}" for i in items for suffix in (".ply", ".vis.png")
+    )
+    assert got == tree(reference)
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

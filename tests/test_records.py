@@ -17,11 +17,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from metricdepth import __version__
+from metricdepth.batch import run_batch
 from metricdepth.cli import app
 from metricdepth.data.inputs import collect_inputs
 from metricdepth.models.registry import ASSETS, MODELS, load_model, provenance, save_model
 from metricdepth.models.spec import REAL_PHOTOS_COMMAND, ModelSpec
-from metricdepth.outputs import run_batch
 from metricdepth.vis import (
     BAND_RGB,
     WARNING_BAND_RGB,
@@ -190,7 +190,7 @@ def test_measure_warns_and_models_lists_the_intended_use():
 
 
 # ---------------------------------------------------------------- records on every batch path
-@pytest.mark.parametrize("workers", [0, 2])  # 2: loader processes and the writer process
+@pytest.mark.parametrize("workers", [0, 2])  # 2: DataLoader worker processes
 def test_every_batch_path_records_version_weights_input_and_timings(tmp_path, workers):
     images = tmp_path / "in"
     images.mkdir()

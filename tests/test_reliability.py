@@ -45,6 +45,7 @@ from conftest import (
     tree,
 )
 from metricdepth import cli
+from metricdepth.batch import run_batch
 from metricdepth.camera import Camera
 from metricdepth.cameras import camera_for_size, parse_intrinsics, resolve_camera
 from metricdepth.canonical import (
@@ -58,11 +59,11 @@ from metricdepth.canonical import (
 )
 from metricdepth.data.annotations import read_annotations
 from metricdepth.data.inputs import collect_inputs
+from metricdepth.files import WriteError
 from metricdepth.frame import Frame
 from metricdepth.io import read_depth, read_image
 from metricdepth.models.registry import ASSETS, SPEC_METADATA_KEY, load_model, read_spec
 from metricdepth.models.weights import read_torch_checkpoint
-from metricdepth.outputs import WriteError, run_batch
 
 RNG = np.random.default_rng(8)
 SMALL = ASSETS / "metricdepth-small.safetensors"
@@ -831,9 +832,9 @@ def test_disk_full_stops_the_run_and_leaves_no_partial_file(work, cli_run, monke
     assert not (out / "good3.json").exists()  # a full disk stops the run even with keep-going
 
 
-@pytest.mark.parametrize("workers", [0, 2])  # writer threads, or the writer process
+@pytest.mark.parametrize("workers", [0, 2])  # images prepared here, or in loader workers
 def test_disk_full_on_an_items_second_file_changes_none_of_its_files(work, monkeypatch, workers):
-    import metricdepth.outputs as outputs
+    import metricdepth.files as files
     from metricdepth.io import atomic_write
 
     model, items, out = tiny_model(), collect_inputs([work / "in"]), work / "out"
@@ -845,7 +846,7 @@ def test_disk_full_on_an_items_second_file_changes_none_of_its_files(work, monke
             tmp.write_bytes(b"\x89PNG half")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(outputs, "write_depth", full_disk)
+    monkeypatch.setattr(files, "write_depth", full_disk)
     with pytest.raises(WriteError, match="good1: cannot write the outputs: No space left"):
         run_batch(
             model, items, out, {"depth", "png16"}, focal=41.0, workers=workers, progress=False
@@ -958,8 +959,8 @@ def assert_consistent_after_kill(out: Path, reference: dict[str, bytes], exact: 
     """No final name holds a partial or foreign file; a record means all its files are there.
 
     ``exact``: the run is the reference's code on its thread count in the same kind of
-    process, so its files are the reference's bytes; else (loader workers and the writer
-    process) its outputs to ``PATH_RTOL`` (conftest).
+    process, so its files are the reference's bytes; else (loader workers) its outputs to
+    ``PATH_RTOL`` (conftest).
     """
     files = tree(out)
     finals = {n: d for n, d in files.items() if not Path(n).name.startswith(".")}
@@ -979,11 +980,11 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(faul
 
     Hooked trials die between two steps of a write (every temporary, rename and deletion is a
     candidate); timer trials are killed from outside after a random delay (half of them
-    running with loader workers and the writer process). Odd trials are killed a second time
+    running with loader workers). Odd trials are killed a second time
     while resuming. Then a resume must finish the rest: every output
     present exactly once, no temporary left, byte-identical where every run was the
-    reference's code on one torch thread in one process (with loader workers and the writer
-    process: the same outputs to ``PATH_RTOL``).
+    reference's code on one torch thread in one process (with loader workers: the same
+    outputs to ``PATH_RTOL``).
     """
     folder, items, reference = fault_set
     rng = np.random.default_rng(2026)
@@ -1011,13 +1012,13 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_files(faul
                 last = max(1, int(unfinished * events_per_image))
                 pid = forked_batch(items, out, kill_at=int(rng.integers(1, last + 1)),
                                    resume=resume)  # fmt: skip
-            else:  # every other pair of trials with loader workers and the writer process
+            else:  # every other pair of trials with loader workers
                 workers = 2 if (trial - HOOK_TRIALS) // 2 % 2 else 0
                 pid = forked_batch(items, out, resume=resume, workers=workers)
                 time.sleep(float(rng.uniform(0.0, duration)))
                 os.kill(pid, signal.SIGKILL)
             status = reap(pid)
-            time.sleep(0.2)  # its loader workers and writer process die with it (PDEATHSIG)
+            time.sleep(0.2)  # its loader workers write nothing: they only prepare inputs
             outcomes.append(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
             assert_consistent_after_kill(out, reference, exact=workers == 0)
         with torch_threads(1):  # as the forked runs and the reference
@@ -1080,13 +1081,13 @@ def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path, cli_run, monkeypatch
     """The first Ctrl-C ends a batch cleanly (below); a second one during the images under
     way stops at once, through the real typer app: one ``error: interrupted`` line, exit 130
     (not typer's "Aborted!" and exit 1), no temporary left, SIGINT's handler restored."""
-    import metricdepth.outputs as outputs
+    from metricdepth.predictor import Predictor
 
     folder = tmp_path / "in"
     folder.mkdir()
     for k in range(6):
         Image.new("RGB", (32, 24), (40 * k, 20, 200 - 30 * k)).save(folder / f"im{k}.png")
-    real = outputs.run_network
+    real = Predictor.forward
     calls = []
 
     def twice_interrupted(*args, **kwargs):
@@ -1097,7 +1098,7 @@ def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path, cli_run, monkeypatch
             time.sleep(0.5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(outputs, "run_network", twice_interrupted)
+    monkeypatch.setattr(Predictor, "forward", twice_interrupted)
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "out"
     error_line(cli_run("predict", folder, "--out", out), "error: interrupted", code=130)

@@ -395,7 +395,7 @@ def test_tiny_run_from_yaml_lowers_the_loss_and_saves_a_loadable_model(tmp_path)
     assert after < 0.8 * before, (before, after)
 
     frame = dataset.sources[0].frame(0)
-    depth_m = predict_depth_m(model.net, frame.image, frame.camera, model.spec.space)
+    depth_m = predict_depth_m(model, frame.image, frame.camera)
     assert depth_m.shape == frame.depth.shape and (depth_m > 0).all()
     # a second call with the same config finds the run finished and leaves it as it is
     digest = parameter_digest(model.net)
@@ -530,3 +530,15 @@ def test_device_cuda_without_cuda_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"^device 'cuda:0': no CUDA device here"):
         train(tiny(tmp_path, device="cuda"))
     assert not (tmp_path / "runs").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch, capsys, native):
+    import metricdepth.train.loop as loop
+
+    assert loop.native_bf16(torch.device("cuda")) is True  # CUDA: always native
+    monkeypatch.setattr(loop, "native_bf16", lambda device: native)
+    train(tiny(tmp_path, name="bf16-warn", precision="bf16", steps=2, warmup_steps=1))
+    err = capsys.readouterr().err
+    warned = "warning: precision bf16 on a CPU without native bfloat16" in err
+    assert warned is (not native)

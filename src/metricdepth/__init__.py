@@ -18,6 +18,7 @@ _LAZY = {
     "load_model": "metricdepth.pipeline",
     "predict": "metricdepth.pipeline",
     "Prediction": "metricdepth.pipeline",
+    "Predictor": "metricdepth.predictor",
     "Frame": "metricdepth.frame",
     "CanonicalSpace": "metricdepth.canonical",
     "CanonicalRecord": "metricdepth.canonical",

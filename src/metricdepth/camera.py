@@ -100,6 +100,12 @@ def check_focal_mode(mode: str) -> str:
     return mode
 
 
+def focal_of(fx, fy, mode: str):
+    """The focal length under ``mode`` (``Camera.focal``): ``fx``, or ``(fx + fy) / 2`` for
+    ``"mean"``; Python floats or tensors (the exported graph's intrinsics input)."""
+    return fx if mode == "fx" else 0.5 * (fx + fy)
+
+
 @dataclass(frozen=True)
 class Camera:
     """A pinhole camera for an image of ``width x height`` pixels (see the module docstring).
@@ -195,7 +201,7 @@ class Camera:
         For ordinary cameras the two differ by well under 0.1 %.
         """
         check_focal_mode(mode)
-        return self.fx if mode == "fx" else 0.5 * (self.fx + self.fy)
+        return focal_of(self.fx, self.fy, mode)
 
     def normalized(self) -> tuple[float, float, float, float]:
         """Resolution-free ``(fx/W, fy/H, (cx+0.5)/W, (cy+0.5)/H)``."""

@@ -27,13 +27,18 @@ Metric3D's vocabulary maps onto the record: ``to_canonical_ratio = f_c / focal``
 ``f_eff`` uses the nominal factor ``s`` (a float), as Metric3D does; the camera of the
 network canvas (``CanonicalRecord.camera_c``) is the exact camera of the realised integer
 grid. The two focal lengths differ by less than one pixel in the resized size (< 1/h').
+
+The arithmetic of an inference record (``fit_geometry``: fit scale, resized size, offsets;
+``metric_scale``: ``f_eff / f_c``) is written once, for Python numbers or for torch tensors:
+``inference_record`` runs it on floats, and the exported graph (``metricdepth.export``) on the
+dynamic image size inside a traced graph, the same operations in the same order (float64).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -164,7 +169,7 @@ class CanonicalRecord:
     @property
     def metric_scale(self) -> float:
         """``depth_m = depth_c * metric_scale`` (= f_eff / f_c; 1 for the ``none`` variant)."""
-        return 1.0 if self.variant == "none" else self.f_eff_px / self.canonical_focal_px
+        return metric_scale(self.focal_px, self.scale, self.canonical_focal_px, self.variant)
 
     @property
     def to_canonical_ratio(self) -> float:
@@ -216,6 +221,58 @@ class CanonicalRecord:
         }
 
 
+def _minimum(a, b):
+    """``min`` of two Python numbers, ``torch.minimum`` when either is a tensor."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return min(a, b)
+
+
+def _ratio(a: float, b):
+    """``a / b`` for a number ``a`` and a number or tensor ``b``. (``a / tensor`` in torch is
+    ``a * (1 / tensor)``, rounded twice: 1064 / 3.0 gives 354.66666666666663, not Python's
+    354.6666666666667; a tensor ``a`` makes it one correctly rounded division.)"""
+    return torch.full_like(b, a) / b if isinstance(b, torch.Tensor) else a / b
+
+
+def _truncate(x):
+    """``int(x)`` of a number >= 0, or the same on a float tensor (int64)."""
+    return torch.floor(x).long() if isinstance(x, torch.Tensor) else int(x)
+
+
+def fit_geometry(hw, space: CanonicalSpace):
+    """Where a ``"fit"`` space puts an (H, W) image: ``(scale, (h', w'), (top, left))``.
+
+    ``s = min(H_in / H, W_in / W)``, ``(h', w') = (int(H s), int(W s))`` (truncation, as
+    Metric3D), offsets by ``pad_offset``. ``hw`` holds Python numbers, or float64 0-dim tensors
+    (the dynamic size inside an exported graph): the results are then tensors (int64 sizes).
+    """
+    H_in, W_in = space.input_hw  # noqa: N806
+    scale = _minimum(_ratio(H_in, hw[0]), _ratio(W_in, hw[1]))
+    size = (_truncate(hw[0] * scale), _truncate(hw[1] * scale))
+    return scale, size, pad_offset(size, space.input_hw, space.pad_placement)
+
+
+def pad_offset(size_hw, canvas_hw, placement: str):
+    """``(top, left)`` of a resized image of ``size_hw`` on a canvas of ``canvas_hw``.
+
+    ``"center"``: the floor half of the padding before (Metric3D), ``"bottom_right"``: none.
+    Python ints or int64 tensors (``fit_geometry``).
+    """
+    (h, w), (H, W) = size_hw, canvas_hw  # noqa: N806
+    if placement == "center":
+        return ((H - h) // 2, (W - w) // 2)
+    return (h * 0, w * 0)
+
+
+def metric_scale(focal_px, scale, canonical_focal_px: float, variant: str):
+    """``depth_m = depth_c * metric_scale``: ``f_eff / f_c = focal * s / f_c`` (1 for the
+    ``none`` variant), on Python floats or float64 tensors (the exported graph)."""
+    if variant == "none":
+        return scale * 0 + 1 if isinstance(scale, torch.Tensor) else 1.0
+    return focal_px * scale / canonical_focal_px
+
+
 def inference_record(
     camera: Camera, space: CanonicalSpace, focal_mode: FocalMode = "mean"
 ) -> CanonicalRecord:
@@ -230,19 +287,15 @@ def inference_record(
     focal = camera.focal(focal_mode)
     if space.resize == "fit":
         H_in, W_in = space.input_hw  # noqa: N806
-        scale = min(H_in / camera.height, W_in / camera.width)
-        h, w = int(camera.height * scale), int(camera.width * scale)
+        scale, (h, w), offset = fit_geometry((camera.height, camera.width), space)
     else:
         scale = space.focal_px / focal if space.resize == "focal" else 1.0
         h, w = int(camera.height * scale + 0.5), int(camera.width * scale + 0.5)
         m = int(space.size_multiple)
         H_in, W_in = -(-h // m) * m, -(-w // m) * m  # noqa: N806
+        offset = pad_offset((h, w), (H_in, W_in), space.pad_placement)
     if min(h, w) < 1:
         raise ValueError(f"resize by {scale:.4g} leaves no pixel of a {camera.size} image")
-    if space.pad_placement == "center":
-        offset = ((H_in - h) // 2, (W_in - w) // 2)
-    else:
-        offset = (0, 0)
     return CanonicalRecord(
         camera, (H_in, W_in), scale, (h, w), offset, focal, focal_mode, space.focal_px,
         space.variant, space,
@@ -350,6 +403,16 @@ def normalize(image: np.ndarray, space: CanonicalSpace) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def canonical_canvas(
+    image: np.ndarray, camera: Camera, space: CanonicalSpace, focal_mode: FocalMode = "mean"
+) -> tuple[np.ndarray, CanonicalRecord]:
+    """``(canvas, record)``: the (H_in, W_in, 3) uint8 network canvas of an (H, W, 3) uint8
+    image of ``camera`` (``inference_record``, then ``to_canonical`` padded with
+    ``space.pad_rgb``); ``normalize`` makes the network input of it."""
+    record = inference_record(camera, space, focal_mode)
+    return to_canonical(Frame(image, camera), record, pad_rgb=space.pad_rgb).image, record
+
+
 def prepare_input(
     image: np.ndarray,
     camera: Camera,
@@ -357,6 +420,9 @@ def prepare_input(
     focal_mode: FocalMode | None = None,
 ) -> tuple[torch.Tensor, CanonicalRecord]:
     """Inference pre-processing: keep-ratio resize, pad with ``space.pad_rgb``, normalise.
+
+    The steps of ``metricdepth.predictor.Predictor.prepare`` (``canonical_canvas``, then
+    ``normalize``) for a pinhole image, as a (1, 3, H_in, W_in) batch of one.
 
     Args:
         image: (H, W, 3) RGB uint8.
@@ -369,9 +435,33 @@ def prepare_input(
         which the model checks when given the record (``model(x, record)``).
     """
     space, mode = space_of(space)
-    record = inference_record(camera, space, focal_mode or mode)
-    canvas = to_canonical(Frame(image, camera), record, pad_rgb=space.pad_rgb)
-    return normalize(canvas.image, space), record
+    canvas, record = canonical_canvas(image, camera, space, focal_mode or mode)
+    return normalize(canvas, space), record
+
+
+#: What an exported graph reports of the record it used (its ``canonical`` output), in order.
+GRAPH_RECORD = ("scale", "resized_h", "resized_w", "top", "left", "metric_scale")
+
+
+def record_from_graph(numbers, record: CanonicalRecord) -> CanonicalRecord:
+    """``record`` with the geometry an exported graph reports (``GRAPH_RECORD`` numbers).
+
+    The camera, focal, focal mode and space are the caller's (what the graph was given); the
+    resize factor, resized size and offsets are the graph's. ValueError when the graph's
+    metric scale is not the record's (float32 rounding of the focal input aside): a graph
+    exported for another canonical space or with other arithmetic.
+    """
+    values = [float(v) for v in np.asarray(numbers, dtype=np.float64).reshape(-1)]
+    if len(values) != len(GRAPH_RECORD):
+        raise ValueError(f"expected the {len(GRAPH_RECORD)} record numbers of an exported graph")
+    scale, h, w, top, left, graph_metric = values
+    made = replace(record, scale=scale, resized_hw=(int(h), int(w)), offset=(int(top), int(left)))
+    if not math.isclose(graph_metric, made.metric_scale, rel_tol=1e-6):
+        raise ValueError(
+            f"the graph's metric scale {graph_metric:.7g} is not its record's "
+            f"{made.metric_scale:.7g}: an exported graph of another canonical space"
+        )
+    return made
 
 
 def space_of(target: CanonicalSpace | Any) -> tuple[CanonicalSpace, str]:

@@ -175,8 +175,7 @@ def run_canonical(
 
     import cv2
 
-    from metricdepth.canonical import inference_record, to_canonical
-    from metricdepth.frame import Frame
+    from metricdepth.canonical import canonical_canvas
     from metricdepth.io import atomic_write, read_image
     from metricdepth.models.registry import model_spec
 
@@ -200,7 +199,7 @@ def run_canonical(
     space = replace(spec.space, **changes)
     rgb, _ = read_image(image)
     camera, source = resolve_camera(image, intrinsics, focal)
-    record = inference_record(camera, space, focal_mode or spec.focal_mode)
+    canvas, record = canonical_canvas(rgb, camera, space, focal_mode or spec.focal_mode)
     if image == EXAMPLE_IMAGE and source == "given" and intrinsics is not None:
         source = "annotation"  # the bundled example's published calibration
     summary = {
@@ -211,12 +210,11 @@ def run_canonical(
         "record": record.to_dict(),
     }
     if out is not None:
-        canvas = to_canonical(Frame(rgb, camera), record, pad_rgb=space.pad_rgb)
         stem = Path(image).stem
         png, meta = Path(out) / f"{stem}.canonical.png", Path(out) / f"{stem}.canonical.json"
         summary["written"] = [str(png), str(meta)]
         with atomic_write(png) as tmp:
-            if not cv2.imwrite(str(tmp), canvas.image[:, :, ::-1]):
+            if not cv2.imwrite(str(tmp), canvas[:, :, ::-1]):
                 raise ValueError(f"could not write {png}")
         with atomic_write(meta) as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
@@ -332,11 +330,12 @@ def run_predict(
     """The work of ``metricdepth predict``: ``(batch summary, files skipped in folders)``.
 
     ``engine``: ``(name, address, num_workers, gpus_per_worker)`` of ``--engine``."""
+    from metricdepth.batch import run_batch
     from metricdepth.camera import check_focal_mode
     from metricdepth.cameras import CameraOptions, default_count_warning
     from metricdepth.data.inputs import InputItem, collect_inputs, parse_shard
     from metricdepth.distortion import lens_from_options
-    from metricdepth.outputs import parse_save, run_batch
+    from metricdepth.files import parse_save
 
     kinds = parse_save(save)
     lens = lens_from_options(distortion, fisheye)
@@ -375,8 +374,8 @@ def run_predict(
         return summary, len(skipped)
     check_device(device)
     net = load_predictor(model, weights, device, backend, precision, workers)
-    warn_assumed_camera(getattr(net, "spec", None), values, focal, focal_mode)
-    if lens is not None and getattr(net, "needs_image", False):
+    warn_assumed_camera(net.spec, values, focal, focal_mode)
+    if lens is not None and "image" in net.takes:
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
         )
@@ -388,6 +387,7 @@ def run_predict(
     )  # fmt: skip
     if summary.default_camera:
         typer.echo(f"warning: {default_count_warning(summary.default_camera)}", err=True)
+    warn_camera_mismatch(summary, given=values is not None or focal is not None)
     if summary.done:
         trust_warning(net)  # after the run: a refused or failed run stays one error line
     return summary, len(skipped)
@@ -411,6 +411,18 @@ def warn_assumed_camera(spec, intrinsics, focal, focal_mode) -> None:
 
     if message := run_camera_warning(spec, intrinsics, focal, focal_mode):
         typer.echo(f"warning: {message}", err=True)
+
+
+def warn_camera_mismatch(summary, given: bool) -> None:
+    """After a batch run: one ``warning:`` line when images' own cameras (annotation, EXIF,
+    default) did not fit a model trained on an assumed camera (a run-wide camera that does
+    not fit was warned about before the run: ``warn_assumed_camera``)."""
+    if summary.camera_mismatch and not given:
+        typer.echo(
+            f"warning: {summary.camera_mismatch} image(s) had a camera that does not fit the "
+            f"model; the first: {summary.mismatch_example}",
+            err=True,
+        )
 
 
 def load_predictor(model, weights, device, backend, precision, workers=0):
@@ -566,6 +578,8 @@ def synth(
 
         if n < 1:
             raise ValueError(f"--n must be >= 1, got {n}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out} exists and is not a folder")
         height, width = parse_size(size, "--size")
         config = SynthConfig(height=height, width=width, sizes=((height, width),))
         path = write_dataset(out, n, seed=seed, config=config)

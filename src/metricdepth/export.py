@@ -29,7 +29,16 @@ Inputs: ``image`` (H, W, 3) uint8 RGB (or float32 0-255 RGB, rounded to uint8 fi
 ``image_dtype="float32"``), and ``focal_px`` (1,) float32: the focal length under the model's
 focal mode (``Camera.focal``), or with ``camera_input="intrinsics"`` ``intrinsics`` (4,)
 float32 ``fx, fy, cx, cy`` and the focal mode applied in the graph. Outputs: ``depth`` (H, W)
-float32 metres, and ``confidence`` (H, W) and ``normal`` (H, W, 3) where the model has them.
+float32 metres, ``confidence`` (H, W) and ``normal`` (H, W, 3) where the model has them, and
+``canonical`` (6,) float64: the record the graph used (``canonical.GRAPH_RECORD``: resize
+factor, resized height and width, top and left offsets, metric scale), which the ONNX Runtime
+backend reports instead of recomputing it.
+
+The record's arithmetic is not re-derived here: ``PredictionGraph`` runs
+``canonical.fit_geometry`` (fit scale, resized size, offsets), ``camera.focal_of`` and
+``canonical.metric_scale`` on the image's dynamic size, the functions ``inference_record``
+runs on Python floats. What stays graph-specific are the two resamplings, written as gathers
+so that they match OpenCV and torch to the bit (below).
 
 The file's ``metadata_props`` describe it (``metricdepth.spec``: the full ``ModelSpec`` JSON,
 plus the model name, canonical focal, input size, focal mode, camera input and the metricdepth
@@ -50,6 +59,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from metricdepth.camera import focal_of
+from metricdepth.canonical import fit_geometry, metric_scale
 from metricdepth.io import atomic_write
 from metricdepth.models.registry import DepthModel
 from metricdepth.models.spec import ONNX_FORMAT as FORMAT
@@ -189,43 +200,31 @@ class PredictionGraph(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return ["depth", *(k for k in ("confidence", "normal") if k in self.spec.outputs)]
+        kinds = [k for k in ("confidence", "normal") if k in self.spec.outputs]
+        return ["depth", *kinds, "canonical"]
 
     def focal(self, camera: Tensor) -> Tensor:
         """(1,) focal_px, or (4,) intrinsics under the spec's focal mode -> 0-dim float64."""
         camera = camera.double()
         if self.camera_input == "focal":
             return camera[0]
-        if self.spec.focal_mode == "fx":
-            return camera[0]
-        return 0.5 * (camera[0] + camera[1])
+        return focal_of(camera[0], camera[1], self.spec.focal_mode)
 
     def forward(self, image: Tensor, camera: Tensor) -> tuple[Tensor, ...]:
         space = self.spec.space
-        canvas_h, canvas_w = space.input_hw
         if image.dtype != torch.uint8:
             image = torch.clamp(torch.round(image), 0, 255)
-        shape = _shape_hw(image)  # (H, W) int64
-        hw = shape.double()
-        scale = torch.minimum(canvas_h / hw[0], canvas_w / hw[1])
-        size_hw = torch.floor(hw * scale).long()  # int(H s), int(W s)
-        if space.pad_placement == "center":
-            offset = torch.div(
-                torch.tensor([canvas_h, canvas_w]) - size_hw, 2, rounding_mode="floor"
-            )
-        else:
-            offset = torch.zeros(2, dtype=torch.int64)
-        canvas = _opencv_linear_canvas(image, size_hw, offset, (canvas_h, canvas_w), self.pad)
+        hw = _shape_hw(image).double()  # (H, W), dynamic
+        # the record: inference_record's arithmetic (canonical.fit_geometry), on tensors
+        scale, size, offset = fit_geometry((hw[0], hw[1]), space)
+        size_hw, offset = torch.stack(size), torch.stack(offset)
+        scale_m = metric_scale(self.focal(camera), scale, space.focal_px, space.variant)
+        canvas = _opencv_linear_canvas(image, size_hw, offset, space.input_hw, self.pad)
         x = (canvas.permute(2, 0, 1).float() - self.mean) / self.std
         out = self.net(x[None])
         out_hw = (image.shape[0], image.shape[1])
-        metric_scale = (
-            self.focal(camera) * scale / space.focal_px
-            if space.variant != "none"
-            else scale * 0 + 1
-        ).float()
         depth = _unpad_resize(out["depth_c"][0].float(), size_hw, offset, out_hw)[0]
-        depth = depth * metric_scale
+        depth = depth * scale_m.float()
         if self.spec.max_depth_m is not None:
             depth = torch.clamp(depth, 0.0, float(self.spec.max_depth_m))
         results = [depth]
@@ -236,7 +235,8 @@ class PredictionGraph(nn.Module):
             normal = _unpad_resize(out["normal"][0, :3].float(), size_hw, offset, out_hw)
             normal = normal / torch.clamp(torch.linalg.vector_norm(normal, dim=0), min=1e-12)
             results.append(normal.permute(1, 2, 0))
-        return tuple(results)
+        record = torch.cat([scale[None], size_hw.double(), offset.double(), scale_m[None]])
+        return (*results, record)  # record: the numbers of canonical.GRAPH_RECORD
 
 
 def _channels(values: tuple[float, float, float]) -> Tensor:
@@ -291,7 +291,7 @@ def export_onnx(
     example = _example_inputs(graph, image_dtype)
     with (
         _quiet_exporter(),
-        _constant_position_embedding(model),
+        _fixed_position_embeddings(model),
         torch.inference_mode(False),
         torch.no_grad(),
     ):
@@ -357,29 +357,16 @@ def _quiet_exporter() -> Iterator[None]:
                 logger.setLevel(level)
 
 
-class _constant_position_embedding:  # noqa: N801 (a context manager used like a function)
-    """Freeze a ViT's interpolated position embedding for the fixed canvas during export.
+@contextlib.contextmanager
+def _fixed_position_embeddings(model: DepthModel) -> Iterator[None]:
+    """Every ViT encoder of ``model`` with its position embedding fixed for the model's canvas
+    (``DinoVisionTransformer.fixed_grid``): a constant in the graph, not a Resize."""
+    from metricdepth.models.vit import DinoVisionTransformer
 
-    The bicubic resampling of the 37x37 grid depends only on the canvas size, so the graph
-    carries its result as a constant instead of a Resize of a parameter.
-    """
-
-    def __init__(self, model: DepthModel) -> None:
-        self.encoder = getattr(getattr(model.net, "depth_model", None), "encoder", None)
-        self.patched = self.encoder is not None and hasattr(
-            self.encoder, "interpolate_pos_encoding"
-        )
-        self.space = model.spec.space
-
-    def __enter__(self) -> None:
-        if not self.patched:
-            return
-        p = self.encoder.cfg.patch_size
-        h, w = self.space.input_hw
-        with torch.no_grad():
-            fixed = self.encoder.interpolate_pos_encoding(h // p, w // p).detach().clone()
-        self.encoder.interpolate_pos_encoding = lambda gh, gw: fixed
-
-    def __exit__(self, *exc: object) -> None:
-        if self.patched:
-            del self.encoder.interpolate_pos_encoding
+    height, width = model.spec.space.input_hw
+    with contextlib.ExitStack() as stack:
+        for module in model.net.modules():
+            if isinstance(module, DinoVisionTransformer):
+                patch = module.cfg.patch_size
+                stack.enter_context(module.fixed_grid(height // patch, width // patch))
+        yield

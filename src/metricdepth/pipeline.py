@@ -2,9 +2,10 @@
 
 The two names of the Python API live here: ``load_model(name_or_path)`` (the bundled default,
 a registered name, or a ``.safetensors``/``.pth``/``.onnx`` file, as the command line takes)
-and ``predict(model, image, camera)``, which runs the model's own pre-processing (its
-``CanonicalSpace``), the network, and ``from_canonical``; it returns a frozen ``Prediction``
-at the original resolution that records the camera used and where it came from.
+and ``predict(model, image, camera)``, which decodes the image, settles its camera and runs
+the ``metricdepth.predictor.Predictor`` of the model (its ``CanonicalSpace``, the network,
+``from_canonical`` and the clamp); it returns a frozen ``Prediction`` at the original
+resolution that records the camera used and where it came from.
 Both are exported from the package: ``metricdepth.load_model`` and ``metricdepth.predict``.
 """
 
@@ -19,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from metricdepth.camera import CAMERA_SOURCES, Camera
 from metricdepth.cameras import (  # noqa: F401 (the camera policy; these re-exported here)
@@ -27,19 +27,10 @@ from metricdepth.cameras import (  # noqa: F401 (the camera policy; these re-exp
     CameraMismatchWarning,
     assumed_focal_mismatch,
 )
-from metricdepth.canonical import (
-    CanonicalRecord,
-    CanonicalSpace,
-    from_canonical,
-    inference_record,
-    normalize,
-    to_canonical,
-    unpad,
-)
-from metricdepth.distortion import Distortion, PinholeView
-from metricdepth.frame import Frame
-from metricdepth.models.registry import DepthModel
-from metricdepth.prediction import Prediction, check_image, timings_ms
+from metricdepth.canonical import CanonicalRecord
+from metricdepth.distortion import Distortion
+from metricdepth.prediction import Prediction, check_image
+from metricdepth.predictor import Backend, Predictor
 
 
 def load_model(
@@ -130,7 +121,7 @@ def _image_and_camera(
 
 
 def predict(
-    model: DepthModel,
+    model: Backend | Predictor,
     image: np.ndarray | str | Path | Any,
     camera: CameraLike = None,
     *,
@@ -161,7 +152,7 @@ def predict(
 
 
 def predict_batch(
-    model: DepthModel,
+    model: Backend | Predictor,
     images: Sequence[np.ndarray | str | Path],
     cameras: Sequence[Camera | None] | None = None,
     *,
@@ -192,148 +183,17 @@ def _warn_mismatch(spec, record: CanonicalRecord) -> None:
 
 
 def _run(model, images, cameras, sources, focal_mode, distortion, alpha) -> list[Prediction]:
-    """``predict_batch`` on checked, equally long lists."""
-    n, spec = len(images), model.spec
-    mode = focal_mode or spec.focal_mode
-    if getattr(model, "needs_image", False):  # an exported graph: image + focal in, metres out
-        if distortion is not None:
-            raise ValueError("distortion needs a PyTorch model (ONNX graphs are pinhole)")
-        predictions = []
-        for image, camera, source in zip(images, cameras, sources, strict=True):
-            prediction = model.predict(*_image_and_camera(image, camera, source), focal_mode=mode)
-            _warn_mismatch(spec, prediction.record)
-            predictions.append(prediction)
-        return predictions
-    started = time.perf_counter()
-    items = []
+    """``predict_batch`` on checked, equally long lists: decode, then the ``Predictor``'s three
+    stages (images sharing an input size run as one batch)."""
+    predictor = model if isinstance(model, Predictor) else Predictor(model, focal_mode)
+    if focal_mode is not None and focal_mode != predictor.focal_mode:
+        predictor = Predictor(predictor.backend, focal_mode)
+    prepared = []
     for image, camera, source in zip(images, cameras, sources, strict=True):
-        image, camera, source = _image_and_camera(image, camera, source)
-        canvas, record, lens = prepare(image, camera, spec.space, mode, distortion, alpha)
-        _warn_mismatch(spec, record)
-        items.append((camera, source, record, normalize(canvas, spec.space), lens))
-    preprocess = (time.perf_counter() - started) / max(n, 1)
-
-    results: list[Prediction | None] = [None] * n
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, (_, _, record, _, _) in enumerate(items):
-        groups.setdefault(record.input_hw, []).append(index)
-    device = model.device
-    for indices in groups.values():
-        x = torch.cat([items[i][3] for i in indices]).to(device)
         started = time.perf_counter()
-        with torch.inference_mode():
-            out = model(x)
-        forward = (time.perf_counter() - started) / len(indices)
-        for row, index in enumerate(indices):
-            started = time.perf_counter()
-            camera, source, record, _, lens = items[index]
-            prediction = postprocess(out, row, camera, source, record, model, lens)
-            post = time.perf_counter() - started
-            results[index] = replace(prediction, timings_ms=timings_ms(preprocess, forward, post))
-    return results  # type: ignore[return-value]
-
-
-def prepare(
-    image: np.ndarray,
-    camera: Camera,
-    space: CanonicalSpace,
-    focal_mode: str,
-    distortion: Distortion | None = None,
-    alpha: float | None = None,
-) -> tuple[np.ndarray, CanonicalRecord, PinholeView | None]:
-    """The network's canvas of one decoded image: ``(canvas, record, lens)``.
-
-    ``image`` (H, W, 3) uint8 of ``camera``; with ``distortion`` it is first undistorted
-    (``lens``: the ``PinholeView``, else None) and the pinhole camera is the one the network
-    sees. ``canvas`` is the (H_in, W_in, 3) uint8 canonical canvas (``to_canonical``, padded
-    with ``space.pad_rgb``), ``record`` its ``inference_record``; ``normalize`` makes the
-    network input. ``predict`` and ``outputs.PredictionInputs`` both prepare through here.
-    """
-    seen, lens = undistorted(image, camera, distortion, alpha, space.pad_rgb)
-    net_camera = camera if lens is None else lens.pinhole  # the camera the network sees
-    record = inference_record(net_camera, space, focal_mode)
-    canvas = to_canonical(Frame(seen, net_camera), record, pad_rgb=space.pad_rgb)
-    return canvas.image, record, lens
-
-
-def undistorted(
-    image: np.ndarray,
-    camera: Camera,
-    distortion: Distortion | None,
-    alpha: float | None = None,
-    fill: tuple[int, int, int] = (0, 0, 0),
-) -> tuple[np.ndarray, PinholeView | None]:
-    """``(pinhole image, PinholeView)`` of a distorted image; ``(image, None)`` without a lens."""
-    if distortion is None:
-        return image, None
-    from metricdepth.distortion import pinhole_view, undistort_image
-
-    lens = pinhole_view(camera, distortion, alpha)
-    return undistort_image(image, lens, fill), lens
-
-
-def postprocess(
-    out, row, camera, source, record, model: DepthModel, lens: PinholeView | None = None
-) -> Prediction:
-    """Network output row ``row`` -> a ``Prediction`` at the original resolution.
-
-    With ``lens`` the network saw ``lens.pinhole``; the maps are moved back onto the grid of
-    the distorted ``camera`` (``metricdepth.distortion.to_original``).
-    """
-    if lens is not None:
-        return _on_original_grid(
-            postprocess(out, row, lens.pinhole, source, record, model), camera, lens
-        )
-    spec = model.spec
-    depth_m = from_canonical(out["depth_c"][row, 0].float().cpu(), record)
-    if spec.max_depth_m is not None:
-        depth_m.clamp_(0, spec.max_depth_m)  # a fresh tensor of from_canonical
-    confidence = normal = None
-    size = (camera.height, camera.width)
-    if "confidence" in spec.outputs and "confidence" in out:
-        conf = unpad(out["confidence"][row : row + 1].float().cpu(), record)
-        confidence = F.interpolate(conf, size=size, mode="bilinear", align_corners=False)[0, 0]
-        confidence = confidence.numpy()
-    if "normal" in spec.outputs and "normal" in out:
-        nrm = unpad(out["normal"][row : row + 1, :3].float().cpu(), record)
-        nrm = F.interpolate(nrm, size=size, mode="bilinear", align_corners=False)[0]
-        nrm = nrm / nrm.norm(dim=0, keepdim=True).clamp_min(1e-12)  # unit again after resizing
-        normal = nrm.permute(1, 2, 0).contiguous().numpy()
-    return Prediction(
-        depth_m=depth_m.numpy(),
-        camera=camera,
-        camera_source=source,
-        record=record,
-        model=spec.name,
-        confidence=confidence,
-        normal=normal,
-    )
-
-
-def _on_original_grid(prediction: Prediction, camera: Camera, lens: PinholeView) -> Prediction:
-    """A prediction on ``lens.pinhole``'s grid -> the same on the distorted ``camera``'s grid.
-
-    z-depth is the same along a ray and both cameras share their axes, so values are sampled,
-    not changed; normals are re-normalised after the blend. Invalid pixels: depth 0, normal 0.
-    """
-    from metricdepth.distortion import to_original
-
-    # only pinhole pixels that see the photo count: the padding around it has a prediction
-    # too, which must not be blended into the pixels along the photo's rim
-    seen = (lens.source_xy[..., 0] >= 0) & (prediction.depth_m > 0)
-    depth_m, valid = to_original(prediction.depth_m, lens, valid=seen)
-    confidence = normal = None
-    if prediction.confidence is not None:
-        confidence, _ = to_original(prediction.confidence, lens, valid=seen)
-    if prediction.normal is not None:
-        normal, _ = to_original(prediction.normal, lens, valid=seen)
-        norm = np.linalg.norm(normal, axis=-1, keepdims=True)
-        normal = np.where(norm > 0, normal / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
-    return replace(
-        prediction,
-        depth_m=np.where(valid, depth_m, 0.0).astype(np.float32),
-        camera=camera,
-        confidence=confidence,
-        normal=normal,
-        lens=lens,
-    )
+        image, camera, source = _image_and_camera(image, camera, source)
+        decoded = time.perf_counter() - started
+        item = predictor.prepare(image, camera, source, distortion=distortion, alpha=alpha)
+        _warn_mismatch(predictor.spec, item.record)
+        prepared.append(replace(item, pre_s=item.pre_s + decoded))  # decoding is pre-processing
+    return predictor.predict_prepared(prepared)

@@ -5,14 +5,18 @@ The pipeline of the local batch runner, spread over a Ray cluster with Ray Data:
 1. **prepare** (CPU tasks, ``map_batches``): each row's image bytes (read from ``path`` when
    the row has none) are decoded with PIL from the bytes, so EXIF survives; the camera policy
    of every entry point (``cameras.camera_for_image``: given > annotation > EXIF > default)
-   gives the camera; the model's canonical space gives the network canvas and its record;
+   gives the camera; ``predictor.prepare`` (the model's space and focal mode, no network)
+   gives the network input and its canonical record;
 2. **forward** (an actor pool, ``map_batches`` with a callable class, ``concurrency`` actors of
    ``num_gpus`` GPUs each): each actor loads the model once (``load_model`` with the name,
-   weights, device and precision the CLI takes) and runs the network, one forward per image
-   (``batch_size`` > 1: images of one canvas size stacked);
-3. **finish** (CPU tasks): network outputs -> metric ``Prediction`` at the image's size, then
+   weights, device and precision the CLI takes, as a ``predictor.Predictor``) and runs
+   ``Predictor.forward``, one forward per image (``batch_size`` > 1: images of one canvas size
+   ``collate``d);
+3. **finish** (CPU tasks): ``predictor.finish``: network outputs -> metric ``Prediction`` at
+   the image's size, then
    either a row of arrays and the record (``predict_dataset(ds)``) or the files and the record
-   of the local runner, written atomically per image (``predict_dataset(ds, out=...)``).
+   of the local runner (``files.write_prediction``), written atomically per image
+   (``predict_dataset(ds, out=...)``).
 
 Rows in: ``key`` (the output stem, e.g. ``"sub/img01"``), ``image`` (the file's bytes; or
 ``path`` to read them from, a local path or an ``fsspec`` URL) and optionally ``intrinsics``
@@ -24,8 +28,8 @@ Faults: Ray Data's defaults restart a dead actor (``max_restarts=-1``) and retry
 exception raised by our code is not retried (a bad image is a row with ``error``). A retried
 image is computed again and its files overwritten whole (each image's files appear together,
 its record last), so a killed worker loses and duplicates nothing. ``run_ray`` (the CLI's
-engine) skips images whose outputs are finished (``resume``, the local runner's rule) before
-it builds the dataset.
+engine) skips images whose outputs are finished (``resume``: ``files.is_finished``, the local
+runner's rule) before it builds the dataset.
 
 Importing this module does not import ray; its functions do.
 """
@@ -151,12 +155,9 @@ def predict_dataset(
     ray = _ray()
     options = options or RayOptions()
     spec = stages.spec_of(options)
-    kinds = set(save) | {"depth"}
-    from metricdepth.outputs import SAVE_KINDS
+    from metricdepth.files import check_save
 
-    unknown = sorted(kinds - set(SAVE_KINDS))
-    if unknown:
-        raise ValueError(f"unknown save kind(s) {', '.join(unknown)}; choose from {SAVE_KINDS}")
+    kinds = check_save(save, "save: ")
     keep_image = out is not None and bool(kinds & {"ply", "vis"})
     # Arguments are bound into the functions and the actor class. On CPU-only workers Ray
     # Data fuses the prepare step into the model workers (same resources: no data moves

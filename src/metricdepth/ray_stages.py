@@ -19,7 +19,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,18 @@ RayOptions = Any
 
 
 # ====================================================================== adapter
-# The only place that knows the local pipeline's functions. After the Predictor
-# (predictor.py: prepare / forward / finish) and the batch files module (files.py: naming,
-# atomic writing, is_finished, records) land, re-point these few functions.
+# The only place that calls the local pipeline: ``predictor`` (prepare / forward / finish),
+# ``files`` (names, atomic writing, the record, is_finished) and ``batch`` (the summary).
 def _load(options: RayOptions):
-    """The model, loaded once per actor (the CLI's ``load_model`` arguments)."""
+    """The ``Predictor`` of the model, loaded once per actor (the CLI's ``load_model``
+    arguments; the focal mode of ``options``, else the model's)."""
     from metricdepth.pipeline import load_model
+    from metricdepth.predictor import Predictor
 
-    return load_model(
+    model = load_model(
         options.model, weights=options.weights, device=options.device, precision=options.precision
     )
+    return Predictor(model, options.focal_mode)
 
 
 def spec_of(options: RayOptions):
@@ -49,130 +50,113 @@ def spec_of(options: RayOptions):
     return model_spec(options.model)
 
 
-def _provenance(model) -> dict[str, Any]:
+def _provenance(predictor) -> dict[str, Any]:
     from metricdepth.models.registry import provenance
 
-    return provenance(model)
+    return provenance(predictor.backend)
 
 
-def _prepare(spec, data: bytes, name: str, options: RayOptions, annotation, keep_image: bool):
-    """Decode one image's bytes and move it into canonical space: a picklable prepared input
-    (its ``error`` set, not raised, for a bad image)."""
+def _prepare(spec, data: bytes, name: str, options: RayOptions, annotation):
+    """Decode one image's bytes and move it into canonical space: ``(prepared, rgb)`` (a
+    picklable ``predictor.Prepared`` and the decoded image), or a ValueError line naming
+    ``name``."""
     from metricdepth.cameras import camera_for_image
-    from metricdepth.outputs import PreparedInput, problem_line
-    from metricdepth.pipeline import prepare
+    from metricdepth.predictor import prepare
 
-    started = time.perf_counter()
-    try:
-        rgb, pil = _decode(data, name)
-        height, width = rgb.shape[:2]
-        camera, source = camera_for_image(
-            pil, width, height, intrinsics=options.camera.intrinsics,
-            focal=options.camera.focal_px, annotation=annotation,
-        )  # fmt: skip
-        mode = options.focal_mode or spec.focal_mode
-        canvas, record, _ = prepare(
-            rgb, camera, spec.space, mode, options.distortion, options.alpha
-        )
-    except ValueError as error:
-        return PreparedInput(0, error=problem_line(name, error))
-    except MemoryError:
-        return PreparedInput(0, error=problem_line(name, "too large for memory"))
-    return PreparedInput(
-        0, canvas, camera, source, record, rgb if keep_image else None,
-        distortion=options.distortion, alpha=options.alpha, pre_s=time.perf_counter() - started,
+    rgb, pil = _decode(data, name)
+    height, width = rgb.shape[:2]
+    camera, source = camera_for_image(
+        pil, width, height, intrinsics=options.camera.intrinsics,
+        focal=options.camera.focal_px, annotation=annotation,
     )  # fmt: skip
+    prepared = prepare(
+        spec.space, options.focal_mode or spec.focal_mode, rgb, camera, source,
+        distortion=options.distortion, alpha=options.alpha,
+    )  # fmt: skip
+    return prepared, rgb
 
 
-def _forward(model, prepared: Sequence) -> list[dict[str, np.ndarray]]:
-    """The network's outputs (numpy, batch dimension 1) of each prepared input; inputs of one
-    canvas size run as one batch."""
-    import torch
+def problem_line(name, error) -> str:
+    """``"NAME: problem"`` on one line (the local runner's wording)."""
+    from metricdepth.data.loader import problem_line as line
 
-    from metricdepth.outputs import network_input
+    return line(name, error)
+
+
+def _forward(predictor, prepared: Sequence) -> list[dict[str, np.ndarray]]:
+    """The network's outputs of each prepared input (``Predictor.forward`` of a ``collate``d
+    batch, ``split`` per image, as numpy arrays); inputs of one size run as one batch."""
+    from metricdepth.predictor import collate, split
 
     outputs: list[dict[str, np.ndarray] | None] = [None] * len(prepared)
-    groups: dict[tuple[int, ...], list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for index, sample in enumerate(prepared):
-        groups.setdefault(sample.canvas.shape, []).append(index)
+        shapes = tuple(tuple(v.shape) for v in sample.inputs.values())
+        groups.setdefault(shapes, []).append(index)
     for indices in groups.values():
-        x = torch.cat([network_input(model, prepared[i]) for i in indices])
-        with torch.inference_mode(), torch.jit.optimized_execution(False):
-            out = model(x)
-        for row, index in enumerate(indices):
-            outputs[index] = {k: v[row : row + 1].float().cpu().numpy() for k, v in out.items()}
+        out = predictor.forward(collate([prepared[i] for i in indices]))
+        for index, row in zip(indices, split(out), strict=True):
+            outputs[index] = {k: _numpy(v) for k, v in row.items()}
     return outputs  # type: ignore[return-value]
 
 
-def _finish(spec, out: dict[str, np.ndarray], sample, forward_s: float):
-    """Network outputs of one image -> its metric ``Prediction`` (with ``timings_ms``)."""
+def _numpy(tensor) -> np.ndarray:
+    """A tensor as a numpy copy of its own (a view of a batch would pickle the whole batch);
+    half precisions as float32 (``finish`` computes in float32 either way)."""
     import torch
 
-    from metricdepth.outputs import to_prediction
-    from metricdepth.prediction import timings_ms
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
+    return tensor.numpy().copy()
 
-    started = time.perf_counter()
-    tensors = {k: torch.from_numpy(v) for k, v in out.items()}
-    prediction = to_prediction(_Spec(spec), sample, tensors)
-    post_s = time.perf_counter() - started
-    return replace(prediction, timings_ms=timings_ms(sample.pre_s, forward_s, post_s))
+
+def _finish(spec, out: dict[str, np.ndarray], prepared, forward_s: float):
+    """Network outputs of one image -> its metric ``Prediction`` (``predictor.finish``)."""
+    import torch
+
+    from metricdepth.predictor import finish
+
+    return finish(spec, {k: torch.from_numpy(v) for k, v in out.items()}, prepared, forward_s)
 
 
 def record_of(prediction, about: dict[str, Any]) -> dict[str, Any]:
     """The record of one prediction as the local runner writes it, less the files."""
-    from metricdepth import __version__
+    from metricdepth.files import prediction_record
 
-    record = {"metricdepth_version": __version__, **about, **prediction.summary()}
-    record["warnings"] = list(about.get("warnings", ()))
-    if prediction.camera_warning is not None:
-        record["warnings"].append(prediction.camera_warning)
-    return record
+    return prediction_record(prediction, about)
 
 
 def _write(prediction, image, out_dir: str, stem: str, save: set[str], about, sync: bool):
     """Write one image's files and record (atomically, record last) into a local folder."""
-    from metricdepth.outputs import write_prediction
+    from metricdepth.files import write_prediction
 
     write_prediction(prediction, image, Path(out_dir), stem, save, sync=sync, about=about)
 
 
 def _output_names(stem: str, save: set[str]) -> dict[str, str]:
     """kind -> file name relative to the output root (``record``: the record)."""
-    from metricdepth.outputs import output_paths
+    from metricdepth.files import output_paths
 
     return {kind: path.as_posix() for kind, path in output_paths(Path(""), stem, save).items()}
 
 
-def _is_finished(out_dir: str, stem: str, save: set[str]) -> bool:
-    """The local runner's resume rule for a local output folder."""
-    from metricdepth.outputs import is_finished
-
-    return is_finished(Path(out_dir), stem, save)
-
-
 def remove_stale_temporaries(out_dir: str, stems) -> None:
-    from metricdepth.outputs import remove_stale_temporaries
+    from metricdepth.files import remove_stale_temporaries
 
     remove_stale_temporaries(Path(out_dir), stems)
 
 
 def summary_of(total: int, shard):
-    from metricdepth.outputs import BatchSummary
+    from metricdepth.batch import BatchSummary
 
     return BatchSummary(total=total, shard=shard)
 
 
 def write_error():
-    from metricdepth.outputs import WriteError
+    from metricdepth.files import WriteError
 
     return WriteError
-
-
-class _Spec:
-    """What the post-processing needs of a model: its spec."""
-
-    def __init__(self, spec) -> None:
-        self.spec = spec
 
 
 # ====================================================================== the stages
@@ -227,45 +211,64 @@ def _annotation(value) -> tuple[float, ...] | None:
     return None if values.size == 0 or np.isnan(values).all() else tuple(map(float, values))
 
 
+def _pickled(value) -> bytes | None:
+    return None if value is None else pickle.dumps(value)
+
+
+def _unpickled(cell):
+    """A pickled cell (None, or NaN where Arrow had a column of nulls: None)."""
+    if cell is None or (isinstance(cell, (float, np.floating)) and np.isnan(cell)):
+        return None
+    return pickle.loads(bytes(cell))
+
+
 def prepare_batch(batch: dict, spec, options: RayOptions, keep_image: bool) -> dict:
     """Rows ``key``, ``image`` or ``path``, ``intrinsics`` -> ``key``, ``input`` (the path or
-    None) and ``prepared`` (a pickled prepared input; its ``error`` set for a bad image)."""
+    None), ``prepared`` (a pickled ``predictor.Prepared``), ``error`` (one line for a bad
+    image, whose ``prepared`` is None) and with ``keep_image`` ``rgb`` (the pickled image,
+    for ``ply``/``vis``)."""
+    import cv2
+
     keys = [str(k) for k in batch["key"]]
     n = len(keys)
     paths = [text(p) for p in _column(batch, "path", n)]
     images = _column(batch, "image", n)
     cameras = _column(batch, "intrinsics", n)
-    prepared = []
+    rows: dict[str, list] = {"key": keys, "input": paths, "prepared": [], "error": [], "rgb": []}
     for key, path, data, intrinsics in zip(keys, paths, images, cameras, strict=True):
         name = str(path) if path is not None else key
-        if data is None:
-            try:
+        prepared = rgb = error = None
+        try:
+            if data is None:
                 data = _read_bytes(str(path))
-            except (OSError, ValueError) as error:
-                from metricdepth.outputs import PreparedInput, problem_line
-
-                prepared.append(pickle.dumps(PreparedInput(0, error=problem_line(name, error))))
-                continue
-        sample = _prepare(spec, bytes(data), name, options, _annotation(intrinsics), keep_image)
-        prepared.append(pickle.dumps(sample))
-    return {"key": keys, "input": paths, "prepared": prepared}
+            prepared, rgb = _prepare(spec, bytes(data), name, options, _annotation(intrinsics))
+        except (OSError, ValueError, cv2.error) as problem:
+            error = problem_line(name, problem)
+        except MemoryError:
+            error = problem_line(name, "too large for memory")
+        rows["prepared"].append(_pickled(prepared))
+        rows["error"].append(error)
+        rows["rgb"].append(_pickled(rgb if keep_image else None))
+    if not keep_image:
+        del rows["rgb"]
+    return rows
 
 
 class ForwardActor:
-    """One forward worker: the model loaded once (``options``: set on a subclass by
-    ``predict_dataset``), then batches of prepared inputs."""
+    """One forward worker: the model's ``Predictor`` loaded once (``options``: set on a
+    subclass by ``predict_dataset``), then batches of prepared inputs."""
 
     options: RayOptions
 
     def __init__(self) -> None:
-        self.model = _load(self.options)
-        self.about = json.dumps(_provenance(self.model))
+        self.predictor = _load(self.options)
+        self.about = json.dumps(_provenance(self.predictor))
 
     def __call__(self, batch: dict) -> dict:
-        samples = [pickle.loads(p) for p in batch["prepared"]]
-        good = [k for k, s in enumerate(samples) if s.error is None]
+        samples = [_unpickled(p) for p in batch["prepared"]]
+        good = [k for k, s in enumerate(samples) if s is not None]
         started = time.perf_counter()
-        results = _forward(self.model, [samples[k] for k in good]) if good else []
+        results = _forward(self.predictor, [samples[k] for k in good]) if good else []
         forward_s = (time.perf_counter() - started) / max(len(good), 1)
         outputs: list[bytes | None] = [None] * len(samples)
         for k, out in zip(good, results, strict=True):
@@ -284,34 +287,31 @@ def finish_batch(batch: dict, spec, out_dir: str | None, save: set[str], sync: b
     written and the rows carry the record's text; without, also the arrays."""
     rows: dict[str, list] = {name: [] for name in _RESULT_COLUMNS}
     arrays: dict[str, list] = {"depth_m": [], "confidence": [], "normal": []}
-    for key, path, prepared, out, forward_s, about in zip(
-        batch["key"], batch["input"], batch["prepared"], batch["outputs"], batch["forward_s"],
-        batch["about"], strict=True,
+    n = len(batch["key"])
+    for key, path, prepared, error, rgb, out, forward_s, about in zip(
+        batch["key"], batch["input"], batch["prepared"], batch["error"], _column(batch, "rgb", n),
+        batch["outputs"], batch["forward_s"], batch["about"], strict=True,
     ):  # fmt: skip
-        sample = pickle.loads(prepared)
         path = text(path)
-        result = {"key": str(key), "input": path, "error": None, "write_error": None}
+        result = {"key": str(key), "input": path, "error": text(error), "write_error": None}
         result.update(camera_source=None, record=None)
         prediction = None
-        if sample.error is not None:
-            result["error"] = sample.error
-        else:
+        if result["error"] is None:
             made_by = {**json.loads(about), "input": path if path is not None else str(key)}
             try:
+                sample = _unpickled(prepared)
                 prediction = _finish(spec, pickle.loads(out), sample, float(forward_s))
                 result["camera_source"] = prediction.camera_source
                 if out_dir is None:
                     result["record"] = json.dumps(record_of(prediction, made_by))
                 else:
                     result["record"] = _write_any(
-                        prediction, sample.image, out_dir, str(key), save, made_by, sync
+                        prediction, _unpickled(rgb), out_dir, str(key), save, made_by, sync
                     )
-            except write_error() as error:
-                result["write_error"] = str(error)
-            except ValueError as error:
-                from metricdepth.outputs import problem_line
-
-                result["error"] = problem_line(result["input"] or key, error)
+            except write_error() as problem:
+                result["write_error"] = str(problem)
+            except ValueError as problem:
+                result["error"] = problem_line(result["input"] or key, problem)
         for name in _RESULT_COLUMNS:
             rows[name].append(result[name])
         if out_dir is None:
@@ -366,22 +366,12 @@ def _write_any(prediction, image, out: str, stem: str, save, about, sync: bool) 
 
 
 def is_finished_any(out: str, stem: str, save: set[str]) -> bool:
-    """``is_finished`` for a folder or an fsspec URL (same rule: the record exists, asks for
-    every kind of ``save``, and its files exist with the sizes it lists)."""
+    """``files.is_finished`` (the local runner's resume rule) for a folder or an fsspec URL."""
+    from metricdepth.files import is_finished
+
     if not is_url(out):
-        return _is_finished(out, stem, save)
+        return is_finished(Path(out), stem, save)
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(out)
-    base = f"{root.rstrip('/')}/{_output_names(stem, set())['record']}"
-    try:
-        record = json.loads(fs.cat_file(base))
-        files, sizes = record["files"], record["bytes"]
-        if "depth" not in files or set(sizes) != set(files):
-            return False
-        if not (save | {"depth"}) <= set(record.get("save") or files):
-            return False
-        folder = base.rsplit("/", 1)[0]
-        return all(fs.size(f"{folder}/{files[k]}") == sizes[k] for k in files)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+    return is_finished(root, stem, save, fs=fs)

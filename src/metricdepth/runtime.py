@@ -8,17 +8,17 @@ parity tests check); ``tests/test_speed_paths.py`` checks that the float32 optim
 stays within 1e-4 of it.
 
 ``load_onnx(path)`` opens a file written by ``metricdepth.export.export_onnx`` and returns an
-``OnnxModel``: its ``spec`` comes from the file's metadata, and ``predict(image, camera)``
-returns the same ``Prediction`` (same record, same camera source) as ``pipeline.predict``, so
-``outputs.run_batch`` writes the same files with either backend.
+``OnnxModel``: its ``spec`` comes from the file's metadata; it is a ``predictor.Backend`` that
+takes the image and its camera (the graph does the whole prediction) and reports the record
+the graph used, so a ``Predictor`` of it returns the same ``Prediction`` (same record, same
+camera source) as of the PyTorch model, and ``batch.run_batch`` writes the same files with
+either backend.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from metricdepth.models.spec import (
     PRECISIONS,
     ModelSpec,
 )
-from metricdepth.prediction import Prediction, check_image, timings_ms
+from metricdepth.prediction import Prediction
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -127,7 +127,8 @@ class OnnxModel:
         path: the file.
     """
 
-    needs_image = True  # outputs.run_batch hands over the decoded image, not a canvas
+    #: What ``infer`` takes (``metricdepth.predictor.Backend``): the image and its camera.
+    takes = ("image", "camera")
     device = torch.device("cpu")
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
@@ -165,17 +166,37 @@ class OnnxModel:
         return cached_weights_sha256(self)
 
     def run(self, image: np.ndarray, camera: Camera, focal_mode: str) -> dict[str, np.ndarray]:
-        """Raw graph outputs (``depth`` metres, ``confidence``, ``normal``) for one image."""
+        """Raw graph outputs (``depth`` metres, ``confidence``, ``normal``, ``canonical``) for
+        one (H, W, 3) image."""
         focal = camera.focal(focal_mode)
+        return self._run(image, np.array([focal, focal, camera.cx, camera.cy], np.float32))
+
+    def _run(self, image: np.ndarray, camera: np.ndarray) -> dict[str, np.ndarray]:
+        """The session on one image and its ``(focal, focal, cx, cy)`` float32 camera."""
         if self.camera_input == "focal":
-            camera_array = np.array([focal], dtype=np.float32)
-        else:  # a focal mode other than the file's is honoured by fx = fy = focal
-            camera_array = np.array([focal, focal, camera.cx, camera.cy], dtype=np.float32)
+            camera = camera[:1]  # an intrinsics graph honours the focal mode by fx = fy
         pixels = image if self.image_dtype == "uint8" else image.astype(np.float32)
-        feed = dict(
-            zip(self.input_names, (np.ascontiguousarray(pixels), camera_array), strict=True)
-        )
+        feed = dict(zip(self.input_names, (np.ascontiguousarray(pixels), camera), strict=True))
         return dict(zip(self.output_names, self.session.run(None, feed), strict=True))
+
+    def infer(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The ``Backend`` method: ``image`` (B, H, W, 3) uint8 and ``camera`` (B, 4) in;
+        ``depth_m`` (B, H, W) metres, ``confidence``, ``normal`` (B, H, W, 3) where the model
+        has them, and ``canonical`` (B, 6): the record numbers the graph used."""
+        if "canonical" not in self.output_names:
+            raise ValueError(
+                f"{self.path}: exported by an older metricdepth (no 'canonical' output); "
+                "export it again with 'metricdepth export'"
+            )
+        names = {"depth": "depth_m", "confidence": "confidence", "normal": "normal"}
+        rows = [
+            self._run(image.numpy(), camera.numpy())
+            for image, camera in zip(batch["image"], batch["camera"], strict=True)
+        ]
+        return {
+            names.get(key, key): torch.from_numpy(np.stack([row[key] for row in rows]))
+            for key in self.output_names
+        }
 
     def predict(
         self,
@@ -185,41 +206,9 @@ class OnnxModel:
         focal_mode: str | None = None,
     ) -> Prediction:
         """The ``Prediction`` of ``pipeline.predict`` for (H, W, 3) uint8 RGB ``image``."""
-        from metricdepth.canonical import inference_record
+        from metricdepth.predictor import Predictor
 
-        started = time.perf_counter()
-        image = check_image(image)
-        height, width = image.shape[:2]
-        if (camera.width, camera.height) != (width, height):  # as the torch path's Frame
-            raise ValueError(
-                f"image is {width}x{height} but its camera is for {camera.width}x{camera.height}"
-            )
-        mode = focal_mode or self.spec.focal_mode
-        record = inference_record(camera, self.spec.space, mode)
-        prepared = time.perf_counter()
-        out = self.run(image, camera, mode)
-        done = time.perf_counter()
-        return Prediction(
-            depth_m=out["depth"],
-            camera=camera,
-            camera_source=camera_source,
-            record=record,
-            model=self.spec.name,
-            confidence=out.get("confidence"),
-            normal=out.get("normal"),
-            timings_ms=timings_ms(prepared - started, done - prepared, time.perf_counter() - done),
-        )
-
-    def predict_prepared(self, sample) -> Prediction:
-        """``outputs.predict_prepared`` for this backend (``sample.image`` must be kept)."""
-        if sample.error is not None or sample.image is None:
-            raise ValueError(sample.error or "the ONNX backend needs the decoded image")
-        prediction = self.predict(
-            sample.image, sample.camera, sample.source, sample.record.focal_mode
-        )
-        timings = dict(prediction.timings_ms)  # the decoding in the loader is pre-processing
-        timings["pre"] = timings.get("pre", 0.0) + sample.pre_s * 1e3
-        return replace(prediction, timings_ms=timings)
+        return Predictor(self, focal_mode).predict(image, camera, camera_source)
 
     def describe(self) -> dict:
         return json.loads(self.spec.to_json())

@@ -6,7 +6,7 @@ The predictions come from either
 
 * a model (``model=`` a registered name, a model file, or a loaded ``DepthModel``), run on each
   entry's ``rgb`` with its ``cam_in`` (else the default camera) through exactly the code of
-  ``metricdepth predict`` (``outputs.iter_predictions``), or
+  ``metricdepth predict`` (``batch.iter_predictions``), or
 * a folder (``predictions=``) in the layout ``metricdepth predict ANNOTATIONS.json --out DIR``
   writes: ``DIR/<key>.depth.npy``, where ``key`` is the rgb path relative to the JSON's folder
   with its extension dropped, a 2-D float array of metres at the image's resolution.
@@ -230,8 +230,8 @@ def run_eval(
             score(row, entry, _read_prediction(path), str(path))
         source: dict[str, Any] = {"predictions": str(predictions)}
     else:
+        from metricdepth.batch import iter_predictions
         from metricdepth.data.inputs import InputItem
-        from metricdepth.outputs import iter_predictions
 
         net = _load_model(model, weights, device)
         items = [

@@ -135,11 +135,25 @@ class DepthModel(nn.Module):
     memory); ``weights_sha256`` is that file's SHA-256, computed once when first asked for.
     """
 
+    #: What ``infer`` takes (``metricdepth.predictor.Backend``): normalised canvases ``x``.
+    takes = ("x",)
+
     def __init__(self, spec: ModelSpec, net: nn.Module, weights_file: Path | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.net = net
         self.weights_file = weights_file
+
+    def infer(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Canonical outputs of a batch of canvases ``batch["x"]`` (B, 3, H_in, W_in), on the
+        model's device, in inference mode (the ``Backend`` method of a ``Predictor``)."""
+        x = batch["x"].to(self.device)
+        with torch.inference_mode():
+            return self(x)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary of the model (its spec)."""
+        return describe(self)
 
     @property
     def weights_sha256(self) -> str | None:

@@ -24,6 +24,8 @@ returns the **un-normalised** outputs of blocks 10, 20, 30 and 40 (1-based).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -239,6 +241,24 @@ class DinoVisionTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.activation_checkpointing = False
+        self._fixed_position: tuple[int, int, Tensor] | None = None  # see ``fixed_grid``
+
+    @contextmanager
+    def fixed_grid(self, grid_h: int, grid_w: int) -> Iterator[None]:
+        """Within the block, the position embedding of a ``grid_h x grid_w`` patch grid is a
+        constant computed once on entry, not a resampling of ``pos_embed``.
+
+        For a graph traced or exported for one canvas (``metricdepth.export``): the bicubic
+        resampling of the stored grid depends only on the canvas size, so the graph carries
+        its result instead of a Resize of a parameter. Other grids are computed as usual.
+        """
+        with torch.no_grad():
+            fixed = self.interpolate_pos_encoding(grid_h, grid_w).detach().clone()
+        previous, self._fixed_position = self._fixed_position, (grid_h, grid_w, fixed)
+        try:
+            yield
+        finally:
+            self._fixed_position = previous
 
     def _run_block(self, block: nn.Module, tokens: Tensor) -> Tensor:
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -252,6 +272,9 @@ class DinoVisionTransformer(nn.Module):
         ``(g + offset) / pos_grid`` in float32, exactly like the official code. A square
         input whose grid already equals ``pos_grid`` uses the stored embedding unchanged.
         """
+        fixed = self._fixed_position
+        if fixed is not None and fixed[:2] == (grid_h, grid_w):
+            return fixed[2]
         cfg = self.cfg
         n_stored = cfg.pos_grid * cfg.pos_grid
         if grid_h * grid_w == n_stored and grid_h == grid_w:

@@ -36,6 +36,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -44,20 +45,13 @@ import torch
 from torch import nn
 
 from metricdepth.camera import Camera
-from metricdepth.canonical import (
-    CanonicalSpace,
-    from_canonical,
-    inference_record,
-    normalize,
-    to_canonical,
-)
+from metricdepth.canonical import CanonicalSpace
 from metricdepth.data.dataset import (
     CanonicalTrainingSet,
     StepBatchSampler,
     assumed_focal,
     build_source,
 )
-from metricdepth.frame import Frame
 from metricdepth.io import atomic_write
 from metricdepth.train import arch
 from metricdepth.train.arch import ARCHS
@@ -196,26 +190,27 @@ def parameter_digest(net: nn.Module, buffers: bool = False) -> str:
 
 
 def predict_depth_m(
-    net: nn.Module,
-    image: np.ndarray,
-    camera: Camera,
-    space: CanonicalSpace,
-    focal_mode: str = "mean",
+    model, image: np.ndarray, camera: Camera, focal_mode: str | None = None
 ) -> np.ndarray:
-    """Metric depth (H, W) float32 of one RGB uint8 (H, W, 3) image, via the canonical space.
+    """Metric depth (H, W) float32 of one RGB uint8 (H, W, 3) image: exactly ``predict``'s.
 
-    ``inference_record`` -> ``to_canonical`` (pad with ``space.pad_rgb``) -> ``normalize`` ->
-    network ``depth_c`` -> ``from_canonical`` (un-pad, resize back, x ``metric_scale``).
+    ``model`` is a loaded ``DepthModel`` (its spec: canonical space, focal mode, clamp); the
+    ``metricdepth.predictor.Predictor`` runs ``inference_record`` -> canvas -> network ->
+    ``from_canonical`` -> clamp to ``[0, max_depth_m]``, so the CSTM ablation scores the path
+    ``metricdepth predict`` runs. ``focal_mode``: default the model's.
     """
-    record = inference_record(camera, space, focal_mode)
-    canvas = to_canonical(Frame(image, camera), record, pad_rgb=space.pad_rgb)
-    device = next(net.parameters()).device
-    with torch.inference_mode():
-        depth_c = net(normalize(canvas.image, space).to(device))["depth_c"]
-    return from_canonical(depth_c[0, 0].float().cpu(), record).numpy()
+    from metricdepth.predictor import Predictor
+
+    return Predictor(model, focal_mode).predict(image, camera).depth_m
 
 
 # ---------------------------------------------------------------------- device
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively on ``device`` (always on CUDA; on a CPU
+    where oneDNN has bf16 kernels, i.e. AVX-512 BF16 or AMX)."""
+    return device.type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _device(config: TrainConfig) -> torch.device:
     """``config.device`` (``auto``: CUDA when present); CUDA device ``LOCAL_RANK`` under
     torchrun. ValueError when this machine lacks it (``registry.check_device``)."""
@@ -297,6 +292,12 @@ def _train(
     if ctx.rank == 0:
         config.write(run_dir / "config.yaml")
 
+    if ctx.rank == 0 and config.precision == "bf16" and not native_bf16(device):
+        print(
+            "warning: precision bf16 on a CPU without native bfloat16 (AVX-512 BF16 or AMX): "
+            "it is emulated here and runs many times slower than fp32; use precision: fp32",
+            file=sys.stderr,
+        )
     torch.manual_seed(config.seed)
     net = build_network(config)
     dataset = build_dataset(config)

@@ -66,7 +66,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 FORM_OVERHEAD_BYTES = 64 * 1024
 #: At most this many points go to the page's 3-D viewer (the PLY download has them all).
 VIEWER_POINTS = 120_000
-#: Extra files written for every prediction (``metricdepth.outputs.SAVE_KINDS``).
+#: Extra files written for every prediction (``metricdepth.files.SAVE_KINDS``).
 SAVED_KINDS = {"depth", "png16", "normal", "confidence", "ply"}
 
 STATIC = Path(__file__).parent / "static"
@@ -299,7 +299,7 @@ def _write_result(
 
     ``about``: what made it (``models.registry.provenance`` and the upload's name as
     ``input``), recorded in the JSON record and returned in the answer."""
-    from metricdepth.outputs import write_prediction
+    from metricdepth.files import write_prediction
     from metricdepth.vis import colorize_depth, inverse_depth_range
 
     about = about or {}
