@@ -284,6 +284,49 @@ def test_ply_and_vis_are_the_local_runners(cluster, images, tmp_path):
     assert got == tree(reference)
 
 
+def test_the_stages_count_images_whose_camera_does_not_fit(tmp_path, monkeypatch):
+    """The stages in this process (no Ray) with a model trained on an assumed camera: each
+    image whose camera does not fit carries ``cameras.image_camera_mismatch``'s line, and the
+    run's summary counts them as the local runner's does."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from conftest import TINY_SPEC, TinyNet
+    from metricdepth import ray_stages
+    from metricdepth.batch import BatchSummary
+    from metricdepth.models.registry import DepthModel
+    from metricdepth.predictor import Predictor
+    from metricdepth.ray_engine import _settle
+
+    spec = replace(TINY_SPEC, assumed_focal_px=100.0)
+    model = DepthModel(spec, TinyNet()).eval()
+    monkeypatch.setattr(ray_stages, "_load", lambda options: Predictor(model, options.focal_mode))
+    monkeypatch.setattr(ray_stages, "_provenance", lambda predictor: {"model": spec.name})
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 64, 3), np.uint8)).save(path)
+    cameras = {"fits": (102.0, 102.0, 31.5, 23.5), "wide": (150.0, 150.0, 31.5, 23.5)}
+    items = [InputItem(path, key, camera) for key, camera in cameras.items()]
+    local = run_batch(model, items, tmp_path / "local", set(), progress=False)
+    assert local.camera_mismatch == 1
+
+    options = RayOptions()
+    batch = {
+        "key": np.array(list(cameras), dtype=object),
+        "path": np.array([str(path)] * 2, dtype=object),
+        "intrinsics": np.array(list(cameras.values())),
+    }
+    prepared = ray_stages.prepare_batch(batch, spec, options, keep_image=False)
+    actor = type("Actor", (ray_stages.ForwardActor,), {"options": options})()
+    result = ray_stages.finish_batch(actor(prepared), spec, None, {"depth"}, False)
+    assert list(result["camera_mismatch"]) == [None, local.mismatch_example]
+    summary = BatchSummary(total=2)
+    rows = [dict(zip(result, row, strict=True)) for row in zip(*result.values(), strict=True)]
+    _settle(rows, summary, False, 2)
+    assert (summary.done, summary.camera_mismatch) == (2, 1)
+    assert summary.mismatch_example == local.mismatch_example
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     """The command line in this process (typer's runner): ``(exit code, stderr, stdout)``."""
     from typer.testing import CliRunner

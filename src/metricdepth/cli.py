@@ -369,6 +369,7 @@ def run_predict(
         )  # fmt: skip
         if summary.default_camera:
             typer.echo(f"warning: {default_count_warning(summary.default_camera)}", err=True)
+        warn_camera_mismatch(summary, given=values is not None or focal is not None)
         if summary.done and (warning := spec.trust_warning()):
             typer.echo(f"warning: {warning}", err=True)
         return summary, len(skipped)

@@ -143,8 +143,10 @@ def predict_dataset(
     """Metric depth for every row of ``ds`` (rows as the module docstring says), lazily.
 
     Without ``out``: a Dataset with one row per input: ``key``, ``input``, ``camera_source``,
-    ``record`` (the JSON text of the record the local runner writes, less its ``files``,
-    ``bytes``, ``save`` and ``depth_png_scale``), ``depth_m`` ((H, W) float32 metres),
+    ``camera_mismatch`` (one line when the image's camera does not fit a model trained on an
+    assumed camera, else None), ``record`` (the JSON text of the record the local runner
+    writes, less its ``files``, ``bytes``, ``save`` and ``depth_png_scale``), ``depth_m``
+    ((H, W) float32 metres),
     ``confidence``/``normal`` when the model has them, and ``error`` (one line for an image
     that could not be read or predicted, else None). With ``out`` (a folder or an ``fsspec``
     URL): each image's files and record are written there as the local runner writes them
@@ -166,8 +168,9 @@ def predict_dataset(
     actor = type("ForwardActor", (stages.ForwardActor,), {"options": options})
     out_dir = None if out is None else str(out)
     finish = partial(
-        stages.finish_batch, spec=spec, out_dir=out_dir, save=kinds, sync=options.fsync
-    )
+        stages.finish_batch, spec=spec, out_dir=out_dir, save=kinds, sync=options.fsync,
+        focal_mode=options.focal_mode,
+    )  # fmt: skip
     prepared = ds.map_batches(prepare, batch_format="numpy", batch_size=options.batch_size)
     forwarded = prepared.map_batches(
         actor, batch_format="numpy", batch_size=options.batch_size,
@@ -256,6 +259,9 @@ def _settle(rows, summary, keep_going: bool, total: int) -> None:
             continue
         summary.done += 1
         summary.default_camera += row["camera_source"] == "default"
+        if message := stages.text(row["camera_mismatch"]):
+            summary.camera_mismatch += 1
+            summary.mismatch_example = summary.mismatch_example or message
 
 
 def command_options(

@@ -1,9 +1,10 @@
 """The stages of the Ray executor (``metricdepth.ray_engine``) as they run on Ray's workers.
 
 ``prepare_batch`` (CPU tasks): image bytes -> decoded with PIL (EXIF kept) -> camera policy ->
-pickled prepared input; ``ForwardActor`` (the actor pool): the model loaded once, network
-outputs; ``finish_batch`` (CPU tasks): metric ``Prediction`` -> a row of arrays and the record,
-or the files and record of the local runner in a folder or an ``fsspec`` URL. Batches are
+a pickled ``predictor.Prepared`` (or an ``error`` line); ``ForwardActor`` (the actor pool): the
+model's ``Predictor`` loaded once, network outputs; ``finish_batch`` (CPU tasks):
+``predictor.finish`` -> a row of arrays and the record, or the files and record of the local
+runner (``files``) in a folder or an ``fsspec`` URL. Batches are
 Ray Data's numpy batches (dicts of columns). This module imports neither ray nor torch at
 import time.
 
@@ -282,9 +283,16 @@ class ForwardActor:
         }
 
 
-def finish_batch(batch: dict, spec, out_dir: str | None, save: set[str], sync: bool) -> dict:
+def finish_batch(
+    batch: dict, spec, out_dir: str | None, save: set[str], sync: bool,
+    focal_mode: str | None = None,
+) -> dict:  # fmt: skip
     """Forward rows -> result rows (``predict_dataset``'s): with ``out_dir`` the files are
-    written and the rows carry the record's text; without, also the arrays."""
+    written and the rows carry the record's text; without, also the arrays.
+    ``camera_mismatch``: the line of ``cameras.image_camera_mismatch`` (a model trained on an
+    assumed camera, ``focal_mode``: the run's) when the image's camera does not fit, else None."""
+    from metricdepth.cameras import image_camera_mismatch
+
     rows: dict[str, list] = {name: [] for name in _RESULT_COLUMNS}
     arrays: dict[str, list] = {"depth_m": [], "confidence": [], "normal": []}
     n = len(batch["key"])
@@ -294,7 +302,7 @@ def finish_batch(batch: dict, spec, out_dir: str | None, save: set[str], sync: b
     ):  # fmt: skip
         path = text(path)
         result = {"key": str(key), "input": path, "error": text(error), "write_error": None}
-        result.update(camera_source=None, record=None)
+        result.update(camera_source=None, record=None, camera_mismatch=None)
         prediction = None
         if result["error"] is None:
             made_by = {**json.loads(about), "input": path if path is not None else str(key)}
@@ -302,6 +310,9 @@ def finish_batch(batch: dict, spec, out_dir: str | None, save: set[str], sync: b
                 sample = _unpickled(prepared)
                 prediction = _finish(spec, pickle.loads(out), sample, float(forward_s))
                 result["camera_source"] = prediction.camera_source
+                result["camera_mismatch"] = image_camera_mismatch(
+                    spec, prediction.camera, focal_mode
+                )
                 if out_dir is None:
                     result["record"] = json.dumps(record_of(prediction, made_by))
                 else:
@@ -325,7 +336,9 @@ def finish_batch(batch: dict, spec, out_dir: str | None, save: set[str], sync: b
     return rows
 
 
-_RESULT_COLUMNS = ("key", "input", "camera_source", "record", "error", "write_error")
+_RESULT_COLUMNS = (
+    "key", "input", "camera_source", "camera_mismatch", "record", "error", "write_error",
+)  # fmt: skip
 
 
 def _object_array(values: list) -> np.ndarray:
