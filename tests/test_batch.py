@@ -580,10 +580,22 @@ def test_a_killed_loader_worker_ends_the_command_with_one_line(tmp_path, images)
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
-def test_is_finished_reads_records_strictly(tmp_path):
+@pytest.mark.parametrize("filesystem", ["local", "fsspec"])
+def test_is_finished_reads_records_strictly(tmp_path, filesystem):
     """A record counts only when it lists a depth file, its sizes match every file it lists
-    (older records without sizes: files that exist), and its names are plain file names."""
-    from metricdepth.files import is_finished
+    (older records without sizes: files that exist), and its names are plain file names; the
+    same rule read through an fsspec filesystem (the Ray executor's URLs)."""
+    from metricdepth import files as outputs
+
+    if filesystem == "fsspec":
+        fsspec = pytest.importorskip("fsspec")
+        fs, root = fsspec.core.url_to_fs(f"file://{tmp_path}")
+
+        def is_finished(folder, stem, save):
+            assert folder == tmp_path
+            return outputs.is_finished(root, stem, save, fs=fs)
+    else:
+        is_finished = outputs.is_finished
 
     (tmp_path / "a.depth.npy").write_bytes(b"12345")
     (tmp_path / "a.depth.png").write_bytes(b"123")

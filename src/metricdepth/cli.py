@@ -286,6 +286,23 @@ def predict(
             "power loss (slower; without it --resume redoes what a power loss cut short).",
         ),
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (this process) or ray (a Ray cluster: pip install 'metricdepth[ray]')."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="--engine ray: the cluster (default: RAY_ADDRESS, else a local one)."),
+    ] = None,
+    num_workers: Annotated[
+        int | None,
+        typer.Option(help="--engine ray: model workers, each loads the model once (default 1)."),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option(help="--engine ray: GPUs per model worker (with --device cuda).")
+    ] = None,
 ) -> None:
     """Predict metric depth; writes S.depth.npy and S.json (+ --save extras) per image."""
     from metricdepth.batch import BatchOptions
@@ -303,7 +320,8 @@ def predict(
         shard_range = parse_shard(shard) if shard is not None else None
         options = BatchOptions(workers, resume, shard_range, keep_going, fsync=fsync)
         choice = ModelChoice(model, weights, device, backend, precision)
-        summary, skipped = run_predict(inputs, choice, prepare, options, out, save)
+        where = EngineChoice(engine, address, num_workers, gpus_per_worker)
+        summary, skipped = run_predict(inputs, choice, prepare, options, out, save, where)
     except ValueError as error:
         fail(str(error))
     line = summary.line()
@@ -330,13 +348,28 @@ class ModelChoice:
     precision: str | None = None
 
 
-def run_predict(inputs, choice: ModelChoice, prepare, options, out: Path, save: str):
+@dataclass(frozen=True)
+class EngineChoice:
+    """Where ``predict`` runs: ``name`` ``local`` or ``ray``; for Ray the cluster ``address``
+    (None: RAY_ADDRESS, else a local one), ``num_workers`` model workers and
+    ``gpus_per_worker``. Checked by ``ray_engine.command_options``."""
+
+    name: str = "local"
+    address: str | None = None
+    num_workers: int | None = None
+    gpus_per_worker: float | None = None
+
+
+def run_predict(
+    inputs, choice: ModelChoice, prepare, options, out: Path, save: str,
+    engine: EngineChoice = EngineChoice(),
+):  # fmt: skip
     """The work of ``metricdepth predict``: ``(batch summary, files skipped in folders)``.
 
     ``inputs``: paths (images, folders, annotation JSONs; empty: the bundled example);
     ``choice``: the model; ``prepare``: ``predictor.PrepareOptions`` (camera, focal mode,
     lens); ``options``: ``batch.BatchOptions``; ``out``: the output folder; ``save``: the
-    ``--save`` text.
+    ``--save`` text; ``engine``: local or a Ray cluster.
     """
     from metricdepth.batch import run_batch
     from metricdepth.cameras import default_count_warning
@@ -352,6 +385,9 @@ def run_predict(inputs, choice: ModelChoice, prepare, options, out: Path, save: 
         items = [InputItem(EXAMPLE_IMAGE, EXAMPLE_IMAGE.stem, EXAMPLE_INTRINSICS)]
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
+    camera = prepare.camera
+    if engine != EngineChoice():
+        return _run_ray(choice, prepare, options, out, kinds, engine, items), len(skipped)
     check_device(choice.device)
     net = load_predictor(
         choice.model, choice.weights, choice.device, choice.backend, choice.precision,
@@ -362,13 +398,7 @@ def run_predict(inputs, choice: ModelChoice, prepare, options, out: Path, save: 
         raise ValueError(
             "--distortion and --fisheye need the torch backend (ONNX graphs are pinhole)"
         )
-    lacking = sorted(kinds & {"normal", "confidence"} - set(net.spec.outputs))
-    if lacking:
-        has = ", ".join(net.spec.outputs) or "none"
-        raise ValueError(
-            f"--save {','.join(lacking)}: {net.spec.name} has no {' or '.join(lacking)} output "
-            f"(its outputs besides depth: {has}); the Metric3D ViT models have both"
-        )
+    check_outputs(net.spec, kinds)
     summary = run_batch(net, items, out, kinds, inputs=prepare, options=options)
     if summary.default_camera:
         typer.echo(f"warning: {default_count_warning(summary.default_camera)}", err=True)
@@ -377,6 +407,47 @@ def run_predict(inputs, choice: ModelChoice, prepare, options, out: Path, save: 
     if summary.done:
         trust_warning(net)  # after the run: a refused or failed run stays one error line
     return summary, len(skipped)
+
+
+def _run_ray(choice, prepare, options, out, kinds, engine, items):
+    """``run_predict`` on a Ray cluster (``metricdepth.ray_engine``): its batch summary."""
+    from metricdepth.cameras import default_count_warning
+    from metricdepth.ray_engine import command_options, model_spec, run_ray
+
+    camera = prepare.camera
+    ray_options, address = command_options(
+        (engine.name, engine.address, engine.num_workers, engine.gpus_per_worker),
+        model=choice.model, weights=choice.weights, device=choice.device,
+        precision=choice.precision, backend=choice.backend, workers=options.workers,
+        intrinsics=camera.intrinsics, focal=camera.focal_px, focal_mode=prepare.focal_mode,
+        distortion=prepare.distortion, fsync=options.fsync,
+    )  # fmt: skip
+    spec = model_spec(ray_options)
+    warn_assumed_camera(spec, camera.intrinsics, camera.focal_px, prepare.focal_mode)
+    check_outputs(spec, kinds)
+    summary = run_ray(
+        items, out, kinds, ray_options, address=address, resume=options.resume,
+        shard=options.shard, keep_going=options.keep_going,
+    )  # fmt: skip
+    if summary.default_camera:
+        typer.echo(f"warning: {default_count_warning(summary.default_camera)}", err=True)
+    given = camera.intrinsics is not None or camera.focal_px is not None
+    warn_camera_mismatch(summary, given=given)
+    if summary.done and (warning := spec.trust_warning()):
+        typer.echo(f"warning: {warning}", err=True)
+    return summary
+
+
+def check_outputs(spec, kinds) -> None:
+    """A ValueError line when ``--save`` asks for an output (normals, confidence) that the
+    model does not have."""
+    lacking = sorted(kinds & {"normal", "confidence"} - set(spec.outputs))
+    if lacking:
+        has = ", ".join(spec.outputs) or "none"
+        raise ValueError(
+            f"--save {','.join(lacking)}: {spec.name} has no {' or '.join(lacking)} output "
+            f"(its outputs besides depth: {has}); the Metric3D ViT models have both"
+        )
 
 
 def warn_assumed_camera(spec, intrinsics, focal, focal_mode) -> None:

@@ -106,6 +106,21 @@ def write_prediction(
         ) from None
 
 
+def prediction_record(prediction: Prediction, about: dict[str, Any]) -> dict[str, Any]:
+    """The record of one prediction less what its files add (``files``, ``bytes``, ``save``,
+    ``depth_png_scale``): the version, ``about`` (what made it), the prediction's
+    ``summary()`` and ``warnings`` (``about``'s and the camera's; ``vis`` draws them)."""
+    from metricdepth import __version__
+
+    record = {"metricdepth_version": __version__, **about, **prediction.summary()}
+    record["warnings"] = list(about.get("warnings", ()))
+    if prediction.camera_warning is not None:
+        record["warnings"].append(prediction.camera_warning)
+    if not record["timings_ms"]:
+        del record["timings_ms"]
+    return record
+
+
 def _write_npy(path: Path, array: np.ndarray) -> None:
     with atomic_file(path) as handle:
         np.save(handle, array.astype(np.float32))
@@ -114,7 +129,6 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 def _write_files(prediction, image, paths, save, about) -> dict[str, Path]:
     import cv2
 
-    from metricdepth import __version__
     from metricdepth.vis import visualization
 
     _write_npy(paths["depth"], prediction.depth_m)
@@ -130,21 +144,15 @@ def _write_files(prediction, image, paths, save, about) -> dict[str, Path]:
         valid = prediction.depth_m > 0
         write_ply(paths["ply"], prediction.points(), image, prediction.normal, mask=valid)
         written.append("ply")
-    warnings = list(about.get("warnings", ()))
-    if prediction.camera_warning is not None:
-        warnings.append(prediction.camera_warning)
+    record = prediction_record(prediction, about)
     if "vis" in save:
-        picture = visualization(image, prediction.depth_m, warnings)
+        picture = visualization(image, prediction.depth_m, record["warnings"])
         ok, encoded = cv2.imencode(".png", picture[:, :, ::-1])
         if not ok:
             raise ValueError(f"could not encode {paths['vis']}")
         with atomic_file(paths["vis"]) as handle:
             handle.write(encoded.tobytes())
         written.append("vis")
-    record = {"metricdepth_version": __version__, **about, **prediction.summary()}
-    record["warnings"] = warnings
-    if not record["timings_ms"]:
-        del record["timings_ms"]
     record["files"] = {kind: paths[kind].name for kind in written}
     record["bytes"] = {kind: pending_size(paths[kind]) for kind in written}
     record["save"] = sorted(save | {"depth"})
@@ -156,13 +164,17 @@ def _write_files(prediction, image, paths, save, about) -> dict[str, Path]:
     return {kind: paths[kind] for kind in [*written, "record"]}
 
 
-def is_finished(out_dir: Path, stem: str, save: set[str]) -> bool:
+def is_finished(out_dir: Path | str, stem: str, save: set[str], *, fs: Any = None) -> bool:
     """True when ``S.json`` exists, reads, asks for every kind of ``save``, lists a depth file,
     and its files (plain names beside it) exist with the sizes it lists (``bytes``; a record
-    of an earlier version, without sizes: files that exist)."""
-    record_path = output_paths(out_dir, stem, ())["record"]
+    of an earlier version, without sizes: files that exist).
+
+    ``fs``: an ``fsspec`` filesystem that ``out_dir`` is a path of (``fsspec.core.url_to_fs``);
+    None: the local one."""
+    record_path = output_paths(Path(out_dir), stem, ())["record"]
     try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
+        text = record_path.read_bytes() if fs is None else fs.cat_file(record_path.as_posix())
+        record = json.loads(text)
         files = record["files"]
         sizes = record.get("bytes", dict.fromkeys(files))
         requested = set(record.get("save") or files)
@@ -173,12 +185,21 @@ def is_finished(out_dir: Path, stem: str, save: set[str]) -> bool:
         for kind, name in files.items():
             if not isinstance(name, str) or Path(name).name != name:
                 return False
-            found = (record_path.parent / name).stat()
-            if not stat.S_ISREG(found.st_mode) or sizes[kind] not in (None, found.st_size):
+            found = _file_size(record_path.parent / name, fs)
+            if found is None or sizes[kind] not in (None, found):
                 return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     return True
+
+
+def _file_size(path: Path, fs: Any) -> int | None:
+    """The size of a regular file (None: not one); OSError when ``path`` does not exist."""
+    if fs is None:
+        found = path.stat()
+        return found.st_size if stat.S_ISREG(found.st_mode) else None
+    info = fs.info(path.as_posix())
+    return int(info["size"]) if info.get("type") == "file" else None
 
 
 def remove_stale_temporaries(out_dir: Path, stems: Iterable[str]) -> int:
