@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import PATH_RTOL, assert_outputs_match, torch_threads, tree
-from metricdepth.batch import run_batch
+from metricdepth.batch import BatchOptions, run_batch
 from metricdepth.data.inputs import InputItem, collect_inputs
 from metricdepth.pipeline import load_model
 
@@ -94,7 +94,7 @@ def local(tmp_path_factory, images) -> dict[str, bytes]:
     """The local runner's files for ``images`` (one torch thread), records without timings."""
     out = tmp_path_factory.mktemp("local")
     with torch_threads(1):
-        summary = run_batch(load_model(), images, out, SAVE, progress=False)
+        summary = run_batch(load_model(), images, out, SAVE, options=BatchOptions(progress=False))
     assert summary.done == len(images)
     return tree(out)
 
@@ -202,7 +202,7 @@ def test_resume_after_a_killed_run_does_every_image_once(cluster, images, tmp_pa
     items = collect_inputs([folder])
     reference = tmp_path / "local"
     with torch_threads(1):
-        run_batch(load_model(), items, reference, SAVE, progress=False)
+        run_batch(load_model(), items, reference, SAVE, options=BatchOptions(progress=False))
     out = tmp_path / "out"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(faults=FAULTS))
@@ -274,7 +274,7 @@ def test_ply_and_vis_are_the_local_runners(cluster, images, tmp_path):
     save, items = {"depth", "ply", "vis"}, images[:2]
     reference = tmp_path / "local"
     with torch_threads(1):
-        run_batch(load_model(), items, reference, save, progress=False)
+        run_batch(load_model(), items, reference, save, options=BatchOptions(progress=False))
     summary = run_ray(items, tmp_path / "ray", save, RayOptions())
     assert (summary.done, summary.failed) == (2, [])
     got = tree(tmp_path / "ray")
@@ -307,7 +307,7 @@ def test_the_stages_count_images_whose_camera_does_not_fit(tmp_path, monkeypatch
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 64, 3), np.uint8)).save(path)
     cameras = {"fits": (102.0, 102.0, 31.5, 23.5), "wide": (150.0, 150.0, 31.5, 23.5)}
     items = [InputItem(path, key, camera) for key, camera in cameras.items()]
-    local = run_batch(model, items, tmp_path / "local", set(), progress=False)
+    local = run_batch(model, items, tmp_path / "local", set(), options=BatchOptions(progress=False))
     assert local.camera_mismatch == 1
 
     options = RayOptions()
